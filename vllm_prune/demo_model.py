@@ -1,0 +1,122 @@
+"""The embedded default model: a tiny LLaVA-1.5 built locally, random weights.
+
+No model hub is needed: the config, a word-level tokenizer and the image
+processor are written to a folder that vLLM serves with ``load_format=dummy``.
+It has the real LLaVA-1.5 geometry (336 px images, 14 px patches, 576 visual
+tokens on a 24 x 24 grid) and a very small LLM, so it runs on a laptop CPU.
+Its answers are noise: it exists to exercise pruning end to end.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+WORDS = (
+    "USER ASSISTANT : ? . , the a an is are of in on at to and what which where "
+    "how many color colour shape object image picture describe show there left "
+    "right top bottom center middle red green blue yellow black white circle "
+    "square triangle yes no one two three four five small large big"
+).split()
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {{ message['content'] }} "
+    "{% else %}ASSISTANT: {{ message['content'] }}</s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+IMAGE_SIZE = 336
+PATCH_SIZE = 14
+
+
+def default_dir() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "vllm-prune" / "tiny-llava"
+
+
+def build_tiny_llava(path: Path | None = None) -> Path:
+    """Write the tiny model's config, tokenizer and processor to ``path``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    path = Path(path or default_dir())
+    path.mkdir(parents=True, exist_ok=True)
+
+    filler = [f"w{i}" for i in range(128)]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS + filler)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=[IMAGE_TOKEN],
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,  # the CPU attention kernels need head_dim >= 32
+        max_position_embeddings=2048,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab[IMAGE_TOKEN],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    config.architectures = ["LlavaForConditionalGeneration"]
+    config.dtype = "float32"
+
+    config.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+if __name__ == "__main__":
+    print(build_tiny_llava())

@@ -1,0 +1,20 @@
+"""Visual-token pruning methods: pure torch, one file each, no vLLM imports.
+
+Importing this package registers every built-in method.
+"""
+
+from . import none, pooling, random_drop  # noqa: F401  (registration side effect)
+from .base import Context, Param, PruneMethod, Reduced
+from .registry import get_method, method_by_id, method_id, method_names, register
+
+__all__ = [
+    "Context",
+    "Param",
+    "PruneMethod",
+    "Reduced",
+    "get_method",
+    "method_by_id",
+    "method_id",
+    "method_names",
+    "register",
+]

@@ -1,0 +1,99 @@
+"""The contract every pruning method follows.
+
+A method turns the ``N`` visual tokens of one image into exactly ``keep`` rows.
+The processor decides ``keep`` (and so the prompt length and the KV cache) before
+the model runs; the method only decides *which* rows, so the two can never
+disagree about the count. This module imports torch only, never vLLM.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Param:
+    """A per-request parameter a method accepts (sent as a top-level request field)."""
+
+    name: str
+    kind: type  # int or float
+    default: int | float
+    minimum: int | float
+    maximum: int | float
+    description: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.kind.__name__,
+            "default": self.default,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "description": self.description,
+        }
+
+
+@dataclass
+class Context:
+    """What a method may use besides the features: its own parameters, by name."""
+
+    params: dict[str, int | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """The ``keep`` rows that go to the LLM, in raster order.
+
+    ``indices`` names, for each row, the visual token it stands for (the token
+    itself for selection methods, the token nearest the cell centre for merging
+    methods), so later stages (position ids, overlays) know where it sits.
+    """
+
+    features: torch.Tensor  # [keep, D]
+    indices: torch.Tensor  # [keep], int64, strictly ascending
+
+
+class PruneMethod(ABC):
+    """One visual-token reduction method; subclasses register themselves by name."""
+
+    name: str
+    summary: str
+    params: tuple[Param, ...] = ()
+
+    @abstractmethod
+    def reduce(
+        self,
+        features: torch.Tensor,
+        grid: tuple[int, int],
+        keep: int,
+        ctx: Context,
+    ) -> Reduced:
+        """Return exactly ``keep`` rows of ``features`` ([h * w, D], raster order)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "params": [p.describe() for p in self.params],
+        }
+
+
+def check_inputs(features: torch.Tensor, grid: tuple[int, int], keep: int) -> None:
+    """Fail loudly on a count mismatch instead of silently returning wrong rows."""
+    h, w = grid
+    if features.dim() != 2 or features.shape[0] != h * w:
+        raise ValueError(
+            f"features must be [h * w, D] = [{h * w}, D], got {tuple(features.shape)}"
+        )
+    if not 1 <= keep <= h * w:
+        raise ValueError(f"keep must be in [1, {h * w}], got {keep}")
+
+
+def select_rows(features: torch.Tensor, indices: torch.Tensor) -> Reduced:
+    """Reduced output of a selection method: the rows at ``indices``, ascending."""
+    indices = torch.sort(indices.to(torch.long)).values
+    return Reduced(features=features[indices.to(features.device)], indices=indices)

@@ -1,0 +1,83 @@
+"""Prometheus metrics of pruning, served on vLLM's own ``/metrics``.
+
+They live in the API-server process: token counts are recorded by the
+multimodal processor (which decides them), latencies by the server middleware
+(which sees the HTTP request). Names never start with ``vllm:`` because vLLM
+unregisters collectors with that prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
+)
+
+REQUESTS = Counter(
+    "vllm_prune_requests",
+    "Requests with images processed, by prune method (none = unpruned).",
+    ["method"],
+)
+TOKENS_BEFORE = Counter(
+    "vllm_prune_visual_tokens_before",
+    "Visual tokens the model would have used without pruning.",
+    ["method"],
+)
+TOKENS_AFTER = Counter(
+    "vllm_prune_visual_tokens_after",
+    "Visual tokens kept in the prompt (and in the KV cache) after pruning.",
+    ["method"],
+)
+KV_BYTES_SAVED = Counter(
+    "vllm_prune_kv_cache_bytes_saved",
+    "KV-cache bytes not allocated: tokens removed x per-token KV bytes.",
+    ["method"],
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "vllm_prune_time_to_first_token_seconds",
+    "Time from request arrival to the first streamed chunk (streaming requests).",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+E2E_LATENCY = Histogram(
+    "vllm_prune_e2e_request_latency_seconds",
+    "Time from request arrival to the end of the response.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def kv_bytes_per_token(hf_text_config: object, dtype: torch.dtype) -> int:
+    """2 (K and V) x layers x KV heads x head dim x bytes per element, whole model."""
+    layers = int(hf_text_config.num_hidden_layers)  # type: ignore[attr-defined]
+    heads = int(hf_text_config.num_attention_heads)  # type: ignore[attr-defined]
+    kv_heads = int(getattr(hf_text_config, "num_key_value_heads", None) or heads)
+    head_dim = getattr(hf_text_config, "head_dim", None) or (
+        int(hf_text_config.hidden_size) // heads  # type: ignore[attr-defined]
+    )
+    element_bytes = torch.empty((), dtype=dtype).element_size()
+    return 2 * layers * kv_heads * int(head_dim) * element_bytes
+
+
+def record_prompt(
+    method: str,
+    tokens_before: Sequence[int],
+    tokens_after: Sequence[int],
+    bytes_per_token: int,
+) -> None:
+    """Count one request's images: tokens before and after, and the KV bytes saved."""
+    before, after = sum(tokens_before), sum(tokens_after)
+    REQUESTS.labels(method).inc()
+    TOKENS_BEFORE.labels(method).inc(before)
+    TOKENS_AFTER.labels(method).inc(after)
+    KV_BYTES_SAVED.labels(method).inc((before - after) * bytes_per_token)
+
+
+def observe_latency(method: str, e2e_seconds: float, ttft_seconds: float | None) -> None:
+    E2E_LATENCY.labels(method).observe(e2e_seconds)
+    if ttft_seconds is not None:
+        TIME_TO_FIRST_TOKEN.labels(method).observe(ttft_seconds)

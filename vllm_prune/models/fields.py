@@ -1,0 +1,103 @@
+"""The prune fields that travel with each image from the processor to the model.
+
+The processor (API-server process) decides ``keep`` per image and stores it,
+with the method and its parameters, as three small per-image tensors beside
+``pixel_values``. vLLM ships them to the engine with the image (they are part
+of the multimodal item, so the encoder cache is keyed on them too), and the
+model's ``embed_multimodal`` pops them and reduces each image to ``keep`` rows.
+Every image carries the fields, unpruned ones included (method ``none``), so
+items from different requests always batch together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from vllm.multimodal.inputs import MultiModalFieldConfig
+
+from ..methods import Context, get_method, method_by_id, method_id
+from ..spec import PruneSpec
+
+METHOD_KEY = "prune_method"
+KEEP_KEY = "prune_keep"
+PARAMS_KEY = "prune_params"
+
+
+def field_config(modality: str = "image") -> dict[str, MultiModalFieldConfig]:
+    return {
+        key: MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+        for key in (METHOD_KEY, KEEP_KEY, PARAMS_KEY)
+    }
+
+
+def encode(spec: PruneSpec | None, num_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Per-image prune fields for images of ``num_tokens`` visual tokens each."""
+    spec = spec or PruneSpec(method="none")
+    method = get_method(spec.method)
+    values = [float(spec.params[p.name]) for p in method.params]
+    count = len(num_tokens)
+    return {
+        METHOD_KEY: torch.full((count,), method_id(spec.method), dtype=torch.long),
+        KEEP_KEY: torch.tensor([spec.keep_for(n) for n in num_tokens], dtype=torch.long),
+        PARAMS_KEY: torch.tensor([values] * count, dtype=torch.float64).reshape(
+            count, len(values)
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What the model does to one image: which method, how many rows, which params."""
+
+    method: str
+    keep: int
+    params: dict[str, int | float]
+
+
+def _per_item(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return list(value.unbind(0))
+    return [torch.as_tensor(v) for v in value]  # type: ignore[union-attr]
+
+
+def pop_plans(kwargs: dict[str, object]) -> list[PrunePlan] | None:
+    """Remove the prune fields from the model kwargs and decode one plan per image."""
+    if KEEP_KEY not in kwargs:
+        return None
+    methods = _per_item(kwargs.pop(METHOD_KEY))
+    keeps = _per_item(kwargs.pop(KEEP_KEY))
+    params = _per_item(kwargs.pop(PARAMS_KEY))
+    plans = []
+    for m, k, p in zip(methods, keeps, params, strict=True):
+        method = method_by_id(int(m))
+        values = dict(zip((q.name for q in method.params), p.reshape(-1).tolist()))
+        for q in method.params:
+            if q.kind is int:
+                values[q.name] = int(values[q.name])
+        plans.append(PrunePlan(method=method.name, keep=int(k), params=values))
+    return plans
+
+
+def square_grid(num_tokens: int) -> tuple[int, int]:
+    """The token grid of a square image; a 1 x N strip when N is not a square."""
+    side = math.isqrt(num_tokens)
+    return (side, side) if side * side == num_tokens else (1, num_tokens)
+
+
+def apply_plan(
+    features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan
+) -> torch.Tensor:
+    """The ``plan.keep`` rows of one image's features that go to the LLM."""
+    reduced = get_method(plan.method).reduce(
+        features, grid, plan.keep, Context(params=dict(plan.params))
+    )
+    return reduced.features
+
+
+def num_placeholders(out_mm_kwargs: Mapping[str, object], item_idx: int) -> int:
+    """The ``keep`` the processor stored for image ``item_idx``."""
+    item = out_mm_kwargs["image"][item_idx]  # type: ignore[index]
+    return int(item[KEEP_KEY].data)

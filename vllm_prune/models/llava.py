@@ -1,0 +1,134 @@
+"""LLaVA-1.5 with visual-token pruning before the KV cache exists.
+
+Processor (API-server process): reads the prune spec from the request's
+``mm_processor_kwargs``, strips it before the Hugging Face processor runs,
+stores ``keep`` per image and emits exactly ``keep`` image placeholders, so the
+prompt, the scheduler's token budget and the KV cache all see ``keep`` tokens.
+
+Model (engine process): the vision tower and projector run on the whole image
+(576 tokens on a 24 x 24 grid at 336 px); the method then picks ``keep`` rows,
+which ``embed_multimodal`` returns. The LLM layers are vLLM's, untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers import BatchFeature
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import (
+    ImageEmbeddingItems,
+    ImageProcessorItems,
+    MultiModalDataItems,
+)
+from vllm.multimodal.processing import BaseMultiModalProcessor, PromptReplacement
+from vllm.model_executor.models.llava import (
+    LlavaDummyInputsBuilder,
+    LlavaForConditionalGeneration,
+    LlavaMultiModalProcessor,
+    LlavaProcessingInfo,
+    _build_llava_or_pixtral_hf_info,
+    _build_llava_or_pixtral_hf_processor,
+)
+
+from .. import metrics
+from ..spec import METHOD_FIELD, PruneSpec, prune_field_names
+from . import fields
+
+
+class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
+    def _visual_tokens(self, mm_items: MultiModalDataItems) -> list[int]:
+        """Unpruned visual tokens of each image, as vLLM itself counts them."""
+        if "image" not in mm_items:
+            return []
+        images = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
+        if isinstance(images, ImageEmbeddingItems):
+            return [images.get_feature_size(i) for i in range(images.get_count())]
+        counts = []
+        for i in range(images.get_count()):
+            size = images.get_image_size(i)
+            counts.append(
+                self.info.get_num_image_tokens(
+                    image_width=size.width, image_height=size.height
+                )
+            )
+        return counts
+
+    def _apply_hf_processor_main(
+        self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
+    ) -> BatchFeature:
+        spec = PruneSpec.from_fields(hf_kwargs)
+        plain_kwargs = {k: v for k, v in hf_kwargs.items() if k not in prune_field_names()}
+        processed = super()._apply_hf_processor_main(mm_items, plain_kwargs)
+        counts = self._visual_tokens(mm_items)
+        if counts:
+            processed.update(fields.encode(spec, counts))
+        return processed
+
+    def _get_mm_fields_config(
+        self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
+    ) -> Mapping[str, MultiModalFieldConfig]:
+        config = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        config.update(fields.field_config("image"))
+        return config
+
+    def _get_prompt_updates(
+        self,
+        mm_items: MultiModalDataItems,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptReplacement]:
+        image_token_id = self.info.get_hf_config().image_token_index
+
+        def replacement(item_idx: int) -> list[int]:
+            return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
+
+        return [
+            PromptReplacement(
+                modality="image", target=[image_token_id], replacement=replacement
+            )
+        ]
+
+    def apply(self, inputs, timing_ctx):  # type: ignore[no-untyped-def]
+        result = super().apply(inputs, timing_ctx)
+        spec_fields = inputs.hf_processor_mm_kwargs
+        # Only client requests carry a method (the server always sets one);
+        # vLLM's start-up profiling runs come through here without one.
+        if spec_fields.get(METHOD_FIELD) is not None:
+            placeholders = result["mm_placeholders"].get("image", [])
+            model_config = self.info.ctx.model_config
+            metrics.record_prompt(
+                method=str(spec_fields[METHOD_FIELD]),
+                tokens_before=self._visual_tokens(inputs.mm_data_items),
+                tokens_after=[p.length for p in placeholders],
+                bytes_per_token=metrics.kv_bytes_per_token(
+                    model_config.hf_text_config, model_config.dtype
+                ),
+            )
+        return result
+
+
+def _build_processor(info, dummy_inputs) -> BaseMultiModalProcessor:  # type: ignore[no-untyped-def]
+    if isinstance(info, LlavaProcessingInfo):
+        return PruneLlavaMultiModalProcessor(info, dummy_inputs)
+    # Pixtral-HF checkpoints share the architecture name; they are served unpruned.
+    return _build_llava_or_pixtral_hf_processor(info, dummy_inputs)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    _build_processor,
+    info=_build_llava_or_pixtral_hf_info,
+    dummy_inputs=LlavaDummyInputsBuilder,
+)
+class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    def embed_multimodal(self, **kwargs: object):  # type: ignore[override]
+        plans = fields.pop_plans(kwargs)
+        embeddings = super().embed_multimodal(**kwargs)
+        if plans is None:
+            return embeddings
+        return [
+            fields.apply_plan(image, fields.square_grid(image.shape[0]), plan)
+            for image, plan in zip(embeddings, plans, strict=True)
+        ]

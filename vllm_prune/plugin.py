@@ -1,0 +1,28 @@
+"""vLLM general plugin: swap in the pruning model classes and their processors.
+
+Runs in every vLLM process (API server, engine core, workers), so it must be
+idempotent and cheap: the model modules are registered by import path and
+loaded lazily by vLLM when the architecture is actually used.
+"""
+
+from __future__ import annotations
+
+# Architecture name (as in config.json) -> our subclass, as "module:Class".
+OVERRIDES = {
+    "LlavaForConditionalGeneration": (
+        "vllm_prune.models.llava:PruneLlavaForConditionalGeneration"
+    ),
+}
+
+_registered = False
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    from vllm import ModelRegistry
+
+    for architecture, target in OVERRIDES.items():
+        ModelRegistry.register_model(architecture, target)
+    _registered = True

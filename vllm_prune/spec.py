@@ -1,0 +1,169 @@
+"""The per-request prune spec: parsed once, validated with errors that name the field.
+
+The same fields travel from the HTTP request (top-level ``prune``,
+``prune_ratio``, ``prune_keep`` and the method's own parameters) into vLLM's
+``mm_processor_kwargs``, where the processor parses them again; both sides use
+``PruneSpec.from_fields`` so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .methods import get_method, method_names
+
+METHOD_FIELD = "prune"
+RATIO_FIELD = "prune_ratio"
+KEEP_FIELD = "prune_keep"
+DEFAULT_RATIO = 0.75
+
+
+class PruneSpecError(ValueError):
+    """A prune field is wrong; ``field`` names it for the HTTP 400 body."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def method_param_names() -> set[str]:
+    return {p.name for name in method_names() for p in get_method(name).params}
+
+
+def prune_field_names() -> set[str]:
+    """Every request field that belongs to the prune spec."""
+    return {METHOD_FIELD, RATIO_FIELD, KEEP_FIELD} | method_param_names()
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PruneSpecError(name, f"'{name}' must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise PruneSpecError(name, f"'{name}' must be finite, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PruneSpecError(name, f"'{name}' must be an integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    method: str
+    ratio: float | None = None
+    keep: int | None = None
+    params: dict[str, int | float] = field(default_factory=dict)
+
+    @classmethod
+    def from_fields(
+        cls, fields: Mapping[str, Any], default_ratio: float = DEFAULT_RATIO
+    ) -> PruneSpec | None:
+        """Parse the prune fields of a request; ``None`` when it names no method."""
+        if fields.get(METHOD_FIELD) is None:
+            stray = sorted(k for k in fields if k in prune_field_names())
+            if stray:
+                raise PruneSpecError(
+                    stray[0],
+                    f"'{stray[0]}' needs '{METHOD_FIELD}' to name a method; "
+                    f"allowed methods: {', '.join(method_names())}",
+                )
+            return None
+
+        name = fields[METHOD_FIELD]
+        if not isinstance(name, str) or name not in method_names():
+            raise PruneSpecError(
+                METHOD_FIELD,
+                f"'{METHOD_FIELD}' must be one of {', '.join(method_names())}; "
+                f"got {name!r}",
+            )
+        method = get_method(name)
+
+        ratio = fields.get(RATIO_FIELD)
+        keep = fields.get(KEEP_FIELD)
+        if ratio is not None and keep is not None:
+            raise PruneSpecError(
+                RATIO_FIELD,
+                f"send either '{RATIO_FIELD}' or '{KEEP_FIELD}', not both",
+            )
+        if ratio is not None:
+            ratio = _number(RATIO_FIELD, ratio)
+            if not 0.0 <= ratio < 1.0:
+                raise PruneSpecError(
+                    RATIO_FIELD,
+                    f"'{RATIO_FIELD}' is the fraction of visual tokens removed and "
+                    f"must be in [0, 1); got {ratio}",
+                )
+        if keep is not None:
+            keep = _integer(KEEP_FIELD, keep)
+            if keep < 1:
+                raise PruneSpecError(
+                    KEEP_FIELD,
+                    f"'{KEEP_FIELD}' must be an integer >= 1 (and at most the "
+                    f"image's visual tokens); got {keep}",
+                )
+        if name == "none":
+            ratio = keep = None  # validated above, but nothing is pruned
+        elif ratio is None and keep is None:
+            ratio = default_ratio
+
+        declared = {p.name: p for p in method.params}
+        params: dict[str, int | float] = {}
+        for key in sorted(method_param_names() & set(fields)):
+            if fields[key] is None:
+                continue
+            if key not in declared:
+                allowed = ", ".join(declared) or "none"
+                raise PruneSpecError(
+                    key,
+                    f"'{key}' does not apply to prune method '{name}' "
+                    f"(its parameters: {allowed})",
+                )
+        for param in method.params:
+            value = fields.get(param.name)
+            if value is None:
+                params[param.name] = param.default
+                continue
+            value = (
+                _integer(param.name, value)
+                if param.kind is int
+                else _number(param.name, value)
+            )
+            if not param.minimum <= value <= param.maximum:
+                raise PruneSpecError(
+                    param.name,
+                    f"'{param.name}' must be in [{param.minimum}, {param.maximum}]; "
+                    f"got {value}",
+                )
+            params[param.name] = value
+
+        return cls(method=name, ratio=ratio, keep=keep, params=params)
+
+    def keep_for(self, num_tokens: int) -> int:
+        """How many of an image's ``num_tokens`` visual tokens survive."""
+        if self.method == "none":
+            return num_tokens
+        if self.keep is not None:
+            if self.keep > num_tokens:
+                raise PruneSpecError(
+                    KEEP_FIELD,
+                    f"'{KEEP_FIELD}' must be in [1, {num_tokens}] for this image "
+                    f"({num_tokens} visual tokens); got {self.keep}",
+                )
+            return self.keep
+        assert self.ratio is not None
+        return max(1, round(num_tokens * (1.0 - self.ratio)))
+
+    def to_fields(self) -> dict[str, Any]:
+        """The request fields that reproduce this spec (for ``mm_processor_kwargs``)."""
+        fields: dict[str, Any] = {METHOD_FIELD: self.method}
+        if self.keep is not None:
+            fields[KEEP_FIELD] = self.keep
+        elif self.ratio is not None:
+            fields[RATIO_FIELD] = self.ratio
+        fields.update(self.params)
+        return fields
