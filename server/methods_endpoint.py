@@ -1,0 +1,43 @@
+"""The document served at ``GET /v1/prune/methods``: what a client may ask for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm_prune.methods import get_method, method_names
+from vllm_prune.spec import KEEP_FIELD, METHOD_FIELD, RATIO_FIELD
+
+from .request_fields import ServerDefaults
+
+METHODS_PATH = "/v1/prune/methods"
+
+
+def methods_document(defaults: ServerDefaults) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [get_method(name).describe() for name in method_names()],
+        "fields": {
+            METHOD_FIELD: {
+                "type": "string",
+                "allowed": method_names(),
+                "default": defaults.method or "none",
+                "description": "Pruning method; 'none' turns pruning off.",
+            },
+            RATIO_FIELD: {
+                "type": "float",
+                "minimum": 0.0,
+                "maximum_exclusive": 1.0,
+                "default": defaults.ratio,
+                "description": "Fraction of each image's visual tokens removed; "
+                "keep = max(1, round(N * (1 - prune_ratio))).",
+            },
+            KEEP_FIELD: {
+                "type": "int",
+                "minimum": 1,
+                "maximum": "the image's visual tokens N",
+                "default": None,
+                "description": "Absolute number of visual tokens kept per image; "
+                f"not together with {RATIO_FIELD}.",
+            },
+        },
+    }

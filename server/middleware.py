@@ -1,0 +1,169 @@
+"""ASGI middleware that adds pruning to vLLM's own OpenAI app.
+
+vLLM installs it through its ``--middleware`` option, so chat completions,
+streaming and chat templates stay vLLM's. It:
+- answers ``GET /v1/prune/methods``;
+- rewrites JSON request bodies (``request_fields.rewrite``) and answers a bad
+  prune field with an OpenAI-style 400 naming the field;
+- times requests with images for the per-method latency metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vllm_prune import metrics
+from vllm_prune.spec import DEFAULT_RATIO, PruneSpecError
+
+from .methods_endpoint import METHODS_PATH, methods_document
+from .request_fields import ServerDefaults, rewrite
+
+
+def _defaults(scope: Scope) -> ServerDefaults:
+    args = getattr(getattr(scope.get("app"), "state", None), "args", None)
+    ratio = getattr(args, "prune_ratio", None)
+    return ServerDefaults(
+        method=getattr(args, "prune_default", None),
+        ratio=DEFAULT_RATIO if ratio is None else ratio,
+    )
+
+
+async def _send_json(send: Send, status: int, document: dict[str, Any]) -> None:
+    body = json.dumps(document).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(err: PruneSpecError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": str(err),
+            "type": "BadRequestError",
+            "param": err.field,
+            "code": 400,
+        }
+    }
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"application/json"
+    return False
+
+
+class PruneMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == METHODS_PATH and scope["method"] == "GET":
+            await _send_json(send, 200, methods_document(_defaults(scope)))
+            return
+        if scope["method"] != "POST" or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        body = await _read_body(receive)
+        method = None
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None  # vLLM answers malformed JSON itself
+        if isinstance(payload, dict):
+            try:
+                rewritten = rewrite(payload, scope["path"], _defaults(scope))
+            except PruneSpecError as err:
+                await _send_json(send, 400, _error(err))
+                return
+            body = json.dumps(rewritten.payload).encode()
+            method = rewritten.method
+
+        scope = dict(scope)
+        scope["headers"] = [
+            (k, v) for k, v in scope["headers"] if k != b"content-length"
+        ] + [(b"content-length", str(len(body)).encode())]
+
+        sent_body = False
+
+        async def replay() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        if method is None:
+            await self.app(scope, replay, send)
+            return
+
+        timing = _Timing(started)
+
+        async def timed_send(message: Message) -> None:
+            timing.see(message)
+            await send(message)
+
+        await self.app(scope, replay, timed_send)
+        timing.observe(method)
+
+
+class _Timing:
+    """First and last body chunk of a response, relative to the request's arrival."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.status = 0
+        self.streaming = False
+        self.first_chunk: float | None = None
+        self.finished: float | None = None
+
+    def see(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = dict(message.get("headers", []))
+            self.streaming = headers.get(b"content-type", b"").startswith(
+                b"text/event-stream"
+            )
+        elif message["type"] == "http.response.body":
+            now = time.perf_counter()
+            if self.first_chunk is None and message.get("body"):
+                self.first_chunk = now
+            if not message.get("more_body", False):
+                self.finished = now
+
+    def observe(self, method: str) -> None:
+        if self.status != 200 or self.finished is None:
+            return
+        ttft = None
+        if self.streaming and self.first_chunk is not None:
+            ttft = self.first_chunk - self.started
+        metrics.observe_latency(method, self.finished - self.started, ttft)

@@ -1,0 +1,96 @@
+"""Turn a client's JSON request into what vLLM's OpenAI server should see.
+
+The OpenAI client sends the prune fields at the top level (``extra_body``);
+vLLM's multimodal processor reads them from ``mm_processor_kwargs``. The server
+runs vLLM with ``--trust-request-mm-kwargs`` so those kwargs reach the
+processor, which is exactly why it must refuse every other processor argument
+a client might send. Pure functions on dicts, no vLLM imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vllm_prune.spec import DEFAULT_RATIO, PruneSpec, PruneSpecError, prune_field_names
+
+MM_KWARGS = "mm_processor_kwargs"
+MEDIA_IO_KWARGS = "media_io_kwargs"
+# Endpoints whose top-level prune fields are moved into mm_processor_kwargs.
+PRUNE_PATHS = frozenset({"/v1/chat/completions"})
+IMAGE_PART_TYPES = frozenset({"image_url", "image_pil", "image_embeds", "input_image"})
+
+
+@dataclass(frozen=True)
+class ServerDefaults:
+    """``--prune-default`` / ``--prune-ratio``: applied when a request names no method."""
+
+    method: str | None = None
+    ratio: float = DEFAULT_RATIO
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    payload: dict[str, Any]
+    method: str | None  # the prune method in force; None when there are no images
+
+
+def has_images(payload: dict[str, Any]) -> bool:
+    for message in payload.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES
+            for part in content
+        ):
+            return True
+    return False
+
+
+def check_untrusted_kwargs(payload: dict[str, Any]) -> None:
+    """Refuse processor and media arguments that are not prune fields."""
+    allowed = sorted(prune_field_names())
+    mm_kwargs = payload.get(MM_KWARGS)
+    if mm_kwargs is not None:
+        if not isinstance(mm_kwargs, dict):
+            raise PruneSpecError(MM_KWARGS, f"'{MM_KWARGS}' must be an object")
+        unknown = sorted(set(mm_kwargs) - set(allowed))
+        if unknown:
+            raise PruneSpecError(
+                MM_KWARGS,
+                f"'{MM_KWARGS}' may only hold prune fields ({', '.join(allowed)}); "
+                f"got {', '.join(repr(k) for k in unknown)}",
+            )
+    if payload.get(MEDIA_IO_KWARGS):
+        raise PruneSpecError(
+            MEDIA_IO_KWARGS, f"'{MEDIA_IO_KWARGS}' is not accepted by this server"
+        )
+
+
+def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rewritten:
+    """Validate the prune fields and place the spec where vLLM's processor reads it."""
+    check_untrusted_kwargs(payload)
+    if path not in PRUNE_PATHS:
+        # Prune fields sent in mm_processor_kwargs elsewhere are validated here
+        # and again by the processor; top-level ones are not ours to move.
+        PruneSpec.from_fields(payload.get(MM_KWARGS) or {}, defaults.ratio)
+        return Rewritten(payload, None)
+
+    payload = dict(payload)
+    in_mm_kwargs = dict(payload.pop(MM_KWARGS, None) or {})
+    top_level = {k: payload.pop(k) for k in sorted(prune_field_names()) if k in payload}
+    both = sorted(set(in_mm_kwargs) & set(top_level))
+    if both:
+        raise PruneSpecError(
+            both[0],
+            f"'{both[0]}' was sent both at the top level and in '{MM_KWARGS}'; "
+            "send it once",
+        )
+    spec = PruneSpec.from_fields({**in_mm_kwargs, **top_level}, defaults.ratio)
+    if spec is None and defaults.method is not None:
+        spec = PruneSpec.from_fields({"prune": defaults.method}, defaults.ratio)
+
+    if not has_images(payload):
+        return Rewritten(payload, None)  # prune fields are a no-op without images
+    spec = spec or PruneSpec(method="none")
+    payload[MM_KWARGS] = spec.to_fields()
+    return Rewritten(payload, spec.method)
