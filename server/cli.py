@@ -18,9 +18,8 @@ from vllm_prune.spec import DEFAULT_RATIO
 
 MIDDLEWARE = "server.middleware.PruneMiddleware"
 DEMO_NAME = "tiny-llava"
-# The demo has no weights on disk and is tiny: float32 and eager mode run anywhere.
+# The demo is tiny: float32 and eager mode run anywhere, CPU included.
 DEMO_ARGS = [
-    "--load-format", "dummy",
     "--dtype", "float32",
     "--enforce-eager",
     "--max-model-len", "2048",

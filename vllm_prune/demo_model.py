@@ -1,10 +1,14 @@
 """The embedded default model: a tiny LLaVA-1.5 built locally, random weights.
 
-No model hub is needed: the config, a word-level tokenizer and the image
-processor are written to a folder that vLLM serves with ``load_format=dummy``.
-It has the real LLaVA-1.5 geometry (336 px images, 14 px patches, 576 visual
-tokens on a 24 x 24 grid) and a very small LLM, so it runs on a laptop CPU.
-Its answers are noise: it exists to exercise pruning end to end.
+No model hub is needed: the config, a word-level tokenizer, the image processor
+and seeded random weights (about 2 MB) are written to a folder vLLM serves as
+is. It has the real LLaVA-1.5 geometry (336 px images, 14 px patches, 576
+visual tokens on a 24 x 24 grid) and a very small LLM, so it runs on a laptop
+CPU. Its answers are noise: it exists to exercise pruning end to end.
+
+Why real random weights rather than vLLM's ``load_format=dummy``: the dummy
+loader fills every tensor with the same tiny uniform draw, which makes every
+logit equal, so no test could tell one input from another.
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ CHAT_TEMPLATE = (
 )
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
+WEIGHTS_SEED = 0
+# transformers 5 names LLaVA weights differently from the layout vLLM 0.32 loads.
+CHECKPOINT_PREFIXES = {
+    "model.vision_tower.": "vision_tower.vision_model.",
+    "model.language_model.": "language_model.model.",
+    "model.multi_modal_projector.": "multi_modal_projector.",
+    "lm_head.": "language_model.lm_head.",
+}
 
 
 def default_dir() -> Path:
@@ -115,7 +127,30 @@ def build_tiny_llava(path: Path | None = None) -> Path:
 
     config.save_pretrained(path)
     processor.save_pretrained(path)
+    write_random_weights(config, path / "model.safetensors")
     return path
+
+
+def checkpoint_name(name: str) -> str:
+    for old, new in CHECKPOINT_PREFIXES.items():
+        if name.startswith(old):
+            return new + name[len(old) :]
+    raise ValueError(f"unexpected LLaVA weight name {name!r}")
+
+
+def write_random_weights(config, file: Path, seed: int = WEIGHTS_SEED) -> None:  # type: ignore[no-untyped-def]
+    """Seeded random weights (transformers' own init), in vLLM's checkpoint layout."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    tensors = {
+        checkpoint_name(name): tensor.detach().contiguous()
+        for name, tensor in model.state_dict().items()
+    }
+    save_file(tensors, str(file))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,11 @@ class PruneSpec:
     ) -> PruneSpec | None:
         """Parse the prune fields of a request; ``None`` when it names no method."""
         if fields.get(METHOD_FIELD) is None:
-            stray = sorted(k for k in fields if k in prune_field_names())
+            stray = sorted(
+                k
+                for k, v in fields.items()
+                if k in prune_field_names() and k != METHOD_FIELD and v is not None
+            )
             if stray:
                 raise PruneSpecError(
                     stray[0],

@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.inputs import MultiModalFieldConfig
 
 from ..methods import Context, get_method, method_by_id, method_id
-from ..spec import PruneSpec
+from ..spec import PruneSpec, PruneSpecError
 
 METHOD_KEY = "prune_method"
 KEEP_KEY = "prune_keep"
@@ -33,15 +34,25 @@ def field_config(modality: str = "image") -> dict[str, MultiModalFieldConfig]:
     }
 
 
-def encode(spec: PruneSpec | None, num_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Per-image prune fields for images of ``num_tokens`` visual tokens each."""
-    spec = spec or PruneSpec(method="none")
+def encode(
+    hf_kwargs: Mapping[str, object], num_tokens: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Per-image prune fields for images of ``num_tokens`` visual tokens each.
+
+    A bad spec becomes vLLM's own validation error, which its server turns
+    into an HTTP 400 naming the field.
+    """
+    try:
+        spec = PruneSpec.from_fields(hf_kwargs) or PruneSpec(method="none")
+        keeps = [spec.keep_for(n) for n in num_tokens]
+    except PruneSpecError as err:
+        raise VLLMValidationError(str(err), parameter=err.field) from err
     method = get_method(spec.method)
     values = [float(spec.params[p.name]) for p in method.params]
     count = len(num_tokens)
     return {
         METHOD_KEY: torch.full((count,), method_id(spec.method), dtype=torch.long),
-        KEEP_KEY: torch.tensor([spec.keep_for(n) for n in num_tokens], dtype=torch.long),
+        KEEP_KEY: torch.tensor(keeps, dtype=torch.long),
         PARAMS_KEY: torch.tensor([values] * count, dtype=torch.float64).reshape(
             count, len(values)
         ),

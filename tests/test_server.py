@@ -1,0 +1,320 @@
+"""End to end: the real openai client -> vllm-prune server -> vLLM engine (CPU).
+
+The server under test starts with ``--prune-default pooling --prune-ratio 0.75``;
+tests that want the unpruned model send ``prune: "none"``, which always wins.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import KV_BLOCKS, Server, image_messages
+
+N = 576  # LLaVA-1.5 at 336 px: a 24 x 24 grid of visual tokens
+KEEP = {0.75: 144, 0.889: 64}
+KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 32 * 4  # K and V x layers x KV heads x head dim x fp32
+
+
+def chat(server: Server, model: str, extra: dict, messages=None, **kwargs):
+    kwargs.setdefault("max_tokens", 4)
+    kwargs.setdefault("temperature", 0.0)
+    return server.client.chat.completions.create(
+        model=model, messages=messages or image_messages(), extra_body=extra, **kwargs
+    )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@pytest.fixture(scope="module")
+def unpruned_prompt_tokens(server: Server, model_name: str) -> int:
+    return chat(server, model_name, {"prune": "none"}).usage.prompt_tokens
+
+
+@pytest.mark.parametrize("method", ["random", "pooling"])
+@pytest.mark.parametrize("ratio", [0.75, 0.889])
+def test_prompt_tokens_drop_by_removed_visual_tokens(
+    server, model_name, unpruned_prompt_tokens, method, ratio
+):
+    response = chat(server, model_name, {"prune": method, "prune_ratio": ratio})
+    assert response.usage.prompt_tokens == unpruned_prompt_tokens - (N - KEEP[ratio])
+
+
+@pytest.mark.parametrize("method", ["random", "pooling"])
+def test_prune_keep_sets_the_absolute_count(server, model_name, unpruned_prompt_tokens, method):
+    response = chat(server, model_name, {"prune": method, "prune_keep": 100})
+    assert response.usage.prompt_tokens == unpruned_prompt_tokens - (N - 100)
+
+
+def test_server_default_applies_and_none_turns_it_off(server, model_name, unpruned_prompt_tokens):
+    # No prune field: the server default (pooling at 0.75) applies.
+    default = chat(server, model_name, {})
+    assert default.usage.prompt_tokens == unpruned_prompt_tokens - (N - KEEP[0.75])
+    # A method without a ratio takes the server's default ratio.
+    named = chat(server, model_name, {"prune": "random"})
+    assert named.usage.prompt_tokens == default.usage.prompt_tokens
+    off = chat(server, model_name, {"prune": "none", "prune_ratio": 0.5})
+    assert off.usage.prompt_tokens == unpruned_prompt_tokens
+
+
+def test_image_size_does_not_change_the_token_count(server, model_name, unpruned_prompt_tokens):
+    wide = image_messages(seed=3, size=(640, 360))
+    assert chat(server, model_name, {"prune": "none"}, wide).usage.prompt_tokens == unpruned_prompt_tokens
+    pruned = chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.889}, wide)
+    assert pruned.usage.prompt_tokens == unpruned_prompt_tokens - (N - 64)
+
+
+def _kv_blocks_in_flight(server: Server, model: str, extra: dict, seed: int) -> int:
+    """KV blocks vLLM's gauge reports while one long request is decoding.
+
+    The gauge is used / usable blocks (one block of the pool is vLLM's
+    reserved null block) and is refreshed by the engine's stats loop, so poll.
+    """
+    stream = server.client.chat.completions.create(
+        model=model, messages=image_messages(seed=seed), max_tokens=1500, temperature=0.0,
+        stream=True, extra_body={**extra, "ignore_eos": True},
+    )
+    try:
+        next(iter(stream))  # prefill is done: the prompt's blocks are allocated
+        started = time.monotonic()
+        seen = []
+        while time.monotonic() < started + 10:
+            text = server.metrics_text()
+            usage = metric(text, "vllm:kv_cache_usage_perc")
+            running = metric(text, "vllm:num_requests_running")
+            seen.append((round(time.monotonic() - started, 3), running, usage))
+            if running == 1 and usage > 0:
+                break
+            time.sleep(0.02)
+    finally:
+        stream.close()  # aborts the request and frees its blocks
+    assert running == 1, seen[-3:]
+    blocks = usage * (KV_BLOCKS - 1)
+    assert blocks == pytest.approx(round(blocks), abs=1e-6)
+    return round(blocks)
+
+
+def _wait_idle(server: Server) -> None:
+    deadline = time.monotonic() + 10
+    while metric(server.metrics_text(), "vllm:num_requests_running") != 0:
+        assert time.monotonic() < deadline, "a request is still running"
+        time.sleep(0.05)
+
+
+SETTINGS_KV = {
+    "none": {"prune": "none"},
+    "pooling-0.75": {"prune": "pooling", "prune_ratio": 0.75},
+    "pooling-0.889": {"prune": "pooling", "prune_ratio": 0.889},
+}
+
+
+def test_kv_tokens_computed_by_vllm_drop_by_the_pruned_tokens(server, model_name):
+    """vLLM's own per-request histogram of KV tokens computed at prefill."""
+    computed, prompts = {}, {}
+    for seed, (label, extra) in enumerate(SETTINGS_KV.items(), start=100):
+        before = metric(server.metrics_text(), "vllm:request_prefill_kv_computed_tokens_sum")
+        # A fresh image each time, so no prefix-cache hit hides any computed KV.
+        response = chat(server, model_name, extra, messages=image_messages(seed=seed))
+        after = metric(server.metrics_text(), "vllm:request_prefill_kv_computed_tokens_sum")
+        computed[label], prompts[label] = after - before, response.usage.prompt_tokens
+    assert computed == prompts
+    assert computed["none"] - computed["pooling-0.75"] == N - KEEP[0.75]
+    assert computed["none"] - computed["pooling-0.889"] == N - KEEP[0.889]
+
+
+def test_kv_blocks_in_use_reported_by_vllm_shrink_with_pruning(server, model_name):
+    info = next(
+        s for f in text_string_to_metric_families(server.metrics_text()) for s in f.samples
+        if s.name == "vllm:cache_config_info"
+    )
+    assert int(info.labels["num_gpu_blocks"]) == KV_BLOCKS
+    block_size = int(info.labels["block_size"])
+    for seed, (label, extra) in enumerate(SETTINGS_KV.items(), start=200):
+        prompt = chat(server, model_name, extra, messages=image_messages(seed=seed)).usage.prompt_tokens
+        _wait_idle(server)
+        blocks = _kv_blocks_in_flight(server, model_name, extra, seed)
+        # The prompt's blocks, plus what decoding added before the gauge was
+        # read: the tiny model decodes a block's worth of tokens in ~0.1 s.
+        least = math.ceil(prompt / block_size)
+        assert least <= blocks <= least + 2, (label, prompt, blocks)
+        if label == "none":
+            unpruned_least = least
+        else:
+            assert blocks < unpruned_least, (label, blocks, unpruned_least)
+
+
+def _greedy(server: Server, model: str, extra: dict | None, messages=None):
+    response = server.client.chat.completions.create(
+        model=model, messages=messages or image_messages(seed=5), max_tokens=6,
+        temperature=0.0, logprobs=True, top_logprobs=3, extra_body=extra,
+    )
+    choice = response.choices[0]
+    tokens = [t.token for t in choice.logprobs.content]
+    logprobs = [t.logprob for t in choice.logprobs.content]
+    return response.usage.prompt_tokens, tokens, logprobs
+
+
+def test_none_and_ratio_zero_match_plain_vllm(server, plain_server, model_name):
+    assert "vllm_prune_" not in plain_server.metrics_text()  # no plugin in the reference
+    reference = _greedy(plain_server, model_name, None)
+    for extra in (
+        {"prune": "none"},
+        {"prune": "pooling", "prune_ratio": 0.0},
+        {"prune": "random", "prune_ratio": 0.0},
+    ):
+        prompt, tokens, logprobs = _greedy(server, model_name, extra)
+        assert prompt == reference[0], extra
+        assert tokens == reference[1], extra
+        assert logprobs == pytest.approx(reference[2], rel=1e-5, abs=1e-6), extra
+    # The comparison can fail: pruning does change what the model sees.
+    pruned = _greedy(server, model_name, {"prune": "pooling", "prune_ratio": 0.75})
+    assert pruned[2] != pytest.approx(reference[2], rel=1e-5, abs=1e-6)
+
+
+def test_concurrent_requests_keep_their_own_settings(server, model_name):
+    settings = [
+        {"prune": "none"},
+        {"prune": "pooling", "prune_ratio": 0.75},
+        {"prune": "pooling", "prune_ratio": 0.889},
+        {"prune": "random", "prune_ratio": 0.75},
+        {"prune": "random", "prune_ratio": 0.75, "prune_seed": 7},
+        {"prune": "pooling", "prune_keep": 9},
+    ]
+    alone = [_greedy(server, model_name, extra) for extra in settings]
+    with ThreadPoolExecutor(max_workers=len(settings) * 2) as pool:
+        together = list(pool.map(lambda e: _greedy(server, model_name, e), settings * 2))
+    for extra, expected, got in zip(settings * 2, alone * 2, together):
+        assert got[0] == expected[0], extra
+        assert got[1] == expected[1], extra
+        assert got[2] == pytest.approx(expected[2], rel=1e-4, abs=1e-5), extra
+    unpruned = alone[0][0]
+    assert [r[0] for r in alone] == [
+        unpruned, unpruned - (N - 144), unpruned - (N - 64),
+        unpruned - (N - 144), unpruned - (N - 144), unpruned - (N - 9),
+    ]
+    # The two seeds select different tokens, so the model sees different inputs.
+    assert alone[3][2] != pytest.approx(alone[4][2], rel=1e-5, abs=1e-6)
+
+
+BAD_REQUESTS = [
+    ({"prune": "bogus"}, "prune", ["none", "pooling", "random"]),
+    ({"prune": 3}, "prune", ["none", "pooling", "random"]),
+    ({"prune": "pooling", "prune_ratio": 1.0}, "prune_ratio", ["[0, 1)"]),
+    ({"prune": "pooling", "prune_ratio": -0.1}, "prune_ratio", ["[0, 1)"]),
+    ({"prune": "pooling", "prune_ratio": "half"}, "prune_ratio", ["number"]),
+    ({"prune": "pooling", "prune_ratio": True}, "prune_ratio", ["number"]),
+    ({"prune": "pooling", "prune_keep": 0}, "prune_keep", [">= 1"]),
+    ({"prune": "pooling", "prune_keep": 2.5}, "prune_keep", ["integer"]),
+    ({"prune": "pooling", "prune_keep": 577}, "prune_keep", ["[1, 576]"]),
+    ({"prune": "pooling", "prune_keep": 10, "prune_ratio": 0.5}, "prune_ratio", ["prune_keep"]),
+    ({"prune": "random", "prune_seed": -1}, "prune_seed", ["[0, 4294967295]"]),
+    ({"prune": "random", "prune_seed": "x"}, "prune_seed", ["integer"]),
+    ({"prune": "pooling", "prune_seed": 1}, "prune_seed", ["pooling"]),
+    ({"prune_ratio": 0.5}, "prune_ratio", ["none", "pooling", "random"]),
+    ({"mm_processor_kwargs": {"do_resize": False}}, "mm_processor_kwargs", ["prune_ratio"]),
+    ({"mm_processor_kwargs": {"prune": "pooling"}, "prune": "none"}, "prune", ["once"]),
+    ({"media_io_kwargs": {"image": {"mode": "L"}}}, "media_io_kwargs", []),
+]
+
+
+@pytest.mark.parametrize(("extra", "field", "mentions"), BAD_REQUESTS)
+def test_bad_input_is_a_400_naming_the_field(server, model_name, extra, field, mentions):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(server, model_name, extra)
+    error = caught.value
+    assert error.status_code == 400
+    message = error.body["message"]
+    assert f"'{field}'" in message
+    for text in mentions:
+        assert text in message
+    # The server keeps serving.
+    assert chat(server, model_name, {"prune": "pooling"}).usage.prompt_tokens > 0
+
+
+def test_bad_input_on_text_only_request_is_still_refused(server, model_name):
+    text_only = [{"role": "user", "content": "what is in the image ?"}]
+    with pytest.raises(openai.BadRequestError):
+        chat(server, model_name, {"prune": "bogus"}, text_only)
+
+
+def test_prune_fields_without_images_are_a_no_op(server, model_name):
+    text_only = [{"role": "user", "content": "what is in the image ?"}]
+    plain = chat(server, model_name, {}, text_only)
+    pruned = chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.889}, text_only)
+    assert pruned.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert pruned.choices[0].message.content == plain.choices[0].message.content
+
+
+def test_streaming_with_pruning(server, model_name, unpruned_prompt_tokens):
+    stream = server.client.chat.completions.create(
+        model=model_name, messages=image_messages(), max_tokens=8, temperature=0.0,
+        stream=True, stream_options={"include_usage": True},
+        extra_body={"prune": "pooling", "prune_ratio": 0.889},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens == unpruned_prompt_tokens - (N - 64)
+    assert usage.completion_tokens == 8
+    streamed = chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.889}, max_tokens=8)
+    assert text == streamed.choices[0].message.content
+
+
+def test_methods_endpoint_lists_methods_parameters_and_defaults(server):
+    document = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()
+    methods = {m["name"]: m for m in document["data"]}
+    assert set(methods) == {"none", "random", "pooling"}
+    assert methods["random"]["params"][0]["name"] == "prune_seed"
+    assert methods["random"]["params"][0]["default"] == 0
+    assert methods["pooling"]["params"] == []
+    assert document["fields"]["prune"]["default"] == "pooling"
+    assert document["fields"]["prune_ratio"]["default"] == 0.75
+    assert document["fields"]["prune"]["allowed"] == ["none", "pooling", "random"]
+
+
+def test_metrics_move_by_the_expected_amounts(server, model_name):
+    before = server.metrics_text()
+    chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.75})
+    chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.889})
+    list(server.client.chat.completions.create(
+        model=model_name, messages=image_messages(), max_tokens=3, stream=True,
+        extra_body={"prune": "pooling", "prune_ratio": 0.75},
+    ))
+    chat(server, model_name, {"prune": "random", "prune_keep": 10})
+    chat(server, model_name, {"prune": "none"})
+    chat(server, model_name, {"prune": "none"}, [{"role": "user", "content": "no image"}])
+    after = server.metrics_text()
+
+    def delta(name: str, method: str) -> float:
+        return metric(after, name, method=method) - metric(before, name, method=method)
+
+    assert delta("vllm_prune_requests_total", "pooling") == 3
+    assert delta("vllm_prune_requests_total", "random") == 1
+    assert delta("vllm_prune_requests_total", "none") == 1  # the text-only one has no image
+    assert delta("vllm_prune_visual_tokens_before_total", "pooling") == 3 * N
+    assert delta("vllm_prune_visual_tokens_after_total", "pooling") == 144 + 64 + 144
+    assert delta("vllm_prune_visual_tokens_after_total", "random") == 10
+    assert delta("vllm_prune_visual_tokens_after_total", "none") == N
+    assert delta("vllm_prune_kv_cache_bytes_saved_total", "pooling") == (
+        (3 * N - 352) * KV_BYTES_PER_TOKEN
+    )
+    assert delta("vllm_prune_kv_cache_bytes_saved_total", "random") == (N - 10) * KV_BYTES_PER_TOKEN
+    assert delta("vllm_prune_kv_cache_bytes_saved_total", "none") == 0
+    assert delta("vllm_prune_e2e_request_latency_seconds_count", "pooling") == 3
+    assert delta("vllm_prune_e2e_request_latency_seconds_count", "none") == 1
+    assert delta("vllm_prune_time_to_first_token_seconds_count", "pooling") == 1
+    assert delta("vllm_prune_e2e_request_latency_seconds_sum", "pooling") > 0
