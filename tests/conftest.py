@@ -7,8 +7,6 @@ plugin switched off: it is the reference for "pruning off changes nothing".
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import signal
 import socket
@@ -23,7 +21,6 @@ from pathlib import Path
 import pytest
 import requests
 from openai import OpenAI
-from PIL import Image
 
 from server.cli import DEMO_ARGS, DEMO_NAME
 from vllm_prune.demo_model import build_tiny_llava
@@ -135,25 +132,3 @@ def plain_server(servers: dict[str, Server]) -> Server:
 @pytest.fixture(scope="session")
 def model_name() -> str:
     return DEMO_NAME
-
-
-def image_data_url(seed: int, size: tuple[int, int] = (336, 336)) -> str:
-    """A noise image (deterministic per seed) as a data URL."""
-    import numpy as np
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def image_messages(question: str = "what is in the image ?", seed: int = 0, size=(336, 336)) -> list[dict]:
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": image_data_url(seed, size)}},
-                {"type": "text", "text": question},
-            ],
-        }
-    ]

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
+from vllm_prune.client_utils import image_messages, metric, metric_labels
 
-from .conftest import KV_BLOCKS, Server, image_messages
+from .conftest import KV_BLOCKS, Server
 
 N = 576  # LLaVA-1.5 at 336 px: a 24 x 24 grid of visual tokens
 KEEP = {0.75: 144, 0.889: 64}
@@ -28,16 +28,6 @@ def chat(server: Server, model: str, extra: dict, messages=None, **kwargs):
     return server.client.chat.completions.create(
         model=model, messages=messages or image_messages(), extra_body=extra, **kwargs
     )
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +127,9 @@ def test_kv_tokens_computed_by_vllm_drop_by_the_pruned_tokens(server, model_name
 
 
 def test_kv_blocks_in_use_reported_by_vllm_shrink_with_pruning(server, model_name):
-    info = next(
-        s for f in text_string_to_metric_families(server.metrics_text()) for s in f.samples
-        if s.name == "vllm:cache_config_info"
-    )
-    assert int(info.labels["num_gpu_blocks"]) == KV_BLOCKS
-    block_size = int(info.labels["block_size"])
+    info = metric_labels(server.metrics_text(), "vllm:cache_config_info")
+    assert int(info["num_gpu_blocks"]) == KV_BLOCKS
+    block_size = int(info["block_size"])
     for seed, (label, extra) in enumerate(SETTINGS_KV.items(), start=200):
         prompt = chat(server, model_name, extra, messages=image_messages(seed=seed)).usage.prompt_tokens
         _wait_idle(server)
