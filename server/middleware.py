@@ -70,13 +70,6 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _is_json(scope: Scope) -> bool:
-    for name, value in scope.get("headers", []):
-        if name == b"content-type":
-            return value.split(b";")[0].strip().lower() == b"application/json"
-    return False
-
-
 class PruneMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -88,17 +81,19 @@ class PruneMiddleware:
         if scope["path"] == METHODS_PATH and scope["method"] == "GET":
             await _send_json(send, 200, methods_document(_defaults(scope)))
             return
-        if scope["method"] != "POST" or not _is_json(scope):
+        if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
 
         started = time.perf_counter()
         body = await _read_body(receive)
         method = None
+        # Every POST body that parses as a JSON object is checked, whatever its
+        # content-type says: FastAPI parses a body without one as JSON too.
         try:
             payload = json.loads(body)
         except ValueError:
-            payload = None  # vLLM answers malformed JSON itself
+            payload = None  # not JSON (forms, malformed): vLLM answers it itself
         if isinstance(payload, dict):
             try:
                 rewritten = rewrite(payload, scope["path"], _defaults(scope))

@@ -6,6 +6,7 @@ tests that want the unpruned model send ``prune: "none"``, which always wins.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -230,6 +231,20 @@ def test_bad_input_is_a_400_naming_the_field(server, model_name, extra, field, m
         assert text in message
     # The server keeps serving.
     assert chat(server, model_name, {"prune": "pooling"}).usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/json; charset=utf-8"])
+def test_processor_kwargs_are_filtered_whatever_the_content_type(server, model_name, content_type):
+    body = {
+        "model": model_name, "messages": image_messages(), "max_tokens": 2,
+        "mm_processor_kwargs": {"do_resize": False},
+    }
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = requests.post(
+        f"{server.url}/v1/chat/completions", data=json.dumps(body), headers=headers, timeout=60
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "mm_processor_kwargs"
 
 
 def test_bad_input_on_text_only_request_is_still_refused(server, model_name):
