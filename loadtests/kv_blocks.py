@@ -4,12 +4,14 @@ Against a running server (``make serve``, or any vllm-prune deployment):
 
     .venv/bin/python loadtests/kv_blocks.py --url http://127.0.0.1:8000 --model tiny-llava
 
-For each setting it sends one image request and reads ``usage.prompt_tokens``,
-the KV tokens vLLM computed at prefill (``vllm:request_prefill_kv_computed_tokens``)
-and the KV blocks in use while a long request decodes (``vllm:kv_cache_usage_perc``
-x usable blocks). Time to first token is measured side by side: the settings
-take turns, ``--rounds`` times, and the table shows the median and its ratio
-to ``none``. Prints a Markdown table.
+For each setting it sends a fresh image prompt twice and reads
+``usage.prompt_tokens``, the KV tokens vLLM computed at prefill
+(``vllm:request_prefill_kv_computed_tokens``) and the full KV blocks of the
+first request that the second finds in vLLM's prefix cache
+(``vllm:prefix_cache_hits``); KV blocks = computed tokens / block size, rounded
+up. Time to first token is measured side by side: the settings take turns,
+``--rounds`` times, and the table shows the median and its ratio to ``none``.
+Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import argparse
 import statistics
 import time
 
-import requests
 from openai import OpenAI
 
-from vllm_prune.client_utils import image_messages, metric, metric_labels
+from vllm_prune.client_utils import image_messages, measure_kv
 
 SETTINGS = {
     "none": {"prune": "none"},
@@ -30,33 +31,6 @@ SETTINGS = {
     "pooling 0.75": {"prune": "pooling", "prune_ratio": 0.75},
     "pooling 0.889": {"prune": "pooling", "prune_ratio": 0.889},
 }
-
-
-def metrics(url: str) -> str:
-    response = requests.get(f"{url}/metrics", timeout=30)
-    response.raise_for_status()
-    return response.text
-
-
-def blocks_in_flight(client: OpenAI, url: str, model: str, extra: dict, seed: int) -> int:
-    """KV blocks in use right after prefill of one long request (polled gauge)."""
-    info = metric_labels(metrics(url), "vllm:cache_config_info")
-    usable = int(info["num_gpu_blocks"]) - 1  # vLLM reserves one null block
-    stream = client.chat.completions.create(
-        model=model, messages=image_messages(seed=seed), max_tokens=1000,
-        stream=True, extra_body={**extra, "ignore_eos": True},
-    )
-    try:
-        next(iter(stream))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            text = metrics(url)
-            if metric(text, "vllm:num_requests_running") >= 1:
-                return round(metric(text, "vllm:kv_cache_usage_perc") * usable)
-            time.sleep(0.02)
-        raise RuntimeError("the request never showed up as running")
-    finally:
-        stream.close()
 
 
 def time_to_first_token(client: OpenAI, model: str, extra: dict, seed: int) -> float:
@@ -81,16 +55,10 @@ def main() -> None:
     args = parser.parse_args()
     client = OpenAI(base_url=f"{args.url}/v1", api_key="unused", max_retries=0)
 
-    rows = {}
-    for index, (label, extra) in enumerate(SETTINGS.items()):
-        seed = 10_000 + index  # fresh images: no prefix-cache hit hides computed KV
-        before = metric(metrics(args.url), "vllm:request_prefill_kv_computed_tokens_sum")
-        response = client.chat.completions.create(
-            model=args.model, messages=image_messages(seed=seed), max_tokens=1, extra_body=extra
-        )
-        computed = metric(metrics(args.url), "vllm:request_prefill_kv_computed_tokens_sum") - before
-        blocks = blocks_in_flight(client, args.url, args.model, extra, seed + 100)
-        rows[label] = (response.usage.prompt_tokens, int(computed), blocks)
+    reports = {
+        label: measure_kv(client, args.url, args.model, extra, seed=10_000 + index)
+        for index, (label, extra) in enumerate(SETTINGS.items())
+    }
 
     ttft: dict[str, list[float]] = {label: [] for label in SETTINGS}
     for round_index in range(args.rounds):
@@ -100,13 +68,15 @@ def main() -> None:
             ttft[label].append(time_to_first_token(client, args.model, extra, seed))
     base = statistics.median(ttft["none"])
 
-    print("| setting | prompt tokens | KV tokens computed (vLLM) | KV blocks in use (vLLM) "
-          "| median TTFT (ms) | TTFT vs none |")
-    print("|---|---|---|---|---|---|")
-    for label, (prompt, computed, blocks) in rows.items():
+    block_size = next(iter(reports.values())).block_size
+    print(f"| setting | prompt tokens | KV tokens computed | full KV blocks cached "
+          f"| KV blocks ({block_size} tokens) | median TTFT (ms) | TTFT vs none |")
+    print("|---|---|---|---|---|---|---|")
+    for label, report in reports.items():
         median = statistics.median(ttft[label])
-        print(f"| {label} | {prompt} | {computed} | {blocks} | {median * 1000:.1f} "
-              f"| {median / base:.2f} |")
+        print(f"| {label} | {report.prompt_tokens} | {report.computed_tokens} "
+              f"| {report.cached_tokens // report.block_size} | {report.blocks} "
+              f"| {median * 1000:.1f} | {median / base:.2f} |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from server.cli import DEMO_ARGS, DEMO_NAME
 from vllm_prune.demo_model import build_tiny_llava
 
 STARTUP_TIMEOUT_S = 420
-KV_BLOCKS = 128  # a fixed, small KV cache so vLLM's usage gauge resolves single blocks
+BLOCK_SIZE = 32  # the smallest KV block the CPU attention backend takes (default 128)
 
 
 @dataclass
@@ -97,7 +97,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     model = str(build_tiny_llava(root / "tiny-llava"))
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    common = [*DEMO_ARGS, "--num-gpu-blocks-override", str(KV_BLOCKS)]
+    common = [*DEMO_ARGS, "--block-size", str(BLOCK_SIZE)]
     pruned_cmd = [
         sys.executable, "-m", "server.cli", "serve", model, *common,
         "--prune-default", "pooling", "--prune-ratio", "0.75",

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 import requests
-from vllm_prune.client_utils import image_messages, metric, metric_labels
+from vllm_prune.client_utils import image_messages, measure_kv, metric
 
-from .conftest import KV_BLOCKS, Server
+from .conftest import BLOCK_SIZE, Server
 
 N = 576  # LLaVA-1.5 at 336 px: a 24 x 24 grid of visual tokens
 KEEP = {0.75: 144, 0.889: 64}
@@ -69,80 +68,34 @@ def test_image_size_does_not_change_the_token_count(server, model_name, unpruned
     assert pruned.usage.prompt_tokens == unpruned_prompt_tokens - (N - 64)
 
 
-def _kv_blocks_in_flight(server: Server, model: str, extra: dict, seed: int) -> int:
-    """KV blocks vLLM's gauge reports while one long request is decoding.
-
-    The gauge is used / usable blocks (one block of the pool is vLLM's
-    reserved null block) and is refreshed by the engine's stats loop, so poll.
-    """
-    stream = server.client.chat.completions.create(
-        model=model, messages=image_messages(seed=seed), max_tokens=1500, temperature=0.0,
-        stream=True, extra_body={**extra, "ignore_eos": True},
-    )
-    try:
-        next(iter(stream))  # prefill is done: the prompt's blocks are allocated
-        started = time.monotonic()
-        seen = []
-        while time.monotonic() < started + 10:
-            text = server.metrics_text()
-            usage = metric(text, "vllm:kv_cache_usage_perc")
-            running = metric(text, "vllm:num_requests_running")
-            seen.append((round(time.monotonic() - started, 3), running, usage))
-            if running == 1 and usage > 0:
-                break
-            time.sleep(0.02)
-    finally:
-        stream.close()  # aborts the request and frees its blocks
-    assert running == 1, seen[-3:]
-    blocks = usage * (KV_BLOCKS - 1)
-    assert blocks == pytest.approx(round(blocks), abs=1e-6)
-    return round(blocks)
-
-
-def _wait_idle(server: Server) -> None:
-    deadline = time.monotonic() + 10
-    while metric(server.metrics_text(), "vllm:num_requests_running") != 0:
-        assert time.monotonic() < deadline, "a request is still running"
-        time.sleep(0.05)
-
-
 SETTINGS_KV = {
     "none": {"prune": "none"},
     "pooling-0.75": {"prune": "pooling", "prune_ratio": 0.75},
     "pooling-0.889": {"prune": "pooling", "prune_ratio": 0.889},
+    "random-0.75": {"prune": "random", "prune_ratio": 0.75},
 }
 
 
-def test_kv_tokens_computed_by_vllm_drop_by_the_pruned_tokens(server, model_name):
-    """vLLM's own per-request histogram of KV tokens computed at prefill."""
-    computed, prompts = {}, {}
-    for seed, (label, extra) in enumerate(SETTINGS_KV.items(), start=100):
-        before = metric(server.metrics_text(), "vllm:request_prefill_kv_computed_tokens_sum")
-        # A fresh image each time, so no prefix-cache hit hides any computed KV.
-        response = chat(server, model_name, extra, messages=image_messages(seed=seed))
-        after = metric(server.metrics_text(), "vllm:request_prefill_kv_computed_tokens_sum")
-        computed[label], prompts[label] = after - before, response.usage.prompt_tokens
-    assert computed == prompts
-    assert computed["none"] - computed["pooling-0.75"] == N - KEEP[0.75]
-    assert computed["none"] - computed["pooling-0.889"] == N - KEEP[0.889]
-
-
-def test_kv_blocks_in_use_reported_by_vllm_shrink_with_pruning(server, model_name):
-    info = metric_labels(server.metrics_text(), "vllm:cache_config_info")
-    assert int(info["num_gpu_blocks"]) == KV_BLOCKS
-    block_size = int(info["block_size"])
-    for seed, (label, extra) in enumerate(SETTINGS_KV.items(), start=200):
-        prompt = chat(server, model_name, extra, messages=image_messages(seed=seed)).usage.prompt_tokens
-        _wait_idle(server)
-        blocks = _kv_blocks_in_flight(server, model_name, extra, seed)
-        # The prompt's blocks, plus what decoding added before the gauge was
-        # read: the tiny model decodes a block's worth of tokens in ~0.1 s.
-        least = math.ceil(prompt / block_size)
-        assert least <= blocks <= least + 2, (label, prompt, blocks)
-        if label == "none":
-            unpruned_least = least
-        else:
-            assert blocks < unpruned_least, (label, blocks, unpruned_least)
+def test_kv_cache_reported_by_vllm_shrinks_by_the_pruned_tokens(server, model_name):
+    """vLLM's own numbers: KV tokens computed at prefill, KV blocks held in its prefix cache."""
+    reports = {
+        label: measure_kv(server.client, server.url, model_name, extra, seed)
+        for seed, (label, extra) in enumerate(SETTINGS_KV.items(), start=100)
+    }
+    for label, report in reports.items():
+        assert report.block_size == BLOCK_SIZE
+        # vLLM computed KV for exactly the prompt it was given ...
+        assert report.computed_tokens == report.prompt_tokens, label
+        # ... and keeps every full block of it (the last token is always recomputed).
+        assert report.cached_tokens == (report.prompt_tokens - 1) // BLOCK_SIZE * BLOCK_SIZE, label
+    none = reports["none"]
+    for label, ratio in (("pooling-0.75", 0.75), ("pooling-0.889", 0.889), ("random-0.75", 0.75)):
+        assert none.computed_tokens - reports[label].computed_tokens == N - KEEP[ratio]
+    assert [reports[k].blocks for k in ("none", "pooling-0.75", "pooling-0.889")] == [
+        math.ceil(none.prompt_tokens / BLOCK_SIZE),
+        math.ceil((none.prompt_tokens - (N - 144)) / BLOCK_SIZE),
+        math.ceil((none.prompt_tokens - (N - 64)) / BLOCK_SIZE),
+    ]
 
 
 def _greedy(server: Server, model: str, extra: dict | None, messages=None):

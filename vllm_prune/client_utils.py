@@ -1,10 +1,13 @@
-"""Small helpers for clients of a server (tests, benchmarks): images and /metrics."""
+"""Small helpers for clients of a server (tests, benchmarks): images, /metrics, KV."""
 
 from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
+from typing import Any
 
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -51,3 +54,51 @@ def metric_labels(text: str, name: str) -> dict[str, str]:
             if sample.name == name:
                 return dict(sample.labels)
     raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class KvReport:
+    """One prompt's KV cache, as the server's own vLLM metrics report it."""
+
+    prompt_tokens: int  # usage.prompt_tokens of the first request
+    computed_tokens: int  # vllm:request_prefill_kv_computed_tokens of the first request
+    cached_tokens: int  # vllm:prefix_cache_hits of an identical second request
+    block_size: int
+
+    @property
+    def blocks(self) -> int:
+        """KV blocks the prompt occupies: its full blocks plus a partial last one."""
+        return -(-self.computed_tokens // self.block_size)
+
+
+def measure_kv(client: Any, url: str, model: str, extra: dict, seed: int) -> KvReport:
+    """Send a fresh image prompt twice and read what vLLM reports about its KV.
+
+    The first request computes the whole prompt's KV (a fresh image, so no
+    prefix-cache hit); the identical second one finds the first one's full KV
+    blocks in vLLM's prefix cache, which counts them in its hit metric.
+    """
+
+    def scrape() -> str:
+        response = requests.get(f"{url}/metrics", timeout=30)
+        response.raise_for_status()
+        return response.text
+
+    def ask() -> Any:
+        return client.chat.completions.create(
+            model=model, messages=image_messages(seed=seed), max_tokens=1, extra_body=extra
+        )
+
+    before = scrape()
+    first = ask()
+    middle = scrape()
+    ask()
+    after = scrape()
+    computed = "vllm:request_prefill_kv_computed_tokens_sum"
+    hits = "vllm:prefix_cache_hits_total"
+    return KvReport(
+        prompt_tokens=first.usage.prompt_tokens,
+        computed_tokens=int(metric(middle, computed) - metric(before, computed)),
+        cached_tokens=int(metric(after, hits) - metric(middle, hits)),
+        block_size=int(metric_labels(after, "vllm:cache_config_info")["block_size"]),
+    )
