@@ -36,7 +36,10 @@ SETTINGS = {
 def time_to_first_token(client: OpenAI, model: str, extra: dict, seed: int) -> float:
     started = time.perf_counter()
     stream = client.chat.completions.create(
-        model=model, messages=image_messages(seed=seed), max_tokens=1, stream=True,
+        model=model,
+        messages=image_messages(seed=seed),
+        max_tokens=1,
+        stream=True,
         extra_body=extra,
     )
     for chunk in stream:
@@ -69,14 +72,18 @@ def main() -> None:
     base = statistics.median(ttft["none"])
 
     block_size = next(iter(reports.values())).block_size
-    print(f"| setting | prompt tokens | KV tokens computed | full KV blocks cached "
-          f"| KV blocks ({block_size} tokens) | median TTFT (ms) | TTFT vs none |")
+    print(
+        f"| setting | prompt tokens | KV tokens computed | full KV blocks cached "
+        f"| KV blocks ({block_size} tokens) | median TTFT (ms) | TTFT vs none |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, report in reports.items():
         median = statistics.median(ttft[label])
-        print(f"| {label} | {report.prompt_tokens} | {report.computed_tokens} "
-              f"| {report.cached_tokens // report.block_size} | {report.blocks} "
-              f"| {median * 1000:.1f} | {median / base:.2f} |")
+        print(
+            f"| {label} | {report.prompt_tokens} | {report.computed_tokens} "
+            f"| {report.cached_tokens // report.block_size} | {report.blocks} "
+            f"| {median * 1000:.1f} | {median / base:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,14 @@ from vllm_prune.spec import DEFAULT_RATIO
 MIDDLEWARE = "server.middleware.PruneMiddleware"
 DEMO_NAME = "tiny-llava"
 # The demo is tiny: float32 and eager mode run anywhere, CPU included.
+# fmt: off
 DEMO_ARGS = [
     "--dtype", "float32",
     "--enforce-eager",
     "--max-model-len", "2048",
     "--served-model-name", DEMO_NAME,
 ]
+# fmt: on
 
 
 def _ratio(text: str) -> float:

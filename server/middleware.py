@@ -104,9 +104,9 @@ class PruneMiddleware:
             method = rewritten.method
 
         scope = dict(scope)
-        scope["headers"] = [
-            (k, v) for k, v in scope["headers"] if k != b"content-length"
-        ] + [(b"content-length", str(len(body)).encode())]
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [
+            (b"content-length", str(len(body)).encode())
+        ]
 
         sent_body = False
 
@@ -145,9 +145,7 @@ class _Timing:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = dict(message.get("headers", []))
-            self.streaming = headers.get(b"content-type", b"").startswith(
-                b"text/event-stream"
-            )
+            self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
         elif message["type"] == "http.response.body":
             now = time.perf_counter()
             if self.first_chunk is None and message.get("body"):

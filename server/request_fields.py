@@ -39,8 +39,7 @@ def has_images(payload: dict[str, Any]) -> bool:
     for message in payload.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(
-            isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES
-            for part in content
+            isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES for part in content
         ):
             return True
     return False
@@ -61,9 +60,7 @@ def check_untrusted_kwargs(payload: dict[str, Any]) -> None:
                 f"got {', '.join(repr(k) for k in unknown)}",
             )
     if payload.get(MEDIA_IO_KWARGS):
-        raise PruneSpecError(
-            MEDIA_IO_KWARGS, f"'{MEDIA_IO_KWARGS}' is not accepted by this server"
-        )
+        raise PruneSpecError(MEDIA_IO_KWARGS, f"'{MEDIA_IO_KWARGS}' is not accepted by this server")
 
 
 def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rewritten:
@@ -82,8 +79,7 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
     if both:
         raise PruneSpecError(
             both[0],
-            f"'{both[0]}' was sent both at the top level and in '{MM_KWARGS}'; "
-            "send it once",
+            f"'{both[0]}' was sent both at the top level and in '{MM_KWARGS}'; send it once",
         )
     spec = PruneSpec.from_fields({**in_mm_kwargs, **top_level}, defaults.ratio)
     if spec is None and defaults.method is not None:

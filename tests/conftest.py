@@ -70,7 +70,9 @@ def _wait_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-6000:]}")
+            raise RuntimeError(
+                f"server exited with {process.returncode}:\n{log.read_text()[-6000:]}"
+            )
         try:
             if requests.get(f"{url}/health", timeout=2).status_code == 200:
                 return
@@ -99,11 +101,24 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     common = [*DEMO_ARGS, "--block-size", str(BLOCK_SIZE)]
     pruned_cmd = [
-        sys.executable, "-m", "server.cli", "serve", model, *common,
-        "--prune-default", "pooling", "--prune-ratio", "0.75",
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        model,
+        *common,
+        "--prune-default",
+        "pooling",
+        "--prune-ratio",
+        "0.75",
     ]
     plain_cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *common,
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        *common,
     ]
     plain_env = dict(env, VLLM_PLUGINS="")  # an allowlist that matches no plugin
     started = {

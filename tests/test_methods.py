@@ -74,7 +74,10 @@ def test_pooling_to_one_token_is_the_mean():
     torch.testing.assert_close(out.features[0], x.mean(0))
 
 
-@pytest.mark.parametrize(("h", "w", "keep"), [(24, 24, 144), (24, 24, 64), (24, 24, 150), (12, 48, 100), (1, 576, 9), (24, 24, 575)])
+@pytest.mark.parametrize(
+    ("h", "w", "keep"),
+    [(24, 24, 144), (24, 24, 64), (24, 24, 150), (12, 48, 100), (1, 576, 9), (24, 24, 575)],
+)
 def test_pooled_grid_has_enough_cells_and_follows_the_aspect(h, w, keep):
     rows, cols = pooled_grid(h, w, keep)
     assert keep <= rows * cols <= h * w
@@ -105,7 +108,7 @@ def test_spatial_coverage_of_the_baselines():
     for name in PRUNING:
         out = get_method(name).reduce(x, GRID, 64, Context(params={"prune_seed": 0}))
         rows, cols = out.indices // 24, out.indices % 24
-        quadrants = {(int(r) // 12, int(c) // 12) for r, c in zip(rows, cols)}
+        quadrants = {(int(r) // 12, int(c) // 12) for r, c in zip(rows, cols, strict=True)}
         assert quadrants == {(0, 0), (0, 1), (1, 0), (1, 1)}, name
 
 
@@ -114,5 +117,7 @@ def test_methods_package_does_not_import_vllm():
     import sys
 
     code = "import sys, vllm_prune.methods, vllm_prune.spec; print('vllm' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"

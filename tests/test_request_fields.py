@@ -12,7 +12,11 @@ IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}
 
 
 def body(**extra):
-    return {"model": "m", "messages": [{"role": "user", "content": [IMAGE, {"type": "text", "text": "hi"}]}], **extra}
+    return {
+        "model": "m",
+        "messages": [{"role": "user", "content": [IMAGE, {"type": "text", "text": "hi"}]}],
+        **extra,
+    }
 
 
 def test_top_level_fields_move_into_mm_processor_kwargs():
@@ -25,13 +29,19 @@ def test_top_level_fields_move_into_mm_processor_kwargs():
 def test_server_default_applies_only_when_no_method_is_named():
     defaults = ServerDefaults(method="random", ratio=0.5)
     assert rewrite(body(), CHAT, defaults).payload["mm_processor_kwargs"] == {
-        "prune": "random", "prune_ratio": 0.5, "prune_seed": 0,
+        "prune": "random",
+        "prune_ratio": 0.5,
+        "prune_seed": 0,
     }
-    assert rewrite(body(prune="none"), CHAT, defaults).payload["mm_processor_kwargs"] == {"prune": "none"}
+    assert rewrite(body(prune="none"), CHAT, defaults).payload["mm_processor_kwargs"] == {
+        "prune": "none"
+    }
 
 
 def test_image_requests_always_carry_a_method_so_metrics_count_them():
-    assert rewrite(body(), CHAT, ServerDefaults()).payload["mm_processor_kwargs"] == {"prune": "none"}
+    assert rewrite(body(), CHAT, ServerDefaults()).payload["mm_processor_kwargs"] == {
+        "prune": "none"
+    }
 
 
 def test_text_only_requests_get_no_processor_kwargs():
@@ -59,6 +69,8 @@ def test_refusals_name_the_field(payload, field):
 
 def test_other_endpoints_are_filtered_too():
     with pytest.raises(PruneSpecError):
-        rewrite({"prompt": "x", "mm_processor_kwargs": {"size": 1}}, "/v1/completions", ServerDefaults())
+        rewrite(
+            {"prompt": "x", "mm_processor_kwargs": {"size": 1}}, "/v1/completions", ServerDefaults()
+        )
     out = rewrite({"prompt": "x", "prune": "pooling"}, "/v1/completions", ServerDefaults())
     assert out.payload == {"prompt": "x", "prune": "pooling"}

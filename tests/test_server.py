@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import requests
+
 from vllm_prune.client_utils import image_messages, measure_kv, metric
 
 from .conftest import BLOCK_SIZE, Server
@@ -63,7 +64,10 @@ def test_server_default_applies_and_none_turns_it_off(server, model_name, unprun
 
 def test_image_size_does_not_change_the_token_count(server, model_name, unpruned_prompt_tokens):
     wide = image_messages(seed=3, size=(640, 360))
-    assert chat(server, model_name, {"prune": "none"}, wide).usage.prompt_tokens == unpruned_prompt_tokens
+    assert (
+        chat(server, model_name, {"prune": "none"}, wide).usage.prompt_tokens
+        == unpruned_prompt_tokens
+    )
     pruned = chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.889}, wide)
     assert pruned.usage.prompt_tokens == unpruned_prompt_tokens - (N - 64)
 
@@ -100,8 +104,13 @@ def test_kv_cache_reported_by_vllm_shrinks_by_the_pruned_tokens(server, model_na
 
 def _greedy(server: Server, model: str, extra: dict | None, messages=None):
     response = server.client.chat.completions.create(
-        model=model, messages=messages or image_messages(seed=5), max_tokens=6,
-        temperature=0.0, logprobs=True, top_logprobs=3, extra_body=extra,
+        model=model,
+        messages=messages or image_messages(seed=5),
+        max_tokens=6,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body=extra,
     )
     choice = response.choices[0]
     tokens = [t.token for t in choice.logprobs.content]
@@ -138,14 +147,18 @@ def test_concurrent_requests_keep_their_own_settings(server, model_name):
     alone = [_greedy(server, model_name, extra) for extra in settings]
     with ThreadPoolExecutor(max_workers=len(settings) * 2) as pool:
         together = list(pool.map(lambda e: _greedy(server, model_name, e), settings * 2))
-    for extra, expected, got in zip(settings * 2, alone * 2, together):
+    for extra, expected, got in zip(settings * 2, alone * 2, together, strict=True):
         assert got[0] == expected[0], extra
         assert got[1] == expected[1], extra
         assert got[2] == pytest.approx(expected[2], rel=1e-4, abs=1e-5), extra
     unpruned = alone[0][0]
     assert [r[0] for r in alone] == [
-        unpruned, unpruned - (N - 144), unpruned - (N - 64),
-        unpruned - (N - 144), unpruned - (N - 144), unpruned - (N - 9),
+        unpruned,
+        unpruned - (N - 144),
+        unpruned - (N - 64),
+        unpruned - (N - 144),
+        unpruned - (N - 144),
+        unpruned - (N - 9),
     ]
     # The two seeds select different tokens, so the model sees different inputs.
     assert alone[3][2] != pytest.approx(alone[4][2], rel=1e-5, abs=1e-6)
@@ -189,7 +202,9 @@ def test_bad_input_is_a_400_naming_the_field(server, model_name, extra, field, m
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/json; charset=utf-8"])
 def test_processor_kwargs_are_filtered_whatever_the_content_type(server, model_name, content_type):
     body = {
-        "model": model_name, "messages": image_messages(), "max_tokens": 2,
+        "model": model_name,
+        "messages": image_messages(),
+        "max_tokens": 2,
         "mm_processor_kwargs": {"do_resize": False},
     }
     headers = {} if content_type is None else {"Content-Type": content_type}
@@ -216,8 +231,12 @@ def test_prune_fields_without_images_are_a_no_op(server, model_name):
 
 def test_streaming_with_pruning(server, model_name, unpruned_prompt_tokens):
     stream = server.client.chat.completions.create(
-        model=model_name, messages=image_messages(), max_tokens=8, temperature=0.0,
-        stream=True, stream_options={"include_usage": True},
+        model=model_name,
+        messages=image_messages(),
+        max_tokens=8,
+        temperature=0.0,
+        stream=True,
+        stream_options={"include_usage": True},
         extra_body={"prune": "pooling", "prune_ratio": 0.889},
     )
     chunks = list(stream)
@@ -245,10 +264,15 @@ def test_metrics_move_by_the_expected_amounts(server, model_name):
     before = server.metrics_text()
     chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.75})
     chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.889})
-    list(server.client.chat.completions.create(
-        model=model_name, messages=image_messages(), max_tokens=3, stream=True,
-        extra_body={"prune": "pooling", "prune_ratio": 0.75},
-    ))
+    list(
+        server.client.chat.completions.create(
+            model=model_name,
+            messages=image_messages(),
+            max_tokens=3,
+            stream=True,
+            extra_body={"prune": "pooling", "prune_ratio": 0.75},
+        )
+    )
     chat(server, model_name, {"prune": "random", "prune_keep": 10})
     chat(server, model_name, {"prune": "none"})
     chat(server, model_name, {"prune": "none"}, [{"role": "user", "content": "no image"}])

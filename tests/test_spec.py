@@ -7,7 +7,9 @@ import pytest
 from vllm_prune.spec import PruneSpec, PruneSpecError
 
 
-@pytest.mark.parametrize(("ratio", "keep"), [(0.75, 144), (0.889, 64), (0.0, 576), (0.5, 288), (0.999, 1)])
+@pytest.mark.parametrize(
+    ("ratio", "keep"), [(0.75, 144), (0.889, 64), (0.0, 576), (0.5, 288), (0.999, 1)]
+)
 def test_keep_from_ratio_on_llava_grid(ratio, keep):
     spec = PruneSpec.from_fields({"prune": "pooling", "prune_ratio": ratio})
     assert spec.keep_for(576) == keep

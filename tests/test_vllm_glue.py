@@ -42,7 +42,7 @@ def test_processor_count_and_model_rows_always_agree(spec):
     plans = fields.pop_plans(kwargs)
     assert kwargs == {}
     assert len(plans) == 2
-    for keep, plan in zip(encoded[fields.KEEP_KEY].tolist(), plans):
+    for keep, plan in zip(encoded[fields.KEEP_KEY].tolist(), plans, strict=True):
         rows = fields.apply_plan(torch.randn(576, 8), fields.square_grid(576), plan)
         assert rows.shape[0] == keep == plan.keep
     if spec.get("prune_seed") is not None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 # Architecture name (as in config.json) -> our subclass, as "module:Class".
 OVERRIDES = {
-    "LlavaForConditionalGeneration": (
-        "vllm_prune.models.llava:PruneLlavaForConditionalGeneration"
-    ),
+    "LlavaForConditionalGeneration": ("vllm_prune.models.llava:PruneLlavaForConditionalGeneration"),
 }
 
 _registered = False

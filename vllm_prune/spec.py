@@ -82,8 +82,7 @@ class PruneSpec:
         if not isinstance(name, str) or name not in method_names():
             raise PruneSpecError(
                 METHOD_FIELD,
-                f"'{METHOD_FIELD}' must be one of {', '.join(method_names())}; "
-                f"got {name!r}",
+                f"'{METHOD_FIELD}' must be one of {', '.join(method_names())}; got {name!r}",
             )
         method = get_method(name)
 
@@ -124,24 +123,18 @@ class PruneSpec:
                 allowed = ", ".join(declared) or "none"
                 raise PruneSpecError(
                     key,
-                    f"'{key}' does not apply to prune method '{name}' "
-                    f"(its parameters: {allowed})",
+                    f"'{key}' does not apply to prune method '{name}' (its parameters: {allowed})",
                 )
         for param in method.params:
             value = fields.get(param.name)
             if value is None:
                 params[param.name] = param.default
                 continue
-            value = (
-                _integer(param.name, value)
-                if param.kind is int
-                else _number(param.name, value)
-            )
+            value = _integer(param.name, value) if param.kind is int else _number(param.name, value)
             if not param.minimum <= value <= param.maximum:
                 raise PruneSpecError(
                     param.name,
-                    f"'{param.name}' must be in [{param.minimum}, {param.maximum}]; "
-                    f"got {value}",
+                    f"'{param.name}' must be in [{param.minimum}, {param.maximum}]; got {value}",
                 )
             params[param.name] = value
 

@@ -86,9 +86,7 @@ def check_inputs(features: torch.Tensor, grid: tuple[int, int], keep: int) -> No
     """Fail loudly on a count mismatch instead of silently returning wrong rows."""
     h, w = grid
     if features.dim() != 2 or features.shape[0] != h * w:
-        raise ValueError(
-            f"features must be [h * w, D] = [{h * w}, D], got {tuple(features.shape)}"
-        )
+        raise ValueError(f"features must be [h * w, D] = [{h * w}, D], got {tuple(features.shape)}")
     if not 1 <= keep <= h * w:
         raise ValueError(f"keep must be in [1, {h * w}], got {keep}")
 

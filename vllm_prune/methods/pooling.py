@@ -48,7 +48,7 @@ def cell_centres(size: int, cells: int) -> torch.Tensor:
     """Centre of each adaptive-pooling cell along one axis (same bins as PyTorch)."""
     starts = [(i * size) // cells for i in range(cells)]
     ends = [-((-(i + 1) * size) // cells) for i in range(cells)]
-    return torch.tensor([(s + e - 1) // 2 for s, e in zip(starts, ends)])
+    return torch.tensor([(s + e - 1) // 2 for s, e in zip(starts, ends, strict=True)])
 
 
 @register
@@ -65,9 +65,7 @@ class Pooling(PruneMethod):
         image = features.T.reshape(1, -1, h, w).float()
         pooled = F.adaptive_avg_pool2d(image, (rows, cols))
         pooled = pooled.reshape(-1, rows * cols).T.to(features.dtype)
-        centres = (
-            cell_centres(h, rows)[:, None] * w + cell_centres(w, cols)[None, :]
-        ).flatten()
+        centres = (cell_centres(h, rows)[:, None] * w + cell_centres(w, cols)[None, :]).flatten()
         cells = evenly_spaced(rows * cols, keep)
         return Reduced(
             features=pooled[cells.to(pooled.device)].contiguous(),

@@ -34,9 +34,7 @@ def field_config(modality: str = "image") -> dict[str, MultiModalFieldConfig]:
     }
 
 
-def encode(
-    hf_kwargs: Mapping[str, object], num_tokens: Sequence[int]
-) -> dict[str, torch.Tensor]:
+def encode(hf_kwargs: Mapping[str, object], num_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
     """Per-image prune fields for images of ``num_tokens`` visual tokens each.
 
     A bad spec becomes vLLM's own validation error, which its server turns
@@ -53,9 +51,7 @@ def encode(
     return {
         METHOD_KEY: torch.full((count,), method_id(spec.method), dtype=torch.long),
         KEEP_KEY: torch.tensor(keeps, dtype=torch.long),
-        PARAMS_KEY: torch.tensor([values] * count, dtype=torch.float64).reshape(
-            count, len(values)
-        ),
+        PARAMS_KEY: torch.tensor([values] * count, dtype=torch.float64).reshape(count, len(values)),
     }
 
 
@@ -84,7 +80,7 @@ def pop_plans(kwargs: dict[str, object]) -> list[PrunePlan] | None:
     plans = []
     for m, k, p in zip(methods, keeps, params, strict=True):
         method = method_by_id(int(m))
-        values = dict(zip((q.name for q in method.params), p.reshape(-1).tolist()))
+        values = dict(zip((q.name for q in method.params), p.reshape(-1).tolist(), strict=True))
         for q in method.params:
             if q.kind is int:
                 values[q.name] = int(values[q.name])
@@ -98,9 +94,7 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
     return (side, side) if side * side == num_tokens else (1, num_tokens)
 
 
-def apply_plan(
-    features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan
-) -> torch.Tensor:
+def apply_plan(features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan) -> torch.Tensor:
     """The ``plan.keep`` rows of one image's features that go to the LLM."""
     reduced = get_method(plan.method).reduce(
         features, grid, plan.keep, Context(params=dict(plan.params))

@@ -14,16 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 from transformers import BatchFeature
-from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
-from vllm.multimodal.parse import (
-    ImageEmbeddingItems,
-    ImageProcessorItems,
-    MultiModalDataItems,
-)
-from vllm.multimodal.processing import BaseMultiModalProcessor, PromptReplacement
+from vllm.inputs.engine import MultiModalInput
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
@@ -31,6 +24,20 @@ from vllm.model_executor.models.llava import (
     LlavaProcessingInfo,
     _build_llava_or_pixtral_hf_info,
     _build_llava_or_pixtral_hf_processor,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import (
+    ImageEmbeddingItems,
+    ImageProcessorItems,
+    MultiModalDataItems,
+)
+from vllm.multimodal.processing import (
+    BaseDummyInputsBuilder,
+    BaseMultiModalProcessor,
+    ProcessorInputs,
+    PromptReplacement,
+    TimingContext,
 )
 
 from .. import metrics
@@ -50,9 +57,7 @@ class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
         for i in range(images.get_count()):
             size = images.get_image_size(i)
             counts.append(
-                self.info.get_num_image_tokens(
-                    image_width=size.width, image_height=size.height
-                )
+                self.info.get_num_image_tokens(image_width=size.width, image_height=size.height)
             )
         return counts
 
@@ -85,12 +90,10 @@ class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
             return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
 
         return [
-            PromptReplacement(
-                modality="image", target=[image_token_id], replacement=replacement
-            )
+            PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)
         ]
 
-    def apply(self, inputs, timing_ctx):  # type: ignore[no-untyped-def]
+    def apply(self, inputs: ProcessorInputs, timing_ctx: TimingContext) -> MultiModalInput:
         result = super().apply(inputs, timing_ctx)
         spec_fields = inputs.hf_processor_mm_kwargs
         # Only client requests carry a method (the server always sets one);
@@ -109,7 +112,9 @@ class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
         return result
 
 
-def _build_processor(info, dummy_inputs) -> BaseMultiModalProcessor:  # type: ignore[no-untyped-def]
+def _build_processor(
+    info: LlavaProcessingInfo, dummy_inputs: BaseDummyInputsBuilder
+) -> BaseMultiModalProcessor:
     if isinstance(info, LlavaProcessingInfo):
         return PruneLlavaMultiModalProcessor(info, dummy_inputs)
     # Pixtral-HF checkpoints share the architecture name; they are served unpruned.
@@ -122,7 +127,7 @@ def _build_processor(info, dummy_inputs) -> BaseMultiModalProcessor:  # type: ig
     dummy_inputs=LlavaDummyInputsBuilder,
 )
 class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
-    def embed_multimodal(self, **kwargs: object):  # type: ignore[override]
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = fields.pop_plans(kwargs)
         embeddings = super().embed_multimodal(**kwargs)
         if plans is None:
