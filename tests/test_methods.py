@@ -10,15 +10,16 @@ from vllm_prune.methods.pooling import pooled_grid
 
 GRID = (24, 24)
 N = GRID[0] * GRID[1]
-PRUNING = ["random", "pooling"]
+PRUNING = [name for name in method_names() if name != "none"]
+PARAMS = {"prune_seed": 0, "prune_pivots": 8}
 
 
 def features(dtype: torch.dtype = torch.float32, d: int = 16) -> torch.Tensor:
     return torch.randn(N, d, generator=torch.Generator().manual_seed(1)).to(dtype)
 
 
-def test_registry_holds_the_slice_methods():
-    assert method_names() == ["none", "pooling", "random"]
+def test_registry_holds_the_built_in_methods():
+    assert method_names() == ["dart", "divprune", "none", "pooling", "random"]
 
 
 @pytest.mark.parametrize("name", PRUNING)
@@ -26,7 +27,7 @@ def test_registry_holds_the_slice_methods():
 @pytest.mark.parametrize("keep", [1, 2, 7, 64, 100, 143, 144, 150, N - 1, N])
 def test_exact_count_and_ascending_unique_indices(name, dtype, keep):
     x = features(dtype)
-    out = get_method(name).reduce(x, GRID, keep, Context(params={"prune_seed": 0}))
+    out = get_method(name).reduce(x, GRID, keep, Context(params=PARAMS))
     assert out.features.shape == (keep, x.shape[1])
     assert out.features.dtype == dtype
     assert out.indices.shape == (keep,)
@@ -37,8 +38,8 @@ def test_exact_count_and_ascending_unique_indices(name, dtype, keep):
 @pytest.mark.parametrize("name", PRUNING)
 def test_same_input_same_output(name):
     x = features()
-    a = get_method(name).reduce(x, GRID, 144, Context(params={"prune_seed": 3}))
-    b = get_method(name).reduce(x.clone(), GRID, 144, Context(params={"prune_seed": 3}))
+    a = get_method(name).reduce(x, GRID, 144, Context(params=PARAMS))
+    b = get_method(name).reduce(x.clone(), GRID, 144, Context(params=PARAMS))
     assert torch.equal(a.features, b.features) and torch.equal(a.indices, b.indices)
 
 
@@ -102,11 +103,54 @@ def test_bad_shapes_and_counts_are_refused(name):
         get_method(name).reduce(features(), GRID, N + 1, Context())
 
 
+def test_selection_methods_return_the_rows_they_name():
+    x = features()
+    for name in ("random", "divprune", "dart"):
+        out = get_method(name).reduce(x, GRID, 64, Context(params=PARAMS))
+        assert torch.equal(out.features, x[out.indices]), name
+
+
+def clustered(clusters: int, per_cluster: int, d: int = 16) -> torch.Tensor:
+    """``clusters`` well separated directions, each repeated with a little noise."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(clusters, d, generator=g), dim=-1) * 10
+    noise = 0.01 * torch.randn(clusters * per_cluster, d, generator=g)
+    return centres.repeat_interleave(per_cluster, dim=0) + noise
+
+
+def test_divprune_takes_one_token_from_each_cluster_first():
+    x = clustered(clusters=8, per_cluster=72)  # 576 tokens, 8 near-duplicate groups
+    out = get_method("divprune").reduce(x, GRID, 8, Context())
+    assert sorted((out.indices // 72).tolist()) == list(range(8))
+
+
+def test_divprune_beats_random_on_diversity():
+    x = features()
+    unit = torch.nn.functional.normalize(x, dim=-1)
+
+    def min_distance(indices: torch.Tensor) -> float:
+        d = 1 - unit[indices] @ unit[indices].T
+        return float(d.fill_diagonal_(float("inf")).min())
+
+    div = get_method("divprune").reduce(x, GRID, 64, Context()).indices
+    rnd = get_method("random").reduce(x, GRID, 64, Context(params={"prune_seed": 0})).indices
+    assert min_distance(div) > min_distance(rnd)
+
+
+def test_dart_keeps_the_largest_norm_pivots_and_avoids_their_duplicates():
+    x = features()
+    x[10] *= 50  # the largest L1 norm: a pivot
+    x[11] = x[10] * 0.999  # its near-duplicate: never kept with it
+    out = get_method("dart").reduce(x, GRID, 64, Context(params={"prune_pivots": 1}))
+    assert 10 in out.indices.tolist()
+    assert 11 not in out.indices.tolist()
+
+
 def test_spatial_coverage_of_the_baselines():
     """The paper's point: random and pooling keep tokens in every region of the image."""
     x = features()
-    for name in PRUNING:
-        out = get_method(name).reduce(x, GRID, 64, Context(params={"prune_seed": 0}))
+    for name in ("random", "pooling"):
+        out = get_method(name).reduce(x, GRID, 64, Context(params=PARAMS))
         rows, cols = out.indices // 24, out.indices % 24
         quadrants = {(int(r) // 12, int(c) // 12) for r, c in zip(rows, cols, strict=True)}
         assert quadrants == {(0, 0), (0, 1), (1, 0), (1, 1)}, name

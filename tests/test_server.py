@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from vllm_prune.client_utils import image_messages, measure_kv, metric
+from vllm_prune.methods import method_names
 
 from .conftest import BLOCK_SIZE, Server
 
@@ -36,7 +37,11 @@ def unpruned_prompt_tokens(server: Server, model_name: str) -> int:
     return chat(server, model_name, {"prune": "none"}).usage.prompt_tokens
 
 
-@pytest.mark.parametrize("method", ["random", "pooling"])
+PRUNING = [name for name in method_names() if name != "none"]
+ALLOWED = ", ".join(method_names())
+
+
+@pytest.mark.parametrize("method", PRUNING)
 @pytest.mark.parametrize("ratio", [0.75, 0.889])
 def test_prompt_tokens_drop_by_removed_visual_tokens(
     server, model_name, unpruned_prompt_tokens, method, ratio
@@ -45,7 +50,7 @@ def test_prompt_tokens_drop_by_removed_visual_tokens(
     assert response.usage.prompt_tokens == unpruned_prompt_tokens - (N - KEEP[ratio])
 
 
-@pytest.mark.parametrize("method", ["random", "pooling"])
+@pytest.mark.parametrize("method", PRUNING)
 def test_prune_keep_sets_the_absolute_count(server, model_name, unpruned_prompt_tokens, method):
     response = chat(server, model_name, {"prune": method, "prune_keep": 100})
     assert response.usage.prompt_tokens == unpruned_prompt_tokens - (N - 100)
@@ -165,8 +170,8 @@ def test_concurrent_requests_keep_their_own_settings(server, model_name):
 
 
 BAD_REQUESTS = [
-    ({"prune": "bogus"}, "prune", ["none", "pooling", "random"]),
-    ({"prune": 3}, "prune", ["none", "pooling", "random"]),
+    ({"prune": "bogus"}, "prune", [ALLOWED]),
+    ({"prune": 3}, "prune", [ALLOWED]),
     ({"prune": "pooling", "prune_ratio": 1.0}, "prune_ratio", ["[0, 1)"]),
     ({"prune": "pooling", "prune_ratio": -0.1}, "prune_ratio", ["[0, 1)"]),
     ({"prune": "pooling", "prune_ratio": "half"}, "prune_ratio", ["number"]),
@@ -178,7 +183,8 @@ BAD_REQUESTS = [
     ({"prune": "random", "prune_seed": -1}, "prune_seed", ["[0, 4294967295]"]),
     ({"prune": "random", "prune_seed": "x"}, "prune_seed", ["integer"]),
     ({"prune": "pooling", "prune_seed": 1}, "prune_seed", ["pooling"]),
-    ({"prune_ratio": 0.5}, "prune_ratio", ["none", "pooling", "random"]),
+    ({"prune_ratio": 0.5}, "prune_ratio", [ALLOWED]),
+    ({"prune": "dart", "prune_pivots": 0}, "prune_pivots", ["[1, 64]"]),
     ({"mm_processor_kwargs": {"do_resize": False}}, "mm_processor_kwargs", ["prune_ratio"]),
     ({"mm_processor_kwargs": {"prune": "pooling"}, "prune": "none"}, "prune", ["once"]),
     ({"media_io_kwargs": {"image": {"mode": "L"}}}, "media_io_kwargs", []),
@@ -251,13 +257,14 @@ def test_streaming_with_pruning(server, model_name, unpruned_prompt_tokens):
 def test_methods_endpoint_lists_methods_parameters_and_defaults(server):
     document = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()
     methods = {m["name"]: m for m in document["data"]}
-    assert set(methods) == {"none", "random", "pooling"}
+    assert sorted(methods) == method_names()
     assert methods["random"]["params"][0]["name"] == "prune_seed"
     assert methods["random"]["params"][0]["default"] == 0
     assert methods["pooling"]["params"] == []
     assert document["fields"]["prune"]["default"] == "pooling"
     assert document["fields"]["prune_ratio"]["default"] == 0.75
-    assert document["fields"]["prune"]["allowed"] == ["none", "pooling", "random"]
+    assert document["fields"]["prune"]["allowed"] == method_names()
+    assert methods["dart"]["params"][0]["name"] == "prune_pivots"
 
 
 def test_metrics_move_by_the_expected_amounts(server, model_name):

@@ -31,6 +31,8 @@ def test_plugin_entry_point_registers_our_llava():
         {"prune": "pooling", "prune_keep": 143},
         {"prune": "random", "prune_ratio": 0.889, "prune_seed": 12},
         {"prune": "random", "prune_keep": 575},
+        {"prune": "divprune", "prune_ratio": 0.889},
+        {"prune": "dart", "prune_keep": 64, "prune_pivots": 5},
     ],
 )
 def test_processor_count_and_model_rows_always_agree(spec):
@@ -45,8 +47,9 @@ def test_processor_count_and_model_rows_always_agree(spec):
     for keep, plan in zip(encoded[fields.KEEP_KEY].tolist(), plans, strict=True):
         rows = fields.apply_plan(torch.randn(576, 8), fields.square_grid(576), plan)
         assert rows.shape[0] == keep == plan.keep
-    if spec.get("prune_seed") is not None:
-        assert plans[0].params["prune_seed"] == spec["prune_seed"]
+    for name in ("prune_seed", "prune_pivots"):
+        if name in spec:
+            assert plans[0].params[name] == spec[name]
 
 
 def test_bad_spec_becomes_vllms_validation_error_naming_the_field():

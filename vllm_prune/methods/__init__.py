@@ -3,7 +3,7 @@
 Importing this package registers every built-in method.
 """
 
-from . import none, pooling, random_drop  # noqa: F401  (registration side effect)
+from . import dart, divprune, none, pooling, random_drop  # noqa: F401  (registration)
 from .base import Context, Param, PruneMethod, Reduced
 from .registry import get_method, method_by_id, method_id, method_names, register
 
