@@ -1,0 +1,62 @@
+"""Selection time of each pruning method on its own (no model), CPU or GPU.
+
+    .venv/bin/python loadtests/method_speed.py            # CPU, float32
+    python loadtests/method_speed.py --device cuda --dtype bfloat16
+
+Times ``method.reduce`` on random features of N x D (N = 576: LLaVA-1.5;
+N = 2880: LLaVA-NeXT) at 75% pruning, with torch.utils.benchmark (which
+synchronises CUDA), and prints a Markdown table of medians in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from torch.utils import benchmark
+
+from vllm_prune.methods import Context, get_method, method_names
+
+SIZES = (576, 2880)
+
+
+def grid_for(n: int) -> tuple[int, int]:
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else (n // 48, 48)  # 2880 = 60 x 48
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dim", type=int, default=4096)
+    parser.add_argument("--ratio", type=float, default=0.75)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+
+    print(f"| method | N = {SIZES[0]} (ms) | N = {SIZES[1]} (ms) |")
+    print("|---|---|---|")
+    for name in method_names():
+        method = get_method(name)
+        ctx = Context(params={p.name: p.default for p in method.params})
+        cells = []
+        for n in SIZES:
+            features = torch.randn(n, args.dim, device=args.device, dtype=dtype)
+            keep = n if name == "none" else max(1, round(n * (1 - args.ratio)))
+            timer = benchmark.Timer(
+                stmt="method.reduce(features, grid, keep, ctx)",
+                globals={
+                    "method": method,
+                    "features": features,
+                    "grid": grid_for(n),
+                    "keep": keep,
+                    "ctx": ctx,
+                },
+            )
+            cells.append(f"{timer.blocked_autorange(min_run_time=0.5).median * 1000:.2f}")
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
+
+
+if __name__ == "__main__":
+    main()
