@@ -18,8 +18,71 @@ def features(dtype: torch.dtype = torch.float32, d: int = 16) -> torch.Tensor:
     return torch.randn(N, d, generator=torch.Generator().manual_seed(1)).to(dtype)
 
 
+def context(dtype: torch.dtype = torch.float32) -> Context:
+    """Parameters and a synthetic vision-tower attention, for every method."""
+    g = torch.Generator().manual_seed(2)
+    return Context(
+        params=PARAMS,
+        cls_attention=torch.randn(N, generator=g).softmax(0).to(dtype),
+        vision_keys=torch.randn(N, 8, generator=g).to(dtype),
+    )
+
+
 def test_registry_holds_the_built_in_methods():
-    assert method_names() == ["dart", "divprune", "none", "pooling", "random"]
+    assert method_names() == [
+        "cls_attention",
+        "dart",
+        "divprune",
+        "none",
+        "pooling",
+        "random",
+        "visionzip",
+    ]
+
+
+@pytest.mark.parametrize("name", ["cls_attention", "visionzip"])
+def test_vision_attention_methods_say_so_and_refuse_without_it(name):
+    assert "vision_attention" in get_method(name).needs
+    with pytest.raises(ValueError):
+        get_method(name).reduce(features(), GRID, 64, Context())
+
+
+def test_cls_attention_keeps_the_most_attended_tokens():
+    ctx = context()
+    out = get_method("cls_attention").reduce(features(), GRID, 64, ctx)
+    expected = torch.sort(torch.topk(ctx.cls_attention, 64).indices).values
+    assert torch.equal(out.indices, expected)
+
+
+def test_visionzip_keeps_dominant_tokens_and_merges_the_rest_into_contextual_ones():
+    x, ctx = features(), context()
+    out = get_method("visionzip").reduce(x, GRID, 64, ctx)
+    dominant = torch.topk(ctx.cls_attention, 54).indices  # the source's 54 + 10 at 64
+    kept = set(out.indices.tolist())
+    assert set(dominant.tolist()) <= kept
+    for row, index in zip(out.features, out.indices, strict=True):
+        if index.item() in set(dominant.tolist()):
+            torch.testing.assert_close(row, x[index])
+    contextual = [i for i in out.indices.tolist() if i not in set(dominant.tolist())]
+    assert len(contextual) == 10
+
+
+def test_visionzip_merges_each_token_into_its_most_similar_target():
+    x = features()
+    ctx = context()
+    # Identical keys: every token is equally similar to every target, so all of
+    # them merge into the first target and the other nine stay as they are.
+    ctx.vision_keys = torch.ones(N, 8)
+    out = get_method("visionzip").reduce(x, GRID, 64, ctx)
+    dominant = set(torch.topk(ctx.cls_attention, 54).indices.tolist())
+    targets = [i for i in out.indices.tolist() if i not in dominant]
+    rest = [i for i in range(N) if i not in dominant]
+    first, others = targets[0], targets[1:]
+    members = [i for i in rest if i not in others]
+    rows = dict(zip(out.indices.tolist(), out.features, strict=True))
+    torch.testing.assert_close(rows[first], x[members].mean(0))
+    for target in others:
+        torch.testing.assert_close(rows[target], x[target])
 
 
 @pytest.mark.parametrize("name", PRUNING)
@@ -27,7 +90,7 @@ def test_registry_holds_the_built_in_methods():
 @pytest.mark.parametrize("keep", [1, 2, 7, 64, 100, 143, 144, 150, N - 1, N])
 def test_exact_count_and_ascending_unique_indices(name, dtype, keep):
     x = features(dtype)
-    out = get_method(name).reduce(x, GRID, keep, Context(params=PARAMS))
+    out = get_method(name).reduce(x, GRID, keep, context(dtype))
     assert out.features.shape == (keep, x.shape[1])
     assert out.features.dtype == dtype
     assert out.indices.shape == (keep,)
@@ -38,8 +101,8 @@ def test_exact_count_and_ascending_unique_indices(name, dtype, keep):
 @pytest.mark.parametrize("name", PRUNING)
 def test_same_input_same_output(name):
     x = features()
-    a = get_method(name).reduce(x, GRID, 144, Context(params=PARAMS))
-    b = get_method(name).reduce(x.clone(), GRID, 144, Context(params=PARAMS))
+    a = get_method(name).reduce(x, GRID, 144, context())
+    b = get_method(name).reduce(x.clone(), GRID, 144, context())
     assert torch.equal(a.features, b.features) and torch.equal(a.indices, b.indices)
 
 
@@ -105,8 +168,8 @@ def test_bad_shapes_and_counts_are_refused(name):
 
 def test_selection_methods_return_the_rows_they_name():
     x = features()
-    for name in ("random", "divprune", "dart"):
-        out = get_method(name).reduce(x, GRID, 64, Context(params=PARAMS))
+    for name in ("random", "divprune", "dart", "cls_attention"):
+        out = get_method(name).reduce(x, GRID, 64, context())
         assert torch.equal(out.features, x[out.indices]), name
 
 

@@ -33,28 +33,67 @@ def test_plugin_entry_point_registers_our_llava():
         {"prune": "random", "prune_keep": 575},
         {"prune": "divprune", "prune_ratio": 0.889},
         {"prune": "dart", "prune_keep": 64, "prune_pivots": 5},
+        {"prune": "cls_attention", "prune_ratio": 0.75},
+        {"prune": "visionzip", "prune_keep": 64},
     ],
 )
 def test_processor_count_and_model_rows_always_agree(spec):
     """What the processor promises (placeholders) is what the model returns (rows)."""
     counts = [576, 576]
-    encoded = fields.encode(spec, counts)
+    encoded = fields.encode(fields.parse(spec), counts)
     # What vLLM hands embed_multimodal: the batched fields, stacked.
     kwargs = {key: value for key, value in encoded.items()}
     plans = fields.pop_plans(kwargs)
     assert kwargs == {}
     assert len(plans) == 2
     for keep, plan in zip(encoded[fields.KEEP_KEY].tolist(), plans, strict=True):
-        rows = fields.apply_plan(torch.randn(576, 8), fields.square_grid(576), plan)
+        rows = fields.apply_plan(
+            torch.randn(576, 8),
+            fields.square_grid(576),
+            plan,
+            cls_attention=torch.rand(576).softmax(0),
+            vision_keys=torch.randn(576, 4),
+        )
         assert rows.shape[0] == keep == plan.keep
     for name in ("prune_seed", "prune_pivots"):
         if name in spec:
             assert plans[0].params[name] == spec[name]
 
 
+def test_unknown_method_in_the_processor_is_a_validation_error():
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError) as caught:
+        fields.parse({"prune": "nope"})
+    assert caught.value.parameter == "prune"
+
+
+def test_cls_attention_is_the_softmax_row_of_the_cls_query():
+    """The hook's [CLS] row equals the full attention map's first row, averaged over heads."""
+    from types import SimpleNamespace
+
+    from vllm_prune.models.vision_attention import capture_cls_attention
+
+    batch, tokens, heads, head_dim = 2, 5, 2, 4
+    qkv_proj = torch.nn.Linear(heads * head_dim, 3 * heads * head_dim)
+    attention = SimpleNamespace(
+        qkv_proj=qkv_proj, num_heads_per_partition=heads, head_dim=head_dim, scale=head_dim**-0.5
+    )
+    hidden = torch.randn(batch, tokens, heads * head_dim)
+    with capture_cls_attention(attention) as captured:
+        qkv = qkv_proj(hidden)
+    q, k, _ = qkv.chunk(3, dim=-1)
+    q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
+    k = k.view(batch, tokens, heads, head_dim).transpose(1, 2)
+    full = (q @ k.transpose(-1, -2) * head_dim**-0.5).softmax(-1)  # [B, H, S, S]
+    torch.testing.assert_close(captured[0].attention, full[:, :, 0].mean(1))
+    torch.testing.assert_close(captured[0].keys, k.mean(1))
+    assert not qkv_proj._forward_hooks  # the hook is gone afterwards
+
+
 def test_bad_spec_becomes_vllms_validation_error_naming_the_field():
     from vllm.exceptions import VLLMValidationError
 
     with pytest.raises(VLLMValidationError) as caught:
-        fields.encode({"prune": "pooling", "prune_keep": 600}, [576])
+        fields.encode(fields.parse({"prune": "pooling", "prune_keep": 600}), [576])
     assert caught.value.parameter == "prune_keep"

@@ -3,7 +3,15 @@
 Importing this package registers every built-in method.
 """
 
-from . import dart, divprune, none, pooling, random_drop  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    cls_attention,
+    dart,
+    divprune,
+    none,
+    pooling,
+    random_drop,
+    visionzip,
+)
 from .base import Context, Param, PruneMethod, Reduced
 from .registry import get_method, method_by_id, method_id, method_names, register
 

@@ -39,9 +39,21 @@ class Param:
 
 @dataclass
 class Context:
-    """What a method may use besides the features: its own parameters, by name."""
+    """What a method may use besides the features.
+
+    ``params``: its own request parameters, by name. The model fills the other
+    fields only for methods that list them in ``PruneMethod.needs``.
+    """
 
     params: dict[str, int | float] = field(default_factory=dict)
+    # Attention of the vision tower's [CLS] token to each visual token in the
+    # selected layer, averaged over heads: [N].
+    cls_attention: torch.Tensor | None = None
+    # That layer's keys of each visual token, averaged over heads: [N, head_dim].
+    vision_keys: torch.Tensor | None = None
+
+
+VISION_ATTENTION = "vision_attention"  # a need: ``cls_attention`` and ``vision_keys``
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class PruneMethod(ABC):
     name: str
     summary: str
     params: tuple[Param, ...] = ()
+    needs: frozenset[str] = frozenset()
 
     @abstractmethod
     def reduce(
@@ -79,6 +92,7 @@ class PruneMethod(ABC):
             "name": self.name,
             "summary": self.summary,
             "params": [p.describe() for p in self.params],
+            "needs": sorted(self.needs),
         }
 
 

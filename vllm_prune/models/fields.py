@@ -34,17 +34,25 @@ def field_config(modality: str = "image") -> dict[str, MultiModalFieldConfig]:
     }
 
 
-def encode(hf_kwargs: Mapping[str, object], num_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Per-image prune fields for images of ``num_tokens`` visual tokens each.
+def refuse(field: str, message: str) -> VLLMValidationError:
+    """vLLM's own validation error, which its server turns into an HTTP 400 naming the field."""
+    return VLLMValidationError(message, parameter=field)
 
-    A bad spec becomes vLLM's own validation error, which its server turns
-    into an HTTP 400 naming the field.
-    """
+
+def parse(hf_kwargs: Mapping[str, object]) -> PruneSpec:
+    """The request's prune spec (``none`` when it names no method)."""
     try:
-        spec = PruneSpec.from_fields(hf_kwargs) or PruneSpec(method="none")
+        return PruneSpec.from_fields(hf_kwargs) or PruneSpec(method="none")
+    except PruneSpecError as err:
+        raise refuse(err.field, str(err)) from err
+
+
+def encode(spec: PruneSpec, num_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Per-image prune fields for images of ``num_tokens`` visual tokens each."""
+    try:
         keeps = [spec.keep_for(n) for n in num_tokens]
     except PruneSpecError as err:
-        raise VLLMValidationError(str(err), parameter=err.field) from err
+        raise refuse(err.field, str(err)) from err
     method = get_method(spec.method)
     values = [float(spec.params[p.name]) for p in method.params]
     count = len(num_tokens)
@@ -94,12 +102,20 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
     return (side, side) if side * side == num_tokens else (1, num_tokens)
 
 
-def apply_plan(features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan) -> torch.Tensor:
+def apply_plan(
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    plan: PrunePlan,
+    cls_attention: torch.Tensor | None = None,
+    vision_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The ``plan.keep`` rows of one image's features that go to the LLM."""
-    reduced = get_method(plan.method).reduce(
-        features, grid, plan.keep, Context(params=dict(plan.params))
-    )
-    return reduced.features
+    ctx = Context(params=dict(plan.params), cls_attention=cls_attention, vision_keys=vision_keys)
+    return get_method(plan.method).reduce(features, grid, plan.keep, ctx).features
+
+
+def needs(plans: Sequence[PrunePlan], need: str) -> bool:
+    return any(need in get_method(plan.method).needs for plan in plans)
 
 
 def num_placeholders(out_mm_kwargs: Mapping[str, object], item_idx: int) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from transformers import BatchFeature
+from transformers import BatchFeature, CLIPVisionConfig
 from vllm.inputs.engine import MultiModalInput
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.model_executor.models.llava import (
@@ -41,8 +41,11 @@ from vllm.multimodal.processing import (
 )
 
 from .. import metrics
+from ..methods import get_method
+from ..methods.base import VISION_ATTENTION
 from ..spec import METHOD_FIELD, prune_field_names
 from . import fields
+from .vision_attention import ClsAttention, capture_cls_attention, per_image
 
 
 class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
@@ -64,12 +67,37 @@ class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
     def _apply_hf_processor_main(
         self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
+        spec = fields.parse(hf_kwargs)
+        self._check_supported(spec.method, mm_items)
         plain_kwargs = {k: v for k, v in hf_kwargs.items() if k not in prune_field_names()}
         processed = super()._apply_hf_processor_main(mm_items, plain_kwargs)
         counts = self._visual_tokens(mm_items)
         if counts:
-            processed.update(fields.encode(hf_kwargs, counts))
+            processed.update(fields.encode(spec, counts))
         return processed
+
+    def _check_supported(self, method: str, mm_items: MultiModalDataItems) -> None:
+        """Refuse here, with a 400, what the model could not do in the engine."""
+        if VISION_ATTENTION not in get_method(method).needs or "image" not in mm_items:
+            return
+        if isinstance(
+            mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems)),
+            ImageEmbeddingItems,
+        ):
+            raise fields.refuse(
+                METHOD_FIELD,
+                f"'{method}' reads the vision tower's attention, so it cannot prune "
+                "precomputed image embeddings; send the image itself",
+            )
+        hf_config = self.info.get_hf_config()
+        if not isinstance(hf_config.vision_config, CLIPVisionConfig) or not isinstance(
+            hf_config.vision_feature_layer, int
+        ):
+            raise fields.refuse(
+                METHOD_FIELD,
+                f"'{method}' needs a CLIP vision tower with a [CLS] token and one feature "
+                f"layer; this model has {type(hf_config.vision_config).__name__}",
+            )
 
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
@@ -129,10 +157,24 @@ def _build_processor(
 class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = fields.pop_plans(kwargs)
-        embeddings = super().embed_multimodal(**kwargs)
         if plans is None:
-            return embeddings
+            return super().embed_multimodal(**kwargs)
+        if not fields.needs(plans, VISION_ATTENTION):
+            embeddings = super().embed_multimodal(**kwargs)
+            vision: list[ClsAttention | None] = [None] * len(plans)
+        else:
+            # The last layer vLLM builds is the selected feature layer.
+            selected = self.vision_tower.vision_model.encoder.layers[-1].self_attn
+            with capture_cls_attention(selected) as captured:
+                embeddings = super().embed_multimodal(**kwargs)
+            vision = list(per_image(captured, [image.shape[0] for image in embeddings]))
         return [
-            fields.apply_plan(image, fields.square_grid(image.shape[0]), plan)
-            for image, plan in zip(embeddings, plans, strict=True)
+            fields.apply_plan(
+                image,
+                fields.square_grid(image.shape[0]),
+                plan,
+                cls_attention=None if seen is None else seen.attention,
+                vision_keys=None if seen is None else seen.keys,
+            )
+            for image, plan, seen in zip(embeddings, plans, vision, strict=True)
         ]

@@ -1,0 +1,73 @@
+"""``visionzip``: dominant tokens by [CLS] attention plus merged contextual tokens (VisionZip).
+
+As the source (VisionZip, Yang et al., CVPR 2025): dominant tokens are the
+top tokens by the [CLS] attention of the vision tower's selected layer
+(averaged over heads); of the rest, evenly spaced ones become contextual
+targets, every other remaining token is merged (averaged) into the target whose
+key is most similar (cosine, keys averaged over heads), and each target becomes
+the mean of itself and its merged tokens. The split follows the source's
+settings, dominant:contextual = 54:10 of 64 (108:20 of 128, 162:30 of 192),
+i.e. ``contextual = round(keep * 10 / 64)``.
+
+Adapted: the source merges vision-tower outputs before the projector; here the
+rows are the projector's outputs (the method sees what the LLM receives), and
+the [CLS] row of the attention is computed from the layer's queries and keys
+rather than read from a materialised attention map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import VISION_ATTENTION, Context, PruneMethod, Reduced, check_inputs
+from .cls_attention import require_cls_attention
+from .registry import register
+
+
+def contextual_count(keep: int) -> int:
+    return min(keep - 1, round(keep * 10 / 64)) if keep > 1 else 0
+
+
+@register
+class VisionZip(PruneMethod):
+    name = "visionzip"
+    summary = "Dominant tokens by [CLS] attention plus merged contextual tokens (VisionZip)."
+    needs = frozenset({VISION_ATTENTION})
+
+    def reduce(
+        self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
+    ) -> Reduced:
+        check_inputs(features, grid, keep)
+        n = features.shape[0]
+        scores = require_cls_attention(ctx, n, self.name).float()
+        if ctx.vision_keys is None or ctx.vision_keys.shape[0] != n:
+            raise ValueError("'visionzip' needs the vision tower's keys of every token")
+        contextual = contextual_count(keep)
+        dominant = torch.topk(scores, keep - contextual).indices
+        if contextual == 0:
+            indices = torch.sort(dominant).values
+            return Reduced(features=features[indices], indices=indices.cpu())
+
+        rest_mask = torch.ones(n, dtype=torch.bool, device=features.device)
+        rest_mask[dominant] = False
+        rest = torch.nonzero(rest_mask).squeeze(1)  # raster order
+        step = max(1, rest.numel() // contextual)
+        targets = rest[torch.arange(contextual, device=rest.device) * step]
+        others_mask = rest_mask.clone()
+        others_mask[targets] = False
+        others = torch.nonzero(others_mask).squeeze(1)
+
+        keys = F.normalize(ctx.vision_keys.float(), dim=-1)
+        owner = torch.argmax(keys[others] @ keys[targets].T, dim=1)  # [len(others)]
+        x = features.float()
+        sums = x[targets].clone().index_add_(0, owner, x[others])
+        counts = torch.ones(contextual, device=x.device).index_add_(
+            0, owner, torch.ones(others.numel(), device=x.device)
+        )
+        merged = (sums / counts[:, None]).to(features.dtype)
+
+        indices = torch.cat([dominant, targets])
+        rows = torch.cat([features[dominant], merged])
+        order = torch.argsort(indices)
+        return Reduced(features=rows[order], indices=indices[order].cpu())
