@@ -9,10 +9,17 @@ a client might send. Pure functions on dicts, no vLLM imports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from vllm_prune.spec import DEFAULT_RATIO, PruneSpec, PruneSpecError, prune_field_names
+from vllm_prune.spec import (
+    DEFAULT_RATIO,
+    TEXT_FIELD,
+    PruneSpec,
+    PruneSpecError,
+    needs_text,
+    prune_field_names,
+)
 
 MM_KWARGS = "mm_processor_kwargs"
 MEDIA_IO_KWARGS = "media_io_kwargs"
@@ -45,6 +52,26 @@ def has_images(payload: dict[str, Any]) -> bool:
     return False
 
 
+def last_user_text(payload: dict[str, Any]) -> str:
+    """The text of the last user message: the question text-guided methods score against."""
+    for message in reversed(payload.get("messages") or []):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return "\n".join(
+                part["text"]
+                for part in content
+                if isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            )
+        return ""
+    return ""
+
+
 def check_untrusted_kwargs(payload: dict[str, Any]) -> None:
     """Refuse processor and media arguments that are not prune fields."""
     allowed = sorted(prune_field_names())
@@ -75,6 +102,11 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
     payload = dict(payload)
     in_mm_kwargs = dict(payload.pop(MM_KWARGS, None) or {})
     top_level = {k: payload.pop(k) for k in sorted(prune_field_names()) if k in payload}
+    if TEXT_FIELD in in_mm_kwargs or TEXT_FIELD in top_level:
+        raise PruneSpecError(
+            TEXT_FIELD,
+            f"'{TEXT_FIELD}' is set by the server from the last user message; do not send it",
+        )
     both = sorted(set(in_mm_kwargs) & set(top_level))
     if both:
         raise PruneSpecError(
@@ -88,5 +120,7 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
     if not has_images(payload):
         return Rewritten(payload, None)  # prune fields are a no-op without images
     spec = spec or PruneSpec(method="none")
+    if needs_text(spec.method):
+        spec = replace(spec, text=last_user_text(payload))
     payload[MM_KWARGS] = spec.to_fields()
     return Rewritten(payload, spec.method)

@@ -11,7 +11,14 @@ from vllm_prune.methods.pooling import pooled_grid
 GRID = (24, 24)
 N = GRID[0] * GRID[1]
 PRUNING = [name for name in method_names() if name != "none"]
-PARAMS = {"prune_seed": 0, "prune_pivots": 8}
+PARAMS = {
+    "prune_seed": 0,
+    "prune_pivots": 8,
+    "prune_layer": 2,
+    "prune_window": 4,
+    "prune_alpha": 0.5,
+    "prune_theta": 0.5,
+}
 
 
 def features(dtype: torch.dtype = torch.float32, d: int = 16) -> torch.Tensor:
@@ -25,14 +32,25 @@ def context(dtype: torch.dtype = torch.float32) -> Context:
         params=PARAMS,
         cls_attention=torch.randn(N, generator=g).softmax(0).to(dtype),
         vision_keys=torch.randn(N, 8, generator=g).to(dtype),
+        text_attention=torch.randn(N, generator=g).softmax(0).to(dtype),
+        visual_attention=torch.randn(N, generator=g).softmax(0).to(dtype),
+        visual_hidden=torch.randn(N, 16, generator=g).to(dtype),
+        last_hidden=torch.randn(16, generator=g).to(dtype),
+        text_embeddings=torch.randn(5, 16, generator=g).to(dtype),
     )
 
 
 def test_registry_holds_the_built_in_methods():
     assert method_names() == [
+        "balanced",
+        "cdprune",
         "cls_attention",
         "dart",
         "divprune",
+        "fastv",
+        "fastv_reverse",
+        "fastv_vis",
+        "fastv_window",
         "none",
         "pooling",
         "random",
@@ -168,7 +186,7 @@ def test_bad_shapes_and_counts_are_refused(name):
 
 def test_selection_methods_return_the_rows_they_name():
     x = features()
-    for name in ("random", "divprune", "dart", "cls_attention"):
+    for name in ("random", "divprune", "dart", "cls_attention", "fastv", "cdprune"):
         out = get_method(name).reduce(x, GRID, 64, context())
         assert torch.equal(out.features, x[out.indices]), name
 
@@ -228,3 +246,56 @@ def test_methods_package_does_not_import_vllm():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def end_biased_scores() -> torch.Tensor:
+    """Attention that grows toward the end of the sequence: the paper's position bias."""
+    g = torch.Generator().manual_seed(3)
+    return torch.linspace(0, 4, N) + 0.3 * torch.rand(N, generator=g)
+
+
+def test_position_bias_fastv_crowds_the_end_while_uniform_methods_cover_every_window():
+    """The paper's central claim, on a synthetic end-biased score map."""
+    x, ctx = features(), context()
+    ctx.text_attention = end_biased_scores()
+    fastv = get_method("fastv").reduce(x, GRID, 64, ctx).indices
+    assert (fastv // 24 >= 18).float().mean() > 0.9  # nearly all in the last quarter of rows
+    ctx.params = {**PARAMS, "prune_window": 8}  # a 3 x 3 grid of 8 x 8 windows
+    windows = {(r // 8, c // 8) for r in range(24) for c in range(24)}
+    for name in ("random", "pooling", "fastv_window"):
+        kept = get_method(name).reduce(x, GRID, 64, ctx).indices
+        covered = {(int(i) // 24 // 8, int(i) % 24 // 8) for i in kept}
+        assert covered == windows, name
+    # fastv's picks leave most windows empty.
+    assert len({(int(i) // 24 // 8, int(i) % 24 // 8) for i in fastv}) <= 3
+
+
+def test_fastv_reverse_and_vis_read_their_own_scores():
+    x, ctx = features(), context()
+    ctx.text_attention = end_biased_scores()
+    reverse = get_method("fastv_reverse").reduce(x, GRID, 64, ctx).indices
+    assert (reverse // 24 < 6).float().mean() > 0.9  # the other end
+    vis = get_method("fastv_vis").reduce(x, GRID, 64, ctx).indices
+    expected = torch.sort(torch.topk(ctx.visual_attention.float(), 64).indices).values
+    assert torch.equal(vis, expected)
+
+
+def test_balanced_alpha_one_is_fastv_and_zero_is_pure_uniqueness():
+    x, ctx = features(), context()
+    fastv = get_method("fastv").reduce(x, GRID, 64, ctx).indices
+    ctx.params = {**PARAMS, "prune_alpha": 1.0}
+    assert torch.equal(get_method("balanced").reduce(x, GRID, 64, ctx).indices, fastv)
+    ctx.params = {**PARAMS, "prune_alpha": 0.0}
+    similarity = torch.nn.functional.cosine_similarity(ctx.visual_hidden, ctx.last_hidden[None])
+    expected = torch.sort(torch.topk(-similarity, 64).indices).values
+    assert torch.equal(get_method("balanced").reduce(x, GRID, 64, ctx).indices, expected)
+
+
+def test_cdprune_prefers_relevant_tokens_and_avoids_duplicates():
+    x = clustered(clusters=8, per_cluster=72)
+    ctx = context()
+    ctx.text_embeddings = x[[0]]  # the question "is about" cluster 0
+    ctx.params = {**PARAMS, "prune_theta": 0.9}
+    kept = get_method("cdprune").reduce(x, GRID, 8, ctx).indices
+    assert 0 in (kept // 72).tolist()
+    assert len(set((kept // 72).tolist())) == 8  # one per cluster: no duplicates

@@ -185,6 +185,9 @@ BAD_REQUESTS = [
     ({"prune": "pooling", "prune_seed": 1}, "prune_seed", ["pooling"]),
     ({"prune_ratio": 0.5}, "prune_ratio", [ALLOWED]),
     ({"prune": "dart", "prune_pivots": 0}, "prune_pivots", ["[1, 64]"]),
+    ({"prune": "fastv", "prune_layer": 3}, "prune_layer", ["at most 2"]),
+    ({"prune": "balanced", "prune_alpha": 1.5}, "prune_alpha", ["[0.0, 1.0]"]),
+    ({"prune": "fastv", "prune_text": "x"}, "prune_text", ["set by the server"]),
     ({"mm_processor_kwargs": {"do_resize": False}}, "mm_processor_kwargs", ["prune_ratio"]),
     ({"mm_processor_kwargs": {"prune": "pooling"}, "prune": "none"}, "prune", ["once"]),
     ({"media_io_kwargs": {"image": {"mode": "L"}}}, "media_io_kwargs", []),
@@ -252,6 +255,30 @@ def test_streaming_with_pruning(server, model_name, unpruned_prompt_tokens):
     assert usage.completion_tokens == 8
     streamed = chat(server, model_name, {"prune": "pooling", "prune_ratio": 0.889}, max_tokens=8)
     assert text == streamed.choices[0].message.content
+
+
+def test_text_guided_selection_is_keyed_by_the_question(server, model_name):
+    """The question travels in the multimodal hash: one question's selection is never reused."""
+
+    def cache_hits(extra: dict, question: str) -> float:
+        before = metric(server.metrics_text(), "vllm:mm_cache_hits_total")
+        chat(server, model_name, extra, image_messages(question, seed=77))
+        return metric(server.metrics_text(), "vllm:mm_cache_hits_total") - before
+
+    fastv = {"prune": "fastv", "prune_ratio": 0.75}
+    assert cache_hits(fastv, "what color is the square ?") == 0  # first sight of the image
+    assert cache_hits(fastv, "where is the circle ?") == 0  # another question: not reused
+    assert cache_hits(fastv, "what color is the square ?") == 1  # the same question: reused
+    pooling = {"prune": "pooling", "prune_ratio": 0.75}
+    assert cache_hits(pooling, "what color is the square ?") == 0
+    assert cache_hits(pooling, "where is the circle ?") == 1  # pooling ignores the question
+
+
+def test_text_guided_method_without_a_question_is_refused(server, model_name):
+    image_only = [{"role": "user", "content": image_messages()[0]["content"][:1]}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(server, model_name, {"prune": "fastv"}, image_only)
+    assert "no text" in caught.value.body["message"]
 
 
 def test_methods_endpoint_lists_methods_parameters_and_defaults(server):

@@ -35,12 +35,14 @@ def test_plugin_entry_point_registers_our_llava():
         {"prune": "dart", "prune_keep": 64, "prune_pivots": 5},
         {"prune": "cls_attention", "prune_ratio": 0.75},
         {"prune": "visionzip", "prune_keep": 64},
+        {"prune": "fastv_window", "prune_ratio": 0.889, "prune_window": 3, "prune_text": "a b"},
+        {"prune": "cdprune", "prune_keep": 10, "prune_text": "a b"},
     ],
 )
 def test_processor_count_and_model_rows_always_agree(spec):
     """What the processor promises (placeholders) is what the model returns (rows)."""
     counts = [576, 576]
-    encoded = fields.encode(fields.parse(spec), counts)
+    encoded = fields.encode(fields.parse(spec), counts, text_ids=[5, 6])
     # What vLLM hands embed_multimodal: the batched fields, stacked.
     kwargs = {key: value for key, value in encoded.items()}
     plans = fields.pop_plans(kwargs)
@@ -53,6 +55,11 @@ def test_processor_count_and_model_rows_always_agree(spec):
             plan,
             cls_attention=torch.rand(576).softmax(0),
             vision_keys=torch.randn(576, 4),
+            text_attention=torch.rand(576).softmax(0),
+            visual_attention=torch.rand(576).softmax(0),
+            visual_hidden=torch.randn(576, 8),
+            last_hidden=torch.randn(8),
+            text_embeddings=torch.randn(3, 8),
         )
         assert rows.shape[0] == keep == plan.keep
     for name in ("prune_seed", "prune_pivots"):

@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .methods import get_method, method_names
+from .methods.base import TEXT
 
 METHOD_FIELD = "prune"
 RATIO_FIELD = "prune_ratio"
 KEEP_FIELD = "prune_keep"
+# The question that text-guided methods score against. The server fills it from
+# the request's last user message; inside mm_processor_kwargs it is part of the
+# multimodal hash, so one question's selection is never served to another.
+TEXT_FIELD = "prune_text"
+MAX_TEXT_CHARS = 16_384
 DEFAULT_RATIO = 0.75
 
 
@@ -35,7 +41,11 @@ def method_param_names() -> set[str]:
 
 def prune_field_names() -> set[str]:
     """Every request field that belongs to the prune spec."""
-    return {METHOD_FIELD, RATIO_FIELD, KEEP_FIELD} | method_param_names()
+    return {METHOD_FIELD, RATIO_FIELD, KEEP_FIELD, TEXT_FIELD} | method_param_names()
+
+
+def needs_text(method: str) -> bool:
+    return TEXT in get_method(method).needs
 
 
 def _number(name: str, value: Any) -> float:
@@ -58,6 +68,7 @@ class PruneSpec:
     ratio: float | None = None
     keep: int | None = None
     params: dict[str, int | float] = field(default_factory=dict)
+    text: str | None = None  # only for methods that need text
 
     @classmethod
     def from_fields(
@@ -138,7 +149,16 @@ class PruneSpec:
                 )
             params[param.name] = value
 
-        return cls(method=name, ratio=ratio, keep=keep, params=params)
+        text = fields.get(TEXT_FIELD)
+        if text is not None and not isinstance(text, str):
+            raise PruneSpecError(TEXT_FIELD, f"'{TEXT_FIELD}' must be a string")
+        if text is not None and len(text) > MAX_TEXT_CHARS:
+            raise PruneSpecError(
+                TEXT_FIELD, f"'{TEXT_FIELD}' must be at most {MAX_TEXT_CHARS} characters"
+            )
+        # Methods that ignore the text keep it out of the spec (and the cache key).
+        text = text if needs_text(name) else None
+        return cls(method=name, ratio=ratio, keep=keep, params=params, text=text)
 
     def keep_for(self, num_tokens: int) -> int:
         """How many of an image's ``num_tokens`` visual tokens survive."""
@@ -163,4 +183,6 @@ class PruneSpec:
         elif self.ratio is not None:
             fields[RATIO_FIELD] = self.ratio
         fields.update(self.params)
+        if self.text is not None:
+            fields[TEXT_FIELD] = self.text
         return fields

@@ -4,9 +4,15 @@ Importing this package registers every built-in method.
 """
 
 from . import (  # noqa: F401  (registration)
+    balanced,
+    cdprune,
     cls_attention,
     dart,
     divprune,
+    fastv,
+    fastv_reverse,
+    fastv_vis,
+    fastv_window,
     none,
     pooling,
     random_drop,

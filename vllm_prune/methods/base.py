@@ -52,8 +52,32 @@ class Context:
     # That layer's keys of each visual token, averaged over heads: [N, head_dim].
     vision_keys: torch.Tensor | None = None
 
+    # From the scout pass (the first ``prune_layer`` LLM layers over the visual
+    # tokens followed by the question), read at layer ``prune_layer - 1``:
+    # attention of the question's last token to each visual token [N] ...
+    text_attention: torch.Tensor | None = None
+    # ... attention of the last visual token to each visual token [N] ...
+    visual_attention: torch.Tensor | None = None
+    # ... the visual tokens' hidden states entering that layer [N, D] and the
+    # question's last token's [D].
+    visual_hidden: torch.Tensor | None = None
+    last_hidden: torch.Tensor | None = None
+    # The question's token embeddings in the LLM's input space [T, D].
+    text_embeddings: torch.Tensor | None = None
 
-VISION_ATTENTION = "vision_attention"  # a need: ``cls_attention`` and ``vision_keys``
+
+# What a method may declare in ``PruneMethod.needs``:
+VISION_ATTENTION = "vision_attention"  # cls_attention and vision_keys
+TEXT = "text"  # text_embeddings (the request must carry its question)
+SCOUT = "scout"  # text_attention, visual_attention, visual_hidden, last_hidden
+
+
+def require(ctx: Context, name: str, method: str) -> torch.Tensor:
+    """A context field a method declared it needs; a clear error if the model left it out."""
+    value = getattr(ctx, name)
+    if value is None:
+        raise ValueError(f"prune method '{method}' needs '{name}', which was not provided")
+    return value
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,12 @@ from ..spec import PruneSpec, PruneSpecError
 METHOD_KEY = "prune_method"
 KEEP_KEY = "prune_keep"
 PARAMS_KEY = "prune_params"
+TEXT_IDS_KEY = "prune_text_ids"  # the question's token ids (empty for other methods)
+KEYS = (METHOD_KEY, KEEP_KEY, PARAMS_KEY, TEXT_IDS_KEY)
 
 
 def field_config(modality: str = "image") -> dict[str, MultiModalFieldConfig]:
-    return {
-        key: MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
-        for key in (METHOD_KEY, KEEP_KEY, PARAMS_KEY)
-    }
+    return {key: MultiModalFieldConfig.batched(modality, keep_on_cpu=True) for key in KEYS}
 
 
 def refuse(field: str, message: str) -> VLLMValidationError:
@@ -47,7 +46,9 @@ def parse(hf_kwargs: Mapping[str, object]) -> PruneSpec:
         raise refuse(err.field, str(err)) from err
 
 
-def encode(spec: PruneSpec, num_tokens: Sequence[int]) -> dict[str, torch.Tensor]:
+def encode(
+    spec: PruneSpec, num_tokens: Sequence[int], text_ids: Sequence[int] = ()
+) -> dict[str, torch.Tensor]:
     """Per-image prune fields for images of ``num_tokens`` visual tokens each."""
     try:
         keeps = [spec.keep_for(n) for n in num_tokens]
@@ -60,6 +61,9 @@ def encode(spec: PruneSpec, num_tokens: Sequence[int]) -> dict[str, torch.Tensor
         METHOD_KEY: torch.full((count,), method_id(spec.method), dtype=torch.long),
         KEEP_KEY: torch.tensor(keeps, dtype=torch.long),
         PARAMS_KEY: torch.tensor([values] * count, dtype=torch.float64).reshape(count, len(values)),
+        TEXT_IDS_KEY: torch.tensor([list(text_ids)] * count, dtype=torch.long).reshape(
+            count, len(text_ids)
+        ),
     }
 
 
@@ -70,6 +74,7 @@ class PrunePlan:
     method: str
     keep: int
     params: dict[str, int | float]
+    text_ids: torch.Tensor  # [T], int64; empty unless the method needs text
 
 
 def _per_item(value: object) -> list[torch.Tensor]:
@@ -85,14 +90,17 @@ def pop_plans(kwargs: dict[str, object]) -> list[PrunePlan] | None:
     methods = _per_item(kwargs.pop(METHOD_KEY))
     keeps = _per_item(kwargs.pop(KEEP_KEY))
     params = _per_item(kwargs.pop(PARAMS_KEY))
+    texts = _per_item(kwargs.pop(TEXT_IDS_KEY))
     plans = []
-    for m, k, p in zip(methods, keeps, params, strict=True):
+    for m, k, p, t in zip(methods, keeps, params, texts, strict=True):
         method = method_by_id(int(m))
         values = dict(zip((q.name for q in method.params), p.reshape(-1).tolist(), strict=True))
         for q in method.params:
             if q.kind is int:
                 values[q.name] = int(values[q.name])
-        plans.append(PrunePlan(method=method.name, keep=int(k), params=values))
+        plans.append(
+            PrunePlan(method=method.name, keep=int(k), params=values, text_ids=t.reshape(-1))
+        )
     return plans
 
 
@@ -103,14 +111,13 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
 
 
 def apply_plan(
-    features: torch.Tensor,
-    grid: tuple[int, int],
-    plan: PrunePlan,
-    cls_attention: torch.Tensor | None = None,
-    vision_keys: torch.Tensor | None = None,
+    features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan, **observed: torch.Tensor
 ) -> torch.Tensor:
-    """The ``plan.keep`` rows of one image's features that go to the LLM."""
-    ctx = Context(params=dict(plan.params), cls_attention=cls_attention, vision_keys=vision_keys)
+    """The ``plan.keep`` rows of one image's features that go to the LLM.
+
+    ``observed``: what the model measured for the method's needs (``Context`` fields).
+    """
+    ctx = Context(params=dict(plan.params), **observed)
     return get_method(plan.method).reduce(features, grid, plan.keep, ctx).features
 
 

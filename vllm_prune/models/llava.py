@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from transformers import BatchFeature, CLIPVisionConfig
 from vllm.inputs.engine import MultiModalInput
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
@@ -42,9 +43,11 @@ from vllm.multimodal.processing import (
 
 from .. import metrics
 from ..methods import get_method
-from ..methods.base import VISION_ATTENTION
-from ..spec import METHOD_FIELD, prune_field_names
+from ..methods.base import SCOUT, TEXT, VISION_ATTENTION
+from ..methods.fastv import LAYER_FIELD
+from ..spec import METHOD_FIELD, PruneSpec, needs_text, prune_field_names
 from . import fields
+from .scout import scout
 from .vision_attention import ClsAttention, capture_cls_attention, per_image
 
 
@@ -69,12 +72,32 @@ class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
     ) -> BatchFeature:
         spec = fields.parse(hf_kwargs)
         self._check_supported(spec.method, mm_items)
+        text_ids = self._text_ids(spec)
         plain_kwargs = {k: v for k, v in hf_kwargs.items() if k not in prune_field_names()}
         processed = super()._apply_hf_processor_main(mm_items, plain_kwargs)
         counts = self._visual_tokens(mm_items)
         if counts:
-            processed.update(fields.encode(spec, counts))
+            processed.update(fields.encode(spec, counts, text_ids))
         return processed
+
+    def _text_ids(self, spec: PruneSpec) -> list[int]:
+        """The question's token ids, for methods that score against it."""
+        if not needs_text(spec.method):
+            return []
+        layer = spec.params.get(LAYER_FIELD)
+        layers = self.info.get_hf_config().text_config.num_hidden_layers
+        if layer is not None and layer > layers:
+            raise fields.refuse(
+                LAYER_FIELD, f"'{LAYER_FIELD}' must be at most {layers} for this model; got {layer}"
+            )
+        ids = self.info.get_tokenizer().encode(spec.text or "", add_special_tokens=False)
+        if not ids:
+            raise fields.refuse(
+                METHOD_FIELD,
+                f"'{spec.method}' scores visual tokens against the question, and the last "
+                "user message has no text",
+            )
+        return list(ids)
 
     def _check_supported(self, method: str, mm_items: MultiModalDataItems) -> None:
         """Refuse here, with a 400, what the model could not do in the engine."""
@@ -170,11 +193,29 @@ class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             vision = list(per_image(captured, [image.shape[0] for image in embeddings]))
         return [
             fields.apply_plan(
-                image,
-                fields.square_grid(image.shape[0]),
-                plan,
-                cls_attention=None if seen is None else seen.attention,
-                vision_keys=None if seen is None else seen.keys,
+                image, fields.square_grid(image.shape[0]), plan, **self._observe(image, plan, seen)
             )
             for image, plan, seen in zip(embeddings, plans, vision, strict=True)
         ]
+
+    def _observe(
+        self, image: torch.Tensor, plan: fields.PrunePlan, seen: ClsAttention | None
+    ) -> dict[str, torch.Tensor]:
+        """What the plan's method declared it needs, measured on this image."""
+        needs = get_method(plan.method).needs
+        observed: dict[str, torch.Tensor] = {}
+        if seen is not None:
+            observed.update(cls_attention=seen.attention, vision_keys=seen.keys)
+        if TEXT in needs or SCOUT in needs:
+            llm = self.language_model.model
+            text = llm.embed_tokens(plan.text_ids.to(image.device))
+            observed["text_embeddings"] = text
+            if SCOUT in needs:
+                result = scout(llm.layers, image, text, int(plan.params[LAYER_FIELD]))
+                observed.update(
+                    text_attention=result.text_attention,
+                    visual_attention=result.visual_attention,
+                    visual_hidden=result.visual_hidden,
+                    last_hidden=result.last_hidden,
+                )
+        return observed
