@@ -6,8 +6,10 @@
 Times ``method.reduce`` on random features of N x D (N = 576: LLaVA-1.5;
 N = 2880: LLaVA-NeXT) at 75% pruning, with torch.utils.benchmark (which
 synchronises CUDA), and prints a Markdown table of medians in milliseconds.
-The [CLS] attention that attention-based methods read is given, not timed: the
-model computes it from one layer's queries and keys while the tower runs.
+What attention- and text-guided methods read (the [CLS] attention row, the
+scout pass's attention rows and hidden states, 16 question embeddings) is given,
+not timed: the scout pass itself costs K - 1 decoder layers over N + T tokens
+plus one layer's queries and keys, which this script does not measure.
 """
 
 from __future__ import annotations
@@ -45,10 +47,16 @@ def main() -> None:
         for n in SIZES:
             features = torch.randn(n, args.dim, device=args.device, dtype=dtype)
             # Synthetic stand-ins for what the model hands attention-based methods.
+            rand = torch.rand(n, device=args.device)
             ctx = Context(
                 params={p.name: p.default for p in method.params},
-                cls_attention=torch.rand(n, device=args.device).softmax(0),
+                cls_attention=rand.softmax(0),
                 vision_keys=torch.randn(n, 64, device=args.device, dtype=dtype),
+                text_attention=rand.softmax(0),
+                visual_attention=rand.softmax(0),
+                visual_hidden=features,
+                last_hidden=features[-1],
+                text_embeddings=torch.randn(16, args.dim, device=args.device, dtype=dtype),
             )
             keep = n if name == "none" else max(1, round(n * (1 - args.ratio)))
             timer = benchmark.Timer(
