@@ -24,8 +24,8 @@ from .base import (
     PruneMethod,
     Reduced,
     check_inputs,
+    keep_top,
     require,
-    select_rows,
 )
 from .fastv import LAYER_PARAM
 from .registry import register
@@ -65,4 +65,4 @@ class Balanced(PruneMethod):
         last = require(ctx, "last_hidden", self.name).float()
         uniqueness = 1.0 - F.cosine_similarity(hidden, last[None, :], dim=-1)
         score = alpha * min_max(importance) + (1.0 - alpha) * min_max(uniqueness)
-        return select_rows(features, torch.topk(score, keep).indices.cpu())
+        return keep_top(features, score, keep)

@@ -129,6 +129,13 @@ def check_inputs(features: torch.Tensor, grid: tuple[int, int], keep: int) -> No
         raise ValueError(f"keep must be in [1, {h * w}], got {keep}")
 
 
+def keep_top(
+    features: torch.Tensor, scores: torch.Tensor, keep: int, largest: bool = True
+) -> Reduced:
+    """Reduced output of a score-ranking method: the ``keep`` best-scoring rows."""
+    return select_rows(features, torch.topk(scores.float(), keep, largest=largest).indices.cpu())
+
+
 def select_rows(features: torch.Tensor, indices: torch.Tensor) -> Reduced:
     """Reduced output of a selection method: the rows at ``indices``, ascending."""
     indices = torch.sort(indices.to(torch.long)).values

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import VISION_ATTENTION, Context, PruneMethod, Reduced, check_inputs, select_rows
+from .base import VISION_ATTENTION, Context, PruneMethod, Reduced, check_inputs, keep_top
 from .registry import register
 
 
@@ -32,5 +32,4 @@ class ClsAttention(PruneMethod):
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        scores = require_cls_attention(ctx, features.shape[0], self.name)
-        return select_rows(features, torch.topk(scores.float(), keep).indices.cpu())
+        return keep_top(features, require_cls_attention(ctx, features.shape[0], self.name), keep)

@@ -25,8 +25,8 @@ from .base import (
     PruneMethod,
     Reduced,
     check_inputs,
+    keep_top,
     require,
-    select_rows,
 )
 from .registry import register
 
@@ -52,5 +52,4 @@ class FastV(PruneMethod):
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        scores = require(ctx, "text_attention", self.name).float()
-        return select_rows(features, torch.topk(scores, keep).indices.cpu())
+        return keep_top(features, require(ctx, "text_attention", self.name), keep)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SCOUT, TEXT, Context, PruneMethod, Reduced, check_inputs, require, select_rows
+from .base import SCOUT, TEXT, Context, PruneMethod, Reduced, check_inputs, keep_top, require
 from .fastv import LAYER_PARAM
 from .registry import register
 
@@ -25,5 +25,4 @@ class FastVReverse(PruneMethod):
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        scores = require(ctx, "text_attention", self.name).float()
-        return select_rows(features, torch.topk(scores, keep, largest=False).indices.cpu())
+        return keep_top(features, require(ctx, "text_attention", self.name), keep, largest=False)

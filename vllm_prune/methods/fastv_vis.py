@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SCOUT, TEXT, Context, PruneMethod, Reduced, check_inputs, require, select_rows
+from .base import SCOUT, TEXT, Context, PruneMethod, Reduced, check_inputs, keep_top, require
 from .fastv import LAYER_PARAM
 from .registry import register
 
@@ -27,5 +27,4 @@ class FastVVis(PruneMethod):
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        scores = require(ctx, "visual_attention", self.name).float()
-        return select_rows(features, torch.topk(scores, keep).indices.cpu())
+        return keep_top(features, require(ctx, "visual_attention", self.name), keep)
