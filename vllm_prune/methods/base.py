@@ -72,11 +72,17 @@ TEXT = "text"  # text_embeddings (the request must carry its question)
 SCOUT = "scout"  # text_attention, visual_attention, visual_hidden, last_hidden
 
 
-def require(ctx: Context, name: str, method: str) -> torch.Tensor:
+def require(
+    ctx: Context, name: str, method: str, shape: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """A context field a method declared it needs; a clear error if the model left it out."""
     value = getattr(ctx, name)
     if value is None:
         raise ValueError(f"prune method '{method}' needs '{name}', which was not provided")
+    if shape is not None and tuple(value.shape) != shape:
+        raise ValueError(
+            f"prune method '{method}' needs '{name}' of shape {shape}, got {tuple(value.shape)}"
+        )
     return value
 
 
@@ -127,6 +133,20 @@ def check_inputs(features: torch.Tensor, grid: tuple[int, int], keep: int) -> No
         raise ValueError(f"features must be [h * w, D] = [{h * w}, D], got {tuple(features.shape)}")
     if not 1 <= keep <= h * w:
         raise ValueError(f"keep must be in [1, {h * w}], got {keep}")
+
+
+class ScoreRanking(PruneMethod):
+    """A method that keeps the best ``keep`` tokens by one per-token score of the context."""
+
+    score_field: str  # a Context field of shape [N]
+    largest: bool = True  # False keeps the lowest scores
+
+    def reduce(
+        self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
+    ) -> Reduced:
+        check_inputs(features, grid, keep)
+        scores = require(ctx, self.score_field, self.name, shape=(features.shape[0],))
+        return keep_top(features, scores, keep, largest=self.largest)
 
 
 def keep_top(

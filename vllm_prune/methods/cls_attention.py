@@ -10,26 +10,13 @@ computed from that layer's queries and keys, never the full map.
 
 from __future__ import annotations
 
-import torch
-
-from .base import VISION_ATTENTION, Context, PruneMethod, Reduced, check_inputs, keep_top
+from .base import VISION_ATTENTION, ScoreRanking
 from .registry import register
 
 
-def require_cls_attention(ctx: Context, n: int, method: str) -> torch.Tensor:
-    if ctx.cls_attention is None or ctx.cls_attention.shape != (n,):
-        raise ValueError(f"'{method}' needs the vision tower's [CLS] attention over {n} tokens")
-    return ctx.cls_attention
-
-
 @register
-class ClsAttention(PruneMethod):
+class ClsAttention(ScoreRanking):
     name = "cls_attention"
     summary = "Top tokens by the vision tower's [CLS] attention (FasterVLM)."
     needs = frozenset({VISION_ATTENTION})
-
-    def reduce(
-        self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
-    ) -> Reduced:
-        check_inputs(features, grid, keep)
-        return keep_top(features, require_cls_attention(ctx, features.shape[0], self.name), keep)
+    score_field = "cls_attention"

@@ -15,19 +15,7 @@ chat template's last token.
 
 from __future__ import annotations
 
-import torch
-
-from .base import (
-    SCOUT,
-    TEXT,
-    Context,
-    Param,
-    PruneMethod,
-    Reduced,
-    check_inputs,
-    keep_top,
-    require,
-)
+from .base import SCOUT, TEXT, Param, ScoreRanking
 from .registry import register
 
 LAYER_FIELD = "prune_layer"
@@ -42,14 +30,9 @@ LAYER_PARAM = Param(
 
 
 @register
-class FastV(PruneMethod):
+class FastV(ScoreRanking):
     name = "fastv"
     summary = "Top tokens by the question's last-token attention in LLM layer K - 1 (FastV)."
     params = (LAYER_PARAM,)
     needs = frozenset({TEXT, SCOUT})
-
-    def reduce(
-        self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
-    ) -> Reduced:
-        check_inputs(features, grid, keep)
-        return keep_top(features, require(ctx, "text_attention", self.name), keep)
+    score_field = "text_attention"

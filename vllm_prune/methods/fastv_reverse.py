@@ -7,22 +7,16 @@ sequence). Same adaptation as ``fastv``: scores from the scout pass.
 
 from __future__ import annotations
 
-import torch
-
-from .base import SCOUT, TEXT, Context, PruneMethod, Reduced, check_inputs, keep_top, require
+from .base import SCOUT, TEXT, ScoreRanking
 from .fastv import LAYER_PARAM
 from .registry import register
 
 
 @register
-class FastVReverse(PruneMethod):
+class FastVReverse(ScoreRanking):
     name = "fastv_reverse"
     summary = "Lowest tokens by FastV's score (paper's Reverse FastV)."
     params = (LAYER_PARAM,)
     needs = frozenset({TEXT, SCOUT})
-
-    def reduce(
-        self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
-    ) -> Reduced:
-        check_inputs(features, grid, keep)
-        return keep_top(features, require(ctx, "text_attention", self.name), keep, largest=False)
+    score_field = "text_attention"
+    largest = False

@@ -9,22 +9,15 @@ causal row covers exactly the visual tokens.
 
 from __future__ import annotations
 
-import torch
-
-from .base import SCOUT, TEXT, Context, PruneMethod, Reduced, check_inputs, keep_top, require
+from .base import SCOUT, TEXT, ScoreRanking
 from .fastv import LAYER_PARAM
 from .registry import register
 
 
 @register
-class FastVVis(PruneMethod):
+class FastVVis(ScoreRanking):
     name = "fastv_vis"
     summary = "Top tokens by the last visual token's attention in layer K - 1 (FastV_VIS)."
     params = (LAYER_PARAM,)
     needs = frozenset({TEXT, SCOUT})
-
-    def reduce(
-        self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
-    ) -> Reduced:
-        check_inputs(features, grid, keep)
-        return keep_top(features, require(ctx, "visual_attention", self.name), keep)
+    score_field = "visual_attention"

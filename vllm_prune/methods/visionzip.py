@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import VISION_ATTENTION, Context, PruneMethod, Reduced, check_inputs
-from .cls_attention import require_cls_attention
+from .base import VISION_ATTENTION, Context, PruneMethod, Reduced, check_inputs, require
 from .registry import register
 
 
@@ -40,7 +39,7 @@ class VisionZip(PruneMethod):
     ) -> Reduced:
         check_inputs(features, grid, keep)
         n = features.shape[0]
-        scores = require_cls_attention(ctx, n, self.name).float()
+        scores = require(ctx, "cls_attention", self.name, shape=(n,)).float()
         if ctx.vision_keys is None or ctx.vision_keys.shape[0] != n:
             raise ValueError("'visionzip' needs the vision tower's keys of every token")
         contextual = contextual_count(keep)
