@@ -21,8 +21,10 @@ import torch
 from torch.utils import benchmark
 
 from vllm_prune.methods import Context, get_method, method_names
+from vllm_prune.methods.base import TEXT, VISION_ATTENTION
 
 SIZES = (576, 2880)
+QUESTION = 16  # question tokens
 
 
 def grid_for(n: int) -> tuple[int, int]:
@@ -39,8 +41,11 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
 
-    print(f"| method | N = {SIZES[0]} (ms) | N = {SIZES[1]} (ms) |")
-    print("|---|---|---|")
+    print(
+        f"| method | needs text | needs vision attention | N = {SIZES[0]} (ms) "
+        f"| N = {SIZES[1]} (ms) |"
+    )
+    print("|---|---|---|---|---|")
     for name in method_names():
         method = get_method(name)
         cells = []
@@ -56,7 +61,8 @@ def main() -> None:
                 visual_attention=rand.softmax(0),
                 visual_hidden=features,
                 last_hidden=features[-1],
-                text_embeddings=torch.randn(16, args.dim, device=args.device, dtype=dtype),
+                text_embeddings=torch.randn(QUESTION, args.dim, device=args.device, dtype=dtype),
+                question_attention=torch.rand(QUESTION, n, device=args.device).softmax(-1),
             )
             keep = n if name == "none" else max(1, round(n * (1 - args.ratio)))
             timer = benchmark.Timer(
@@ -70,7 +76,9 @@ def main() -> None:
                 },
             )
             cells.append(f"{timer.blocked_autorange(min_run_time=0.5).median * 1000:.2f}")
-        print(f"| {name} | {cells[0]} | {cells[1]} |")
+        text = "y" if TEXT in method.needs else "n"
+        vision = "y" if VISION_ATTENTION in method.needs else "n"
+        print(f"| {name} | {text} | {vision} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

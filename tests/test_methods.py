@@ -37,6 +37,7 @@ def context(dtype: torch.dtype = torch.float32) -> Context:
         visual_hidden=torch.randn(N, 16, generator=g).to(dtype),
         last_hidden=torch.randn(16, generator=g).to(dtype),
         text_embeddings=torch.randn(5, 16, generator=g).to(dtype),
+        question_attention=torch.randn(5, N, generator=g).softmax(-1).to(dtype),
     )
 
 
@@ -54,6 +55,7 @@ def test_registry_holds_the_built_in_methods():
         "none",
         "pooling",
         "random",
+        "sparsevlm",
         "visionzip",
     ]
 
@@ -299,3 +301,53 @@ def test_cdprune_prefers_relevant_tokens_and_avoids_duplicates():
     kept = get_method("cdprune").reduce(x, GRID, 8, ctx).indices
     assert 0 in (kept // 72).tolist()
     assert len(set((kept // 72).tolist())) == 8  # one per cluster: no duplicates
+
+
+def test_sparsevlm_raters_are_the_question_tokens_most_related_to_the_image():
+    from vllm_prune.methods.sparsevlm import rater_mask
+
+    directions = torch.eye(16)[:4] * 10  # four orthogonal objects, 144 tokens each
+    visual = directions.repeat_interleave(144, dim=0)
+    everything, nothing = directions.sum(0), torch.zeros(16)
+    three_objects = directions[:3].sum(0)
+    text = torch.stack([everything, -everything, nothing, three_objects])
+    # Softmax over the question per visual token, then the mean over the image:
+    # [0.625, 0, 0, 0.375] against a mean of 0.25.
+    assert rater_mask(visual, text).tolist() == [True, False, False, True]
+    assert rater_mask(visual, text[:1]).tolist() == [True]  # a lone token always rates
+
+
+def test_sparsevlm_keeps_what_the_raters_attend_to_and_recycles_the_best_of_the_rest():
+    from vllm_prune.methods.sparsevlm import cluster_count, rater_mask
+
+    x, ctx = features() + 3, context()  # every visual token leans toward +1
+    ctx.text_embeddings = torch.stack([torch.ones(16), -torch.ones(16)])
+    assert rater_mask(x, ctx.text_embeddings).tolist() == [True, False]
+    # The rater attends to the first 100 tokens, the other token looks elsewhere.
+    attention = torch.full((2, N), 1e-4)
+    attention[0, :100] = torch.linspace(1.0, 0.5, 100)
+    attention[1, 400:] = 1.0
+    ctx.question_attention = attention
+    keep = 64
+    clusters = cluster_count(N, keep)
+    assert clusters == (int((N - keep) * 0.3) + 1) // 10 + 1  # the source's sizing: 16
+    out = get_method("sparsevlm").reduce(x, GRID, keep, ctx)
+    kept = set(range(keep - clusters))  # the best-rated tokens, verbatim
+    assert kept <= set(out.indices.tolist())
+    rows = dict(zip(out.indices.tolist(), out.features, strict=True))
+    for i in kept:
+        assert torch.equal(rows[i], x[i])
+    recycled = [i for i in out.indices.tolist() if i not in kept]
+    assert len(recycled) == clusters
+    # Clusters come from the best-rated deleted tokens (the rest of the first 100
+    # and then the tied floor), and are means, not copies.
+    assert any(keep - clusters <= i < 100 for i in recycled)
+    assert not all(torch.equal(rows[i], x[i]) for i in recycled)
+
+
+def test_sparsevlm_keep_one_and_n_minus_one_keep_only_rated_tokens_or_recycle_one():
+    x, ctx = features(), context()
+    one = get_method("sparsevlm").reduce(x, GRID, 1, ctx)
+    assert torch.equal(one.features, x[one.indices])
+    almost = get_method("sparsevlm").reduce(x, GRID, N - 1, ctx)
+    assert almost.indices.numel() == N - 1

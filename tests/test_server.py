@@ -272,6 +272,9 @@ def test_text_guided_selection_is_keyed_by_the_question(server, model_name):
     pooling = {"prune": "pooling", "prune_ratio": 0.75}
     assert cache_hits(pooling, "what color is the square ?") == 0
     assert cache_hits(pooling, "where is the circle ?") == 1  # pooling ignores the question
+    vis = {"prune": "fastv_vis", "prune_ratio": 0.75}  # scored by the last visual token
+    assert cache_hits(vis, "what color is the square ?") == 0
+    assert cache_hits(vis, "where is the circle ?") == 1
 
 
 def test_text_guided_method_without_a_question_is_refused(server, model_name):
@@ -279,6 +282,9 @@ def test_text_guided_method_without_a_question_is_refused(server, model_name):
     with pytest.raises(openai.BadRequestError) as caught:
         chat(server, model_name, {"prune": "fastv"}, image_only)
     assert "no text" in caught.value.body["message"]
+    # fastv_vis reads the last visual token, which never sees the question.
+    answer = chat(server, model_name, {"prune": "fastv_vis", "prune_ratio": 0.75}, image_only)
+    assert answer.usage.prompt_tokens > 0
 
 
 def test_methods_endpoint_lists_methods_parameters_and_defaults(server):

@@ -37,6 +37,7 @@ def test_plugin_entry_point_registers_our_llava():
         {"prune": "visionzip", "prune_keep": 64},
         {"prune": "fastv_window", "prune_ratio": 0.889, "prune_window": 3, "prune_text": "a b"},
         {"prune": "cdprune", "prune_keep": 10, "prune_text": "a b"},
+        {"prune": "sparsevlm", "prune_ratio": 0.75, "prune_text": "a b"},
     ],
 )
 def test_processor_count_and_model_rows_always_agree(spec):
@@ -60,6 +61,7 @@ def test_processor_count_and_model_rows_always_agree(spec):
             visual_hidden=torch.randn(576, 8),
             last_hidden=torch.randn(8),
             text_embeddings=torch.randn(3, 8),
+            question_attention=torch.rand(3, 576).softmax(-1),
         )
         assert rows.shape[0] == keep == plan.keep
     for name in ("prune_seed", "prune_pivots"):

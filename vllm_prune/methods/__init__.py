@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (registration)
     none,
     pooling,
     random_drop,
+    sparsevlm,
     visionzip,
 )
 from .base import Context, Param, PruneMethod, Reduced

@@ -56,6 +56,8 @@ class Context:
     # tokens followed by the question), read at layer ``prune_layer - 1``:
     # attention of the question's last token to each visual token [N] ...
     text_attention: torch.Tensor | None = None
+    # ... attention of every question token to each visual token [T, N] ...
+    question_attention: torch.Tensor | None = None
     # ... attention of the last visual token to each visual token [N] ...
     visual_attention: torch.Tensor | None = None
     # ... the visual tokens' hidden states entering that layer [N, D] and the
@@ -69,7 +71,8 @@ class Context:
 # What a method may declare in ``PruneMethod.needs``:
 VISION_ATTENTION = "vision_attention"  # cls_attention and vision_keys
 TEXT = "text"  # text_embeddings (the request must carry its question)
-SCOUT = "scout"  # text_attention, visual_attention, visual_hidden, last_hidden
+# text_attention, question_attention, visual_attention, visual_hidden, last_hidden:
+SCOUT = "scout"
 
 
 def require(

@@ -82,14 +82,16 @@ class PruneLlavaMultiModalProcessor(LlavaMultiModalProcessor):
 
     def _text_ids(self, spec: PruneSpec) -> list[int]:
         """The question's token ids, for methods that score against it."""
+        if SCOUT in get_method(spec.method).needs:
+            layer = spec.params.get(LAYER_FIELD)
+            layers = self.info.get_hf_config().text_config.num_hidden_layers
+            if layer is not None and layer > layers:
+                raise fields.refuse(
+                    LAYER_FIELD,
+                    f"'{LAYER_FIELD}' must be at most {layers} for this model; got {layer}",
+                )
         if not needs_text(spec.method):
             return []
-        layer = spec.params.get(LAYER_FIELD)
-        layers = self.info.get_hf_config().text_config.num_hidden_layers
-        if layer is not None and layer > layers:
-            raise fields.refuse(
-                LAYER_FIELD, f"'{LAYER_FIELD}' must be at most {layers} for this model; got {layer}"
-            )
         ids = self.info.get_tokenizer().encode(spec.text or "", add_special_tokens=False)
         if not ids:
             raise fields.refuse(
@@ -212,10 +214,12 @@ class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             observed["text_embeddings"] = text
             if SCOUT in needs:
                 result = scout(llm.layers, image, text, int(plan.params[LAYER_FIELD]))
-                observed.update(
-                    text_attention=result.text_attention,
-                    visual_attention=result.visual_attention,
-                    visual_hidden=result.visual_hidden,
-                    last_hidden=result.last_hidden,
-                )
+                found = {
+                    "text_attention": result.text_attention,
+                    "question_attention": result.question_attention,
+                    "visual_attention": result.visual_attention,
+                    "visual_hidden": result.visual_hidden,
+                    "last_hidden": result.last_hidden,
+                }
+                observed.update({k: v for k, v in found.items() if v is not None})
         return observed

@@ -6,7 +6,7 @@ scheduled: inside ``embed_multimodal``, with the model's own decoder weights,
 plain PyTorch attention and no KV cache. The sequence is the image's visual
 tokens followed by the question's tokens, at positions 0 .. L-1 (the real
 prompt also has the chat template's tokens around them). Only the rows that are
-read (the question's last token and the last visual token) are turned into
+read (the question's tokens and the last visual token) are turned into
 attention probabilities at layer K - 1; the earlier layers run in full.
 
 Works for Llama-style decoder layers as vLLM builds them (``input_layernorm``,
@@ -26,10 +26,13 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ScoutResult:
-    text_attention: torch.Tensor  # [N] last question token -> visual tokens, mean over heads
+    question_attention: torch.Tensor  # [T, N] every question token -> visual tokens
     visual_attention: torch.Tensor  # [N] last visual token -> visual tokens
     visual_hidden: torch.Tensor  # [N, D] visual hidden states entering layer K - 1
-    last_hidden: torch.Tensor  # [D] the question's last token entering layer K - 1
+    # The question's last token: its attention row [N] and hidden state [D]
+    # entering layer K - 1; None without a question.
+    text_attention: torch.Tensor | None
+    last_hidden: torch.Tensor | None
 
 
 def _qkv(layer: nn.Module, positions: torch.Tensor, normed: torch.Tensor):
@@ -62,7 +65,8 @@ def scout(
 ) -> ScoutResult:
     """Run layers 0 .. ``layer`` - 2 in full and read attention rows in layer ``layer`` - 1.
 
-    ``visual`` [N, D] and ``text`` [T, D] are LLM input embeddings; T >= 1.
+    ``visual`` [N, D] and ``text`` [T, D] are LLM input embeddings. T may be 0:
+    the last visual token's row never sees the text (causal attention).
     """
     n = visual.shape[0]
     hidden = torch.cat([visual, text.to(visual.dtype)])
@@ -71,15 +75,17 @@ def scout(
         hidden = _decoder_layer(decoder, positions, hidden)
     target = layers[layer - 1]
     q, k, _ = _qkv(target, positions, target.input_layernorm(hidden))
-    rows = torch.tensor([hidden.shape[0] - 1, n - 1], device=hidden.device)
-    # Causal rows: the last token sees everything; the last visual token sees
-    # the visual tokens only, which are all that is read.
+    length = hidden.shape[0]
+    # Rows read: every question token, then the last visual token.
+    rows = torch.cat([torch.arange(n, length), torch.tensor([n - 1])]).to(hidden.device)
     logits = (q[:, rows].float() @ k.float().transpose(-1, -2)) * target.self_attn.scaling
-    logits[:, 1, n:] = float("-inf")
-    probabilities = logits.softmax(dim=-1).mean(dim=0)  # [2, L], mean over heads
+    causal = rows[:, None] < torch.arange(length, device=hidden.device)[None, :]
+    probabilities = logits.masked_fill(causal, float("-inf")).softmax(dim=-1).mean(dim=0)
+    asked = length > n
     return ScoutResult(
-        text_attention=probabilities[0, :n],
-        visual_attention=probabilities[1, :n],
+        question_attention=probabilities[:-1, :n],
+        visual_attention=probabilities[-1, :n],
         visual_hidden=hidden[:n],
-        last_hidden=hidden[-1],
+        text_attention=probabilities[-2, :n] if asked else None,
+        last_hidden=hidden[-1] if asked else None,
     )

@@ -1,0 +1,128 @@
+"""The scout pass against an independent reference: Hugging Face's own Llama.
+
+vLLM's decoder layers (the ones the engine runs) get the weights of a seeded
+transformers ``LlamaModel``; the scout's attention rows and hidden states must
+equal what transformers' eager attention reports for the same sequence.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from vllm_prune.demo_model import build_tiny_llava
+from vllm_prune.models.scout import scout
+
+VISUAL, TEXT = 40, 7
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def layers_and_reference(tmp_path_factory):
+    from transformers import LlamaModel
+    from vllm.config import ModelConfig, VllmConfig, set_current_vllm_config
+    from vllm.distributed import (
+        destroy_distributed_environment,
+        destroy_model_parallel,
+        init_distributed_environment,
+        initialize_model_parallel,
+    )
+    from vllm.model_executor.model_loader.utils import process_weights_after_loading
+    from vllm.model_executor.models.llama import LlamaDecoderLayer
+
+    path = build_tiny_llava(tmp_path_factory.mktemp("scout") / "tiny-llava")
+    model_config = ModelConfig(model=str(path), dtype="float32", enforce_eager=True)
+    vllm_config = VllmConfig(model_config=model_config)
+    text_config = model_config.hf_config.text_config
+    with set_current_vllm_config(vllm_config):
+        init_distributed_environment(
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            distributed_init_method=f"tcp://127.0.0.1:{free_port()}",
+            backend="gloo",
+        )
+        initialize_model_parallel(1, 1)
+        layers = [
+            LlamaDecoderLayer(vllm_config, prefix=f"model.layers.{i}", config=text_config)
+            for i in range(text_config.num_hidden_layers)
+        ]
+    torch.manual_seed(0)
+    text_config._attn_implementation = "eager"
+    reference = LlamaModel(text_config).eval()
+    for ours, theirs in zip(layers, reference.layers, strict=True):
+        copy_weights(ours, theirs)
+    with set_current_vllm_config(vllm_config):
+        # As vLLM's loader does: turns weights into the CPU kernels' runtime format.
+        process_weights_after_loading(torch.nn.ModuleList(layers), model_config, torch.device("cpu"))
+    yield layers, reference
+    destroy_model_parallel()
+    destroy_distributed_environment()
+
+
+def copy_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    attn, mlp = theirs.self_attn, theirs.mlp
+    with torch.no_grad():
+        ours.self_attn.qkv_proj.weight.copy_(
+            torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        )
+        ours.self_attn.o_proj.weight.copy_(attn.o_proj.weight)
+        ours.mlp.gate_up_proj.weight.copy_(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        ours.mlp.down_proj.weight.copy_(mlp.down_proj.weight)
+        ours.input_layernorm.weight.copy_(theirs.input_layernorm.weight)
+        ours.post_attention_layernorm.weight.copy_(theirs.post_attention_layernorm.weight)
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_scout_matches_transformers_llama(layers_and_reference, layer):
+    layers, reference = layers_and_reference
+    g = torch.Generator().manual_seed(layer)
+    visual = torch.randn(VISUAL, reference.config.hidden_size, generator=g)
+    text = torch.randn(TEXT, reference.config.hidden_size, generator=g)
+
+    ours = scout(layers, visual, text, layer)
+    with torch.no_grad():
+        out = reference(
+            inputs_embeds=torch.cat([visual, text])[None],
+            output_attentions=True,
+            output_hidden_states=True,
+        )
+    attention = out.attentions[layer - 1][0].mean(dim=0)  # [L, L], mean over heads
+    entering = out.hidden_states[layer - 1][0]  # input of layer ``layer - 1``
+
+    close = {"atol": 1e-5, "rtol": 1e-4}
+    torch.testing.assert_close(ours.text_attention, attention[-1, :VISUAL], **close)
+    torch.testing.assert_close(ours.question_attention, attention[VISUAL:, :VISUAL], **close)
+    torch.testing.assert_close(ours.visual_attention, attention[VISUAL - 1, :VISUAL], **close)
+    torch.testing.assert_close(ours.visual_hidden, entering[:VISUAL], **close)
+    torch.testing.assert_close(ours.last_hidden, entering[-1], **close)
+
+
+def test_scout_rows_differ_between_questions(layers_and_reference):
+    """The reading depends on the question (else text-guided methods would not be)."""
+    layers, reference = layers_and_reference
+    g = torch.Generator().manual_seed(5)
+    visual = torch.randn(VISUAL, reference.config.hidden_size, generator=g)
+    first = scout(layers, visual, torch.randn(TEXT, visual.shape[1], generator=g), 2)
+    second = scout(layers, visual, torch.randn(TEXT, visual.shape[1], generator=g), 2)
+    assert not torch.allclose(first.text_attention, second.text_attention)
+
+
+def test_scout_without_a_question_reads_the_last_visual_token(layers_and_reference):
+    """``fastv_vis`` needs no question: the last visual token's row is causal."""
+    layers, reference = layers_and_reference
+    g = torch.Generator().manual_seed(7)
+    visual = torch.randn(VISUAL, reference.config.hidden_size, generator=g)
+    asked = scout(layers, visual, torch.randn(TEXT, visual.shape[1], generator=g), 2)
+    alone = scout(layers, visual, visual.new_zeros(0, visual.shape[1]), 2)
+    assert alone.text_attention is None and alone.last_hidden is None
+    assert alone.question_attention.shape == (0, VISUAL)
+    torch.testing.assert_close(alone.visual_attention, asked.visual_attention)
+    torch.testing.assert_close(alone.visual_hidden, asked.visual_hidden)
