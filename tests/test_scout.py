@@ -61,7 +61,9 @@ def layers_and_reference(tmp_path_factory):
         copy_weights(ours, theirs)
     with set_current_vllm_config(vllm_config):
         # As vLLM's loader does: turns weights into the CPU kernels' runtime format.
-        process_weights_after_loading(torch.nn.ModuleList(layers), model_config, torch.device("cpu"))
+        process_weights_after_loading(
+            torch.nn.ModuleList(layers), model_config, torch.device("cpu")
+        )
     yield layers, reference
     destroy_model_parallel()
     destroy_distributed_environment()
