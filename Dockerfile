@@ -1,16 +1,37 @@
 # vllm-prune for GPU nodes: vLLM's own OpenAI image plus this package.
-# A first version; the deployment issue adds a non-root user, a health check
-# and environment-driven defaults.
+#   docker build -t vllm-prune .
+#   docker run --gpus all --ipc=host -p 8000:8000 -e VLLM_PRUNE_DEFAULT=pooling vllm-prune
+# Settings come from VLLM_PRUNE_* variables (see deploy/entrypoint.sh); arguments
+# after the image name are passed to `vllm-prune serve` and win over them.
 FROM vllm/vllm-openai:v0.32.0
 
 WORKDIR /opt/vllm-prune
 COPY pyproject.toml README.md ./
 COPY vllm_prune ./vllm_prune
 COPY server ./server
-# vLLM 0.32.0 and prometheus_client are already in the base image.
+COPY deploy/entrypoint.sh deploy/healthcheck.py ./
+# vLLM 0.32.0 and prometheus_client are already in the base image, so --no-deps;
+# the import check fails the build if the plugin cannot load beside that vLLM.
 RUN python3 -m pip install --no-cache-dir --no-deps . \
     && python3 -c "import vllm_prune.plugin, server.middleware"
 
+# Non-root. HOME holds the Hugging Face, vLLM and Triton caches: mount a volume
+# on /home/vllm/.cache to keep downloaded weights across restarts. A fixed
+# numeric UID lets Kubernetes check runAsNonRoot.
+RUN useradd --create-home --uid 2000 --user-group vllm
+ENV HOME=/home/vllm \
+    VLLM_PRUNE_MODEL=llava-hf/llava-1.5-7b-hf \
+    VLLM_PRUNE_DEFAULT= \
+    VLLM_PRUNE_RATIO= \
+    VLLM_PRUNE_HOST=0.0.0.0 \
+    VLLM_PRUNE_PORT=8000 \
+    VLLM_PRUNE_ARGS=
+USER 2000:2000
+WORKDIR /home/vllm
+
 EXPOSE 8000
-ENTRYPOINT ["vllm-prune", "serve"]
-CMD ["llava-hf/llava-1.5-7b-hf", "--host", "0.0.0.0", "--port", "8000"]
+# Loading a 7B model takes minutes: failures before start-period do not count.
+HEALTHCHECK --interval=30s --timeout=15s --start-period=15m --retries=3 \
+    CMD ["python3", "/opt/vllm-prune/healthcheck.py"]
+ENTRYPOINT ["/opt/vllm-prune/entrypoint.sh"]
+CMD []

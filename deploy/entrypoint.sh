@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Container entrypoint: `vllm-prune serve` with its defaults taken from the environment.
+#
+#   VLLM_PRUNE_MODEL    model id or path; empty serves the built-in tiny demo model
+#   VLLM_PRUNE_DEFAULT  --prune-default: method for requests that name none (empty: none)
+#   VLLM_PRUNE_RATIO    --prune-ratio: ratio for requests that give none (empty: 0.75)
+#   VLLM_PRUNE_HOST     --host (default 0.0.0.0)
+#   VLLM_PRUNE_PORT     --port (default 8000); the image's health check reads it too
+#   VLLM_PRUNE_ARGS     more `vllm serve` options, split on whitespace
+#   VLLM_PRUNE_DRY_RUN  1 prints the command instead of running it
+#
+# Container arguments (CMD, compose `command`, Kubernetes `args`) come last, so
+# they override the environment (vLLM's parser keeps an option's last value); a
+# first argument that is not an option is the model and replaces VLLM_PRUNE_MODEL.
+set -euo pipefail
+
+model=${VLLM_PRUNE_MODEL:-}
+if [[ $# -gt 0 && $1 != -* ]]; then
+    model=$1
+    shift
+fi
+
+args=()
+if [[ -n $model ]]; then
+    args+=("$model")
+fi
+args+=(--host "${VLLM_PRUNE_HOST:-0.0.0.0}" --port "${VLLM_PRUNE_PORT:-8000}")
+if [[ -n ${VLLM_PRUNE_DEFAULT:-} ]]; then
+    args+=(--prune-default "$VLLM_PRUNE_DEFAULT")
+fi
+if [[ -n ${VLLM_PRUNE_RATIO:-} ]]; then
+    args+=(--prune-ratio "$VLLM_PRUNE_RATIO")
+fi
+read -r -a extra <<<"${VLLM_PRUNE_ARGS:-}"
+args+=("${extra[@]}" "$@")
+
+if [[ ${VLLM_PRUNE_DRY_RUN:-0} == 1 ]]; then
+    printf '%q ' vllm-prune serve "${args[@]}"
+    echo
+    exit 0
+fi
+# exec: the server becomes PID 1 and gets the container's SIGTERM directly.
+exec vllm-prune serve "${args[@]}"
