@@ -16,7 +16,11 @@ ARGS ?=
 # pip on these machines prints a warning per package for its file:// indexes.
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install test serve clean
+# Debian's prometheus package (promtool and the server) for the deployment tests;
+# installed once, where missing (CI machines are Debian and run as root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install test serve clean prometheus-tools
 
 install: $(STAMP)
 
@@ -37,7 +41,14 @@ $(VENV)/.vllm-prune-installed-cpu: pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, vllm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'vllm', vllm.__version__)"
 	touch $@
 
-test: $(STAMP)
+prometheus-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	    echo "installing Debian's prometheus package (promtool, prometheus) for the deploy tests"; \
+	    $(SUDO) apt-get update -qq; \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: $(STAMP) prometheus-tools
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m pytest -v $(PYTEST_ARGS)
 
 serve: $(STAMP)
