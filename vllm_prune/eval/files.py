@@ -35,12 +35,13 @@ class Records:
     path: Path
     rows: list[dict[str, Any]]
     json_lines: bool  # rows are the file's non-blank lines, in order
+    unit: str = "record"  # what a row is called in messages when not a line
     _lines: list[int] | None = field(default=None, repr=False)
 
     def where(self, index: int) -> str:
-        """``path:line`` for a JSON Lines row, ``path: record n`` otherwise."""
+        """``path:line`` for a JSON Lines row, ``path: record n`` (or ``row n``) otherwise."""
         if not self.json_lines:
-            return f"{self.path}: record {index + 1}"
+            return f"{self.path}: {self.unit} {index + 1}"
         if self._lines is None:
             with self.path.open(encoding="utf-8") as handle:
                 self._lines = [n for n, line in enumerate(handle, 1) if line.strip()]
@@ -57,13 +58,12 @@ class Records:
 def read_records(path: Path, layout: str, field: str | None = None) -> Records:
     """A JSON Lines file, a JSON list, or the list under ``field`` of a JSON object."""
     need_file(path, layout)
-    _refuse_empty(path)
-    first = _first_char(path)
+    json_lines = field is None and _first_char(path) == "{"
     options: dict[str, Any] = {} if field is None else {"field": field}
-    rows = _load("json", path, **options)
+    rows = _load("json", path, json_lines, **options)
     if not rows:
         raise BenchmarkFormatError(f"{path}: no records")
-    return Records(path, rows, json_lines=field is None and first == "{")
+    return Records(path, rows, json_lines)
 
 
 def read_tsv(path: Path, layout: str) -> Records:
@@ -76,14 +76,14 @@ def read_tsv(path: Path, layout: str) -> Records:
         columns = handle.readline().rstrip("\r\n").split("\t")
     features = datasets.Features({name: datasets.Value("string") for name in columns})
     # keep_default_na=False: an option whose text is "None" or "NA" stays text.
-    rows = _load("csv", path, sep="\t", features=features, keep_default_na=False)
+    rows = _load("csv", path, False, sep="\t", features=features, keep_default_na=False)
     if not rows:
         raise BenchmarkFormatError(f"{path}: no rows after the header")
     for row in rows:  # an empty cell is a missing value, as in the JSON formats
         for key, value in row.items():
             if value == "":
                 row[key] = None
-    return Records(path, rows, json_lines=False)
+    return Records(path, rows, json_lines=False, unit="row")
 
 
 def read_json(path: Path, layout: str) -> Any:
@@ -109,21 +109,24 @@ def require_images(samples: Iterable[Sample], layout: str) -> None:
         )
 
 
-def _load(builder: str, path: Path, **options: Any) -> list[dict[str, Any]]:
+def _load(builder: str, path: Path, json_lines: bool, **options: Any) -> list[dict[str, Any]]:
     import datasets
     from datasets.exceptions import DatasetGenerationError
 
+    _refuse_empty(path)
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except DatasetGenerationError as error:
-        raise _explain(path, error.__cause__ or error) from error
+        raise _explain(path, builder, json_lines, error.__cause__ or error) from error
     return table.to_list()
 
 
-def _explain(path: Path, cause: BaseException) -> BenchmarkFormatError:
+def _explain(
+    path: Path, builder: str, json_lines: bool, cause: BaseException
+) -> BenchmarkFormatError:
     """Find the malformed line ``datasets`` stumbled on; else pass on its message."""
-    if path.suffix.lower() in (".json", ".jsonl"):
-        located = _locate_json_error(path)
+    if builder == "json":
+        located = _locate_json_error(path, json_lines)
         if located is not None:
             return located
     if isinstance(cause, KeyError):  # the ``field`` asked for is not in the document
@@ -132,17 +135,12 @@ def _explain(path: Path, cause: BaseException) -> BenchmarkFormatError:
     return BenchmarkFormatError(f"{path}: {str(cause).strip()}")
 
 
-def _locate_json_error(path: Path) -> BenchmarkFormatError | None:
+def _locate_json_error(path: Path, json_lines: bool) -> BenchmarkFormatError | None:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         return BenchmarkFormatError(f"{path}: not UTF-8 text at byte {error.start}")
-    try:
-        json.loads(text)
-        return None  # one valid document: the problem is not syntax
-    except json.JSONDecodeError as whole:
-        document_error = whole
-    if text.lstrip().startswith("{"):  # JSON Lines: each non-blank line is one record
+    if json_lines:  # each non-blank line is one record
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -153,6 +151,11 @@ def _locate_json_error(path: Path) -> BenchmarkFormatError | None:
                     f"{path}:{number}: invalid JSON at column {error.colno}: {error.msg}"
                 )
         return None
+    try:
+        json.loads(text)
+        return None  # one valid document: the problem is not syntax
+    except json.JSONDecodeError as error:
+        document_error = error
     return BenchmarkFormatError(
         f"{path}:{document_error.lineno}: invalid JSON at column {document_error.colno}: "
         f"{document_error.msg}"
