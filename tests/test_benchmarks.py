@@ -516,3 +516,9 @@ def test_registry_names_and_lookup(tmp_path: Path) -> None:
     benchmark = get_benchmark("pope")
     scores = benchmark.score([(s, s.answers[0]) for s in samples])
     assert scores[benchmark.main_metric] == 1.0
+
+
+def test_json_lines_record_that_is_not_an_object(tmp_path: Path) -> None:
+    path = write(tmp_path / "q.jsonl", '{"a": 1}\n[1, 2]\n')
+    with pytest.raises(BenchmarkFormatError, match=rf"{path}:2: not a JSON object"):
+        read_records(path, "layout")

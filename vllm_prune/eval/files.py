@@ -145,11 +145,13 @@ def _locate_json_error(path: Path, json_lines: bool) -> BenchmarkFormatError | N
             if not line.strip():
                 continue
             try:
-                json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as error:
                 return BenchmarkFormatError(
                     f"{path}:{number}: invalid JSON at column {error.colno}: {error.msg}"
                 )
+            if not isinstance(record, dict):
+                return BenchmarkFormatError(f"{path}:{number}: not a JSON object")
         return None
     try:
         json.loads(text)

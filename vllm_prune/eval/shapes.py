@@ -57,6 +57,7 @@ SMALL_FRACTION = 0.4  # share of objects drawn small
 _SMALL = (10 / 336, 28 / 336)  # small side: 10-28 px at 336, under two patches
 _LARGE_MIN = 32 / 336
 _MARGIN = 2  # px kept free inside each cell border
+LAYOUT = "ROOT/SPLIT.jsonl and ROOT/images/*.png, as written by vllm_prune.eval.shapes.write_split"
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,6 @@ def write_split(folder: Path, split: str, n_images: int, size: int = DEFAULT_SIZ
             }
             handle.write(json.dumps(record) + "\n")
     return questions
-
-
-LAYOUT = "ROOT/SPLIT.jsonl and ROOT/images/*.png, as written by vllm_prune.eval.shapes.write_split"
 
 
 def load_shapes(root: Path, split: str = "test") -> list[Sample]:

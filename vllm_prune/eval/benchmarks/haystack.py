@@ -54,6 +54,8 @@ def load_visual_haystack(
         # The question may carry LLaVA-style "<image>" markers; images are sent separately.
         question = turns[0]["value"].replace("<image>", "").strip()
         needles = list(records.get(index, "pos_image"))
+        if not needles:
+            raise BenchmarkFormatError(f"{records.where(index)}: no needle image (pos_image)")
         distractors = list(records.rows[index].get("neg_image") or [])
         order, positions = _arrange(needles, distractors, random.Random(f"{seed}/{index}"))
         samples.append(

@@ -48,6 +48,8 @@ def load_refcoco(
     folder = Path(root) / dataset
     refs = _read_refs(need_file(folder / f"refs({partition}).p", LAYOUT))
     instances = read_json(folder / "instances.json", LAYOUT)
+    if not isinstance(instances, dict):
+        raise BenchmarkFormatError(f"{folder / 'instances.json'}: expected a COCO-style object")
     boxes = {ann["id"]: ann["bbox"] for ann in instances.get("annotations", [])}
     image_info = {image["id"]: image for image in instances.get("images", [])}
     samples = []
