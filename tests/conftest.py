@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -92,46 +93,51 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    """Start both servers at once (start-up dominates the suite), then wait for both."""
-    root = tmp_path_factory.mktemp("servers")
-    model = str(build_tiny_llava(root / "tiny-llava"))
+def pruned_command(model: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "server.cli", "serve", model, *args]
+
+
+def plain_command(model: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *args]
+
+
+@contextmanager
+def running(root: Path, commands: dict[str, list[str]]) -> Iterator[dict[str, Server]]:
+    """Start servers at once (start-up dominates), wait for all, stop them at the end.
+
+    A name starting with ``plain`` runs with every vLLM plugin switched off.
+    """
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    common = [*DEMO_ARGS, "--block-size", str(BLOCK_SIZE)]
-    pruned_cmd = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        model,
-        *common,
-        "--prune-default",
-        "pooling",
-        "--prune-ratio",
-        "0.75",
-    ]
-    plain_cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model,
-        *common,
-    ]
     plain_env = dict(env, VLLM_PLUGINS="")  # an allowlist that matches no plugin
-    started = {
-        "pruned": (*_start(pruned_cmd, root / "pruned.log", env), root / "pruned.log"),
-        "plain": (*_start(plain_cmd, root / "plain.log", plain_env), root / "plain.log"),
-    }
+    started = {}
     try:
+        for name, command in commands.items():
+            log = root / f"{name}.log"
+            chosen = plain_env if name.startswith("plain") else env
+            started[name] = (*_start(command, log, chosen), log)
         for process, url, log in started.values():
             _wait_healthy(process, url, log)
         yield {name: Server(url, process, log) for name, (process, url, log) in started.items()}
     finally:
         for process, _, _ in started.values():
             _stop(process)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    """Our server (pooling 0.75 by default) and plain vLLM on the demo LLaVA."""
+    root = tmp_path_factory.mktemp("servers")
+    model = str(build_tiny_llava(root / "tiny-llava"))
+    common = [*DEMO_ARGS, "--block-size", str(BLOCK_SIZE)]
+    commands = {
+        "pruned": pruned_command(
+            model, *common, "--prune-default", "pooling", "--prune-ratio", "0.75"
+        ),
+        "plain": plain_command(model, *common),
+    }
+    with running(root, commands) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

@@ -48,34 +48,41 @@ def default_dir() -> Path:
     return cache / "vllm-prune" / "tiny-llava"
 
 
+def word_tokenizer(special: list[str], words: list[str], extra_special: list[str]):  # type: ignore[no-untyped-def]
+    """A whitespace word-level tokenizer built offline: special tokens first, then words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    filler = [f"w{i}" for i in range(128)]
+    vocab = {tok: i for i, tok in enumerate(special + words + filler)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=special[0]))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token=special[0],
+        bos_token=special[1],
+        eos_token=special[2],
+        pad_token=special[3],
+        additional_special_tokens=extra_special,
+        model_max_length=8192,
+    )
+
+
 def build_tiny_llava(path: Path | None = None) -> Path:
     """Write the tiny model's config, tokenizer and processor to ``path``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
         LlavaProcessor,
-        PreTrainedTokenizerFast,
     )
 
     path = Path(path or default_dir())
     path.mkdir(parents=True, exist_ok=True)
 
-    filler = [f"w{i}" for i in range(128)]
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS + filler)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        additional_special_tokens=[IMAGE_TOKEN],
-        model_max_length=2048,
-    )
+    tokenizer = word_tokenizer(SPECIAL_TOKENS, WORDS, extra_special=[IMAGE_TOKEN])
+    vocab = tokenizer.get_vocab()
     tokenizer.chat_template = CHAT_TEMPLATE
 
     image_processor = CLIPImageProcessor(

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 # Architecture name (as in config.json) -> our subclass, as "module:Class".
 OVERRIDES = {
-    "LlavaForConditionalGeneration": ("vllm_prune.models.llava:PruneLlavaForConditionalGeneration"),
+    "LlavaForConditionalGeneration": "vllm_prune.models.llava:PruneLlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration": (
+        "vllm_prune.models.llava_next:PruneLlavaNextForConditionalGeneration"
+    ),
+    "Qwen2VLForConditionalGeneration": (
+        "vllm_prune.models.qwen2_vl:PruneQwen2VLForConditionalGeneration"
+    ),
+    "Qwen2_5_VLForConditionalGeneration": (
+        "vllm_prune.models.qwen2_vl:PruneQwen2_5_VLForConditionalGeneration"
+    ),
 }
 
 _registered = False

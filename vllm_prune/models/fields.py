@@ -19,14 +19,16 @@ import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.inputs import MultiModalFieldConfig
 
-from ..methods import Context, get_method, method_by_id, method_id
+from ..methods import Context, Reduced, get_method, method_by_id, method_id
 from ..spec import PruneSpec, PruneSpecError
 
 METHOD_KEY = "prune_method"
 KEEP_KEY = "prune_keep"
 PARAMS_KEY = "prune_params"
 TEXT_IDS_KEY = "prune_text_ids"  # the question's token ids (empty for other methods)
-KEYS = (METHOD_KEY, KEEP_KEY, PARAMS_KEY, TEXT_IDS_KEY)
+TOKENS_KEY = "prune_tokens"  # the image's unpruned visual tokens, N
+PATCHES_KEY = "prune_patches"  # its vision-tower patches before training-aware merging
+KEYS = (METHOD_KEY, KEEP_KEY, PARAMS_KEY, TEXT_IDS_KEY, TOKENS_KEY, PATCHES_KEY)
 
 
 def field_config(modality: str = "image") -> dict[str, MultiModalFieldConfig]:
@@ -47,9 +49,16 @@ def parse(hf_kwargs: Mapping[str, object]) -> PruneSpec:
 
 
 def encode(
-    spec: PruneSpec, num_tokens: Sequence[int], text_ids: Sequence[int] = ()
+    spec: PruneSpec,
+    num_tokens: Sequence[int],
+    text_ids: Sequence[int] = (),
+    patches: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-image prune fields for images of ``num_tokens`` visual tokens each."""
+    """Per-image prune fields for images of ``num_tokens`` visual tokens each.
+
+    ``patches``: each image's patches before training-aware merging (default:
+    no merging, the same as ``num_tokens``).
+    """
     try:
         keeps = [spec.keep_for(n) for n in num_tokens]
     except PruneSpecError as err:
@@ -64,7 +73,27 @@ def encode(
         TEXT_IDS_KEY: torch.tensor([list(text_ids)] * count, dtype=torch.long).reshape(
             count, len(text_ids)
         ),
+        TOKENS_KEY: torch.tensor(list(num_tokens), dtype=torch.long),
+        PATCHES_KEY: torch.tensor(list(patches if patches is not None else num_tokens)),
     }
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One image's visual tokens at each stage: patches -> merged tokens -> kept."""
+
+    patches: int
+    tokens: int
+    keep: int
+
+
+def item_counts(item: Mapping[str, object]) -> Counts:
+    """The counts stored in one processed image item (``out_mm_kwargs["image"][i]``)."""
+    return Counts(
+        patches=int(item[PATCHES_KEY].data),  # type: ignore[attr-defined]
+        tokens=int(item[TOKENS_KEY].data),  # type: ignore[attr-defined]
+        keep=int(item[KEEP_KEY].data),  # type: ignore[attr-defined]
+    )
 
 
 @dataclass(frozen=True)
@@ -91,6 +120,8 @@ def pop_plans(kwargs: dict[str, object]) -> list[PrunePlan] | None:
     keeps = _per_item(kwargs.pop(KEEP_KEY))
     params = _per_item(kwargs.pop(PARAMS_KEY))
     texts = _per_item(kwargs.pop(TEXT_IDS_KEY))
+    kwargs.pop(TOKENS_KEY)
+    kwargs.pop(PATCHES_KEY)
     plans = []
     for m, k, p, t in zip(methods, keeps, params, texts, strict=True):
         method = method_by_id(int(m))
@@ -110,15 +141,22 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
     return (side, side) if side * side == num_tokens else (1, num_tokens)
 
 
-def apply_plan(
+def reduce_plan(
     features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan, **observed: torch.Tensor
-) -> torch.Tensor:
-    """The ``plan.keep`` rows of one image's features that go to the LLM.
+) -> Reduced:
+    """The ``plan.keep`` rows of one image's features and the tokens they stand for.
 
     ``observed``: what the model measured for the method's needs (``Context`` fields).
     """
     ctx = Context(params=dict(plan.params), **observed)
-    return get_method(plan.method).reduce(features, grid, plan.keep, ctx).features
+    return get_method(plan.method).reduce(features, grid, plan.keep, ctx)
+
+
+def apply_plan(
+    features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan, **observed: torch.Tensor
+) -> torch.Tensor:
+    """The ``plan.keep`` rows of one image's features that go to the LLM."""
+    return reduce_plan(features, grid, plan, **observed).features
 
 
 def needs(plans: Sequence[PrunePlan], need: str) -> bool:

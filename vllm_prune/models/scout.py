@@ -62,15 +62,19 @@ def scout(
     visual: torch.Tensor,
     text: torch.Tensor,
     layer: int,
+    positions: torch.Tensor | None = None,
 ) -> ScoutResult:
     """Run layers 0 .. ``layer`` - 2 in full and read attention rows in layer ``layer`` - 1.
 
     ``visual`` [N, D] and ``text`` [T, D] are LLM input embeddings. T may be 0:
     the last visual token's row never sees the text (causal attention).
+    ``positions``: rotary positions of the N + T tokens ([L], or [3, L] for
+    M-RoPE); by default 0 .. L - 1.
     """
     n = visual.shape[0]
     hidden = torch.cat([visual, text.to(visual.dtype)])
-    positions = torch.arange(hidden.shape[0], device=hidden.device)
+    if positions is None:
+        positions = torch.arange(hidden.shape[0], device=hidden.device)
     for decoder in layers[: layer - 1]:
         hidden = _decoder_layer(decoder, positions, hidden)
     target = layers[layer - 1]

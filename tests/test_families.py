@@ -1,0 +1,114 @@
+"""Every model family end to end: LLaVA-NeXT, Qwen2-VL and Qwen2.5-VL.
+
+For each family a tiny checkpoint (seeded random weights, built offline) is
+served twice, by our server and by plain vLLM with every plugin off; the pair
+runs for this module's tests of that family, then stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+
+from vllm_prune.client_utils import image_messages
+from vllm_prune.methods import method_names
+from vllm_prune.tiny_models import build_tiny_llava_next, build_tiny_qwen2_vl
+
+from .conftest import BLOCK_SIZE, Server, plain_command, pruned_command, running
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    build: object  # (path) -> path
+    size: tuple[int, int]  # the test image
+    tokens: int  # N, vLLM's visual tokens for that image
+    refused: tuple[str, ...]  # methods this family answers with a 400
+
+
+VISION = ("cls_attention", "visionzip")  # need a [CLS] row these families do not give
+FAMILIES = [
+    # 672 x 672: base 24 x 24 + a 48 x 48 stitched grid with 48 newlines.
+    Family("llava-next", build_tiny_llava_next, (672, 672), 576 + 48 * 49, VISION),
+    # 448 x 448: 32 x 32 patches of 14 px, merged 2 x 2 -> 16 x 16 tokens.
+    Family("qwen2-vl", lambda p: build_tiny_qwen2_vl(p, "2"), (448, 448), 256, VISION),
+    Family("qwen2.5-vl", lambda p: build_tiny_qwen2_vl(p, "2.5"), (448, 448), 256, VISION),
+]
+ARGS = [
+    "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
+    "--block-size", str(BLOCK_SIZE), "--served-model-name", "tiny",
+]  # fmt: skip
+
+
+@dataclass
+class Served:
+    family: Family
+    pruned: Server
+    plain: Server
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=lambda f: f.name)
+def served(request, tmp_path_factory) -> Served:
+    family: Family = request.param
+    root: Path = tmp_path_factory.mktemp(family.name)
+    model = str(family.build(root / "model"))  # type: ignore[operator]
+    commands = {"pruned": pruned_command(model, *ARGS), "plain": plain_command(model, *ARGS)}
+    with running(root, commands) as started:
+        yield Served(family, started["pruned"], started["plain"])
+
+
+def ask(server: Server, family: Family, extra: dict | None, question="what color is the square ?"):
+    return server.client.chat.completions.create(
+        model="tiny",
+        messages=image_messages(question, seed=11, size=family.size),
+        max_tokens=5,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body=extra,
+    )
+
+
+def keep(n: int, ratio: float) -> int:
+    return max(1, round(n * (1 - ratio)))
+
+
+RUNNABLE = [m for m in method_names() if m != "none" and m not in VISION]
+
+
+def test_every_method_drops_exactly_the_pruned_tokens(served: Served):
+    family = served.family
+    unpruned = ask(served.pruned, family, {"prune": "none"}).usage.prompt_tokens
+    for method in RUNNABLE:
+        for ratio in (0.75, 0.889):
+            response = ask(served.pruned, family, {"prune": method, "prune_ratio": ratio})
+            expected = unpruned - (family.tokens - keep(family.tokens, ratio))
+            assert response.usage.prompt_tokens == expected, (method, ratio)
+
+
+def test_none_matches_plain_vllm_and_pruning_does_not(served: Served):
+    family = served.family
+    reference = ask(served.plain, family, None)
+    ours = ask(served.pruned, family, {"prune": "none"})
+    assert ours.usage.prompt_tokens == reference.usage.prompt_tokens
+    ref_tokens = [t.logprob for t in reference.choices[0].logprobs.content]
+    our_tokens = [t.logprob for t in ours.choices[0].logprobs.content]
+    assert ours.choices[0].message.content == reference.choices[0].message.content
+    assert our_tokens == pytest.approx(ref_tokens, rel=1e-5, abs=1e-6)
+    pruned = ask(served.pruned, family, {"prune": "pooling", "prune_ratio": 0.75})
+    pruned_tokens = [t.logprob for t in pruned.choices[0].logprobs.content]
+    assert pruned_tokens != pytest.approx(ref_tokens, rel=1e-5, abs=1e-6)
+
+
+def test_methods_the_family_cannot_run_are_refused_with_the_reason(served: Served):
+    for method in served.family.refused:
+        with pytest.raises(openai.BadRequestError) as caught:
+            ask(served.pruned, served.family, {"prune": method})
+        body = caught.value.body
+        assert body["param"] == "prune"
+        assert "[CLS]" in body["message"]
+    # The server keeps serving.
+    assert ask(served.pruned, served.family, {"prune": "pooling"}).usage.prompt_tokens > 0

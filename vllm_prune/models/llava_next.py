@@ -1,0 +1,156 @@
+"""LLaVA-NeXT with visual-token pruning before the KV cache exists.
+
+vLLM gives an image ``N`` tokens: the base image (the whole image at 336 px,
+24 x 24 = 576 tokens), then the anyres crops stitched into one grid of the
+image at high resolution with the padding cut away (``H x W`` tokens), each of
+its rows followed by an ``image_newline`` token (``N = 576 + H (W + 1)``).
+``keep`` is computed from that ``N``, vLLM's own placeholder count.
+
+Pruning treats the base image and the stitched grid as two images with their
+own grids: ``keep`` is split between them in proportion to their tokens, and
+the method runs on each (so pooling pools each grid, windows tile each grid,
+random is uniform over each). Text-guided methods score both with one scout
+pass over all visual tokens. The retained rows are the base image's, then the
+grid's, each in raster order.
+
+Newline tokens are dropped when an image is pruned: they carry no image content
+(one learned vector), mark the end of a row of the full grid, and after
+selection the retained tokens of a row no longer fill it, so a newline would
+mark nothing; keeping them would spend the budget on ``H`` identical tokens.
+Unpruned images (``none``, or ``keep = N``) keep them, exactly as vLLM does.
+Vision-attention methods are refused: LLaVA-NeXT's [CLS] rows are per crop
+and are not mapped onto the stitched grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers import BatchFeature
+from transformers.models.llava_next.modeling_llava_next import (
+    get_anyres_image_grid_shape,
+    unpad_image,
+)
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings
+from vllm.model_executor.models.llava import LlavaDummyInputsBuilder
+from vllm.model_executor.models.llava_next import (
+    LlavaNextForConditionalGeneration,
+    LlavaNextMultiModalProcessor,
+    LlavaNextProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalKwargsItems
+from vllm.multimodal.parse import ImageEmbeddingItems, MultiModalDataItems
+from vllm.multimodal.processing import PromptReplacement
+
+from . import fields
+from .observe import observe, rows_of
+from .processing import PruneProcessorMixin
+
+
+class PruneLlavaNextMultiModalProcessor(PruneProcessorMixin, LlavaNextMultiModalProcessor):
+    def _visual_tokens(self, mm_items: MultiModalDataItems, processed: BatchFeature) -> list[int]:
+        images = self._images(mm_items)
+        if isinstance(images, ImageEmbeddingItems):
+            return [images.get_feature_size(i) for i in range(images.get_count())]
+        sizes = [images.get_image_size(i) for i in range(images.get_count())]
+        return [
+            self.info.get_num_image_tokens(image_width=s.width, image_height=s.height)
+            for s in sizes
+        ]
+
+    def _vision_attention_refusal(self) -> str | None:
+        return "LLaVA-NeXT's [CLS] rows are per crop and do not map onto its stitched grid"
+
+    def _get_prompt_updates(
+        self,
+        mm_items: MultiModalDataItems,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptReplacement]:
+        image_token_id = self.info.get_hf_config().image_token_index
+
+        def replacement(item_idx: int) -> list[int]:
+            return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
+
+        return [
+            PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)
+        ]
+
+
+def split_keep(keep: int, sizes: Sequence[int]) -> list[int]:
+    """``keep`` over parts of ``sizes`` tokens in proportion (largest remainders round up)."""
+    total = sum(sizes)
+    shares = [keep * size // total for size in sizes]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: keep * sizes[i] % total, reverse=True)
+    for i in by_remainder[: keep - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    PruneLlavaNextMultiModalProcessor,
+    info=LlavaNextProcessingInfo,
+    dummy_inputs=LlavaDummyInputsBuilder,
+)
+class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        plans = fields.pop_plans(kwargs)
+        embeddings = super().embed_multimodal(**kwargs)
+        if plans is None:
+            return embeddings
+        sizes = kwargs.get("image_sizes")
+        llm = self.language_model.model
+        out = []
+        for i, (image, plan) in enumerate(zip(embeddings, plans, strict=True)):
+            if plan.keep == image.shape[0]:
+                out.append(image)
+                continue
+            grids = self._grids(image.shape[0], None if sizes is None else sizes[i])
+            out.append(self._reduce(image, grids, plan, llm))
+        return out
+
+    def _grids(
+        self, num_tokens: int, image_size: torch.Tensor | None
+    ) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Each grid's (rows of the image's features, (h, w)): base image, then stitched crops."""
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        grids = [(torch.arange(side * side), (side, side))]
+        if num_tokens <= side * side + 1:  # the base image only (and its newline)
+            return grids
+        if image_size is None:
+            raise ValueError("LLaVA-NeXT pruning needs the image size to find its crop grid")
+        height, width = (int(v) for v in image_size.tolist())
+        rows, cols = get_anyres_image_grid_shape(
+            (height, width), self.config.image_grid_pinpoints, self.config.vision_config.image_size
+        )
+        stitched = unpad_image(torch.empty(1, rows * side, cols * side), (height, width))
+        h, w = stitched.shape[1:]
+        if side * side + h * (w + 1) != num_tokens:
+            raise ValueError(f"LLaVA-NeXT layout {h} x {w} does not explain {num_tokens} tokens")
+        positions = torch.arange(h * (w + 1)).view(h, w + 1)[:, :w].reshape(-1)
+        grids.append((side * side + positions, (h, w)))
+        return grids
+
+    def _reduce(
+        self,
+        image: torch.Tensor,
+        grids: list[tuple[torch.Tensor, tuple[int, int]]],
+        plan: fields.PrunePlan,
+        llm: torch.nn.Module,
+    ) -> torch.Tensor:
+        candidates = torch.cat([rows for rows, _ in grids])
+        visual = image[candidates.to(image.device)]
+        found = observe(llm, visual, plan)
+        keeps = split_keep(plan.keep, [rows.numel() for rows, _ in grids])
+        parts, start = [], 0
+        for (rows, shape), keep in zip(grids, keeps, strict=True):
+            local = torch.arange(start, start + rows.numel())
+            start += rows.numel()
+            if keep == 0:
+                continue
+            sub_plan = fields.PrunePlan(plan.method, keep, plan.params, plan.text_ids)
+            reduced = fields.reduce_plan(visual[local], shape, sub_plan, **rows_of(found, local))
+            parts.append(reduced.features)
+        return torch.cat(parts)

@@ -1,0 +1,72 @@
+"""What a method declared it needs, measured on one image inside the model.
+
+Shared by every family: the question's embeddings (``text``), the scout pass
+(``scout``) and the vision tower's [CLS] row (``vision_attention``, captured by
+the family itself and passed in). The result is a dict of ``Context`` fields.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..methods import get_method
+from ..methods.base import SCOUT, TEXT
+from ..methods.fastv import LAYER_FIELD
+from .fields import PrunePlan
+from .scout import scout
+from .vision_attention import ClsAttention
+
+# Context fields that hold one entry per visual token, and the dimension it is on.
+PER_TOKEN = {
+    "cls_attention": 0,
+    "vision_keys": 0,
+    "text_attention": 0,
+    "question_attention": 1,
+    "visual_attention": 0,
+    "visual_hidden": 0,
+}
+
+
+def observe(
+    llm: nn.Module,
+    features: torch.Tensor,
+    plan: PrunePlan,
+    seen: ClsAttention | None = None,
+    scout_positions: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """``llm``: the decoder (``embed_tokens``, ``layers``); ``features``: the image's rows.
+
+    ``scout_positions``: rotary positions of the image's rows followed by the
+    question for the scout pass; by default 0 .. L - 1.
+    """
+    needs = get_method(plan.method).needs
+    observed: dict[str, torch.Tensor] = {}
+    if seen is not None:
+        observed.update(cls_attention=seen.attention, vision_keys=seen.keys)
+    if TEXT in needs or SCOUT in needs:
+        text = llm.embed_tokens(plan.text_ids.to(features.device))
+        observed["text_embeddings"] = text
+        if SCOUT in needs:
+            result = scout(
+                llm.layers, features, text, int(plan.params[LAYER_FIELD]), scout_positions
+            )
+            found = {
+                "text_attention": result.text_attention,
+                "question_attention": result.question_attention,
+                "visual_attention": result.visual_attention,
+                "visual_hidden": result.visual_hidden,
+                "last_hidden": result.last_hidden,
+            }
+            observed.update({k: v for k, v in found.items() if v is not None})
+    return observed
+
+
+def rows_of(observed: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The observations of a subset of the visual tokens (one grid of a multi-grid image)."""
+    return {
+        name: value.index_select(PER_TOKEN[name], rows.to(value.device))
+        if name in PER_TOKEN
+        else value
+        for name, value in observed.items()
+    }

@@ -1,0 +1,182 @@
+"""What every family's processor does with the prune spec, in the API-server process.
+
+A family's processor subclasses its vLLM processor and this mixin (mixin
+first). The mixin strips the prune fields before the Hugging Face processor
+runs, validates what can only be checked against the model (layers, text, the
+vision tower), stores the per-image fields and records the metrics. The family
+says how many visual tokens vLLM gives each image (``_visual_tokens``), how many
+patches there were before any training-aware merging (``_patches``), and emits
+``fields.num_placeholders`` tokens per image in its own ``_get_prompt_updates``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from transformers import BatchFeature
+from vllm.inputs.engine import MultiModalInput
+from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems, MultiModalDataItems
+from vllm.multimodal.processing import ProcessorInputs, TimingContext
+
+from .. import metrics
+from ..methods import get_method
+from ..methods.base import SCOUT, VISION_ATTENTION
+from ..methods.fastv import LAYER_FIELD
+from ..spec import METHOD_FIELD, PruneSpec, needs_text, prune_field_names
+from . import fields
+
+logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is printed
+
+
+class PruneProcessorMixin:
+    """Shared prune handling; ``self`` is also a vLLM ``BaseMultiModalProcessor``."""
+
+    def _visual_tokens(self, mm_items: MultiModalDataItems, processed: BatchFeature) -> list[int]:
+        """Unpruned visual tokens of each image, as vLLM itself counts them."""
+        raise NotImplementedError
+
+    def _vision_attention_refusal(self) -> str | None:
+        """Why this model cannot give vision-attention methods their [CLS] row, or None."""
+        return "this model family has no [CLS] attention row to read"
+
+    def _patches(self, processed: BatchFeature, tokens: list[int]) -> list[int]:
+        """Vision-tower patches of each image before training-aware merging."""
+        return tokens
+
+    def _images(self, mm_items: MultiModalDataItems) -> ImageProcessorItems | ImageEmbeddingItems:
+        return mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
+
+    def _apply_hf_processor_main(
+        self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
+    ) -> BatchFeature:
+        spec = fields.parse(hf_kwargs)
+        has_images = "image" in mm_items and self._images(mm_items).get_count() > 0
+        if has_images:
+            self._check_supported(spec.method, mm_items)
+        text_ids = self._text_ids(spec) if has_images else []
+        plain_kwargs = {k: v for k, v in hf_kwargs.items() if k not in prune_field_names()}
+        processed = super()._apply_hf_processor_main(mm_items, plain_kwargs)  # type: ignore[misc]
+        if has_images:
+            tokens = self._visual_tokens(mm_items, processed)
+            processed.update(
+                fields.encode(spec, tokens, text_ids, self._patches(processed, tokens))
+            )
+        return processed
+
+    def _text_ids(self, spec: PruneSpec) -> list[int]:
+        """The question's token ids, for methods that score against it."""
+        info = self.info  # type: ignore[attr-defined]
+        if SCOUT in get_method(spec.method).needs:
+            layer = spec.params.get(LAYER_FIELD)
+            layers = info.get_hf_config().get_text_config().num_hidden_layers
+            if layer is not None and layer > layers:
+                raise fields.refuse(
+                    LAYER_FIELD,
+                    f"'{LAYER_FIELD}' must be at most {layers} for this model; got {layer}",
+                )
+        if not needs_text(spec.method):
+            return []
+        ids = info.get_tokenizer().encode(spec.text or "", add_special_tokens=False)
+        if not ids:
+            raise fields.refuse(
+                METHOD_FIELD,
+                f"'{spec.method}' scores visual tokens against the question, and the last "
+                "user message has no text",
+            )
+        return list(ids)
+
+    def _check_supported(self, method: str, mm_items: MultiModalDataItems) -> None:
+        """Refuse here, with a 400, what the model could not do in the engine."""
+        if VISION_ATTENTION not in get_method(method).needs:
+            return
+        refusal = self._vision_attention_refusal()
+        if refusal is not None:
+            raise fields.refuse(
+                METHOD_FIELD, f"'{method}' reads the vision tower's [CLS] attention: {refusal}"
+            )
+        if isinstance(self._images(mm_items), ImageEmbeddingItems):
+            raise fields.refuse(
+                METHOD_FIELD,
+                f"'{method}' reads the vision tower's attention, so it cannot prune "
+                "precomputed image embeddings; send the image itself",
+            )
+
+    def _get_mm_fields_config(
+        self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
+    ) -> Mapping[str, MultiModalFieldConfig]:
+        config = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))  # type: ignore[misc]
+        config.update(fields.field_config("image"))
+        return config
+
+    def apply(self, inputs: ProcessorInputs, timing_ctx: TimingContext) -> MultiModalInput:
+        result = super().apply(inputs, timing_ctx)  # type: ignore[misc]
+        method = inputs.hf_processor_mm_kwargs.get(METHOD_FIELD)
+        items = result["mm_kwargs"].get("image", [])
+        # Only client requests carry a method (the server always sets one);
+        # vLLM's start-up profiling runs come through here without one.
+        if method is None or not items:
+            return result
+        counts = [
+            _COUNTS.remember(key, item)
+            for key, item in zip(result["mm_hashes"]["image"], items, strict=True)
+        ]
+        if any(c is None for c in counts):
+            logger.warning("prune: counts of a cached image are unknown; metrics skip it")
+            return result
+        self._record(str(method), counts)  # type: ignore[arg-type]
+        return result
+
+    def _record(self, method: str, counts: list[fields.Counts]) -> None:
+        model_config = self.info.ctx.model_config  # type: ignore[attr-defined]
+        metrics.record_prompt(
+            method=method,
+            patches=[c.patches for c in counts],
+            tokens_before=[c.tokens for c in counts],
+            tokens_after=[c.keep for c in counts],
+            bytes_per_token=metrics.kv_bytes_per_token(
+                model_config.hf_text_config, model_config.dtype
+            ),
+        )
+        patches = sum(c.patches for c in counts)
+        tokens = sum(c.tokens for c in counts)
+        keep = sum(c.keep for c in counts)
+        logger.info(
+            "prune method=%s images=%d patches=%d tokens=%d kept=%d merge=%.2fx prune=%.2fx "
+            "total=%.2fx",
+            method,
+            len(counts),
+            patches,
+            tokens,
+            keep,
+            patches / tokens,
+            tokens / keep,
+            patches / keep,
+        )
+
+
+class _CountsByHash:
+    """Counts of recently processed images by multimodal hash.
+
+    vLLM's processor cache hands back ``None`` for an item the engine already
+    holds, so a repeated image's counts come from here.
+    """
+
+    def __init__(self, size: int = 65536) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, fields.Counts] = OrderedDict()
+
+    def remember(self, key: str, item: Mapping[str, object] | None) -> fields.Counts | None:
+        if item is not None:
+            self.entries[key] = fields.item_counts(item)
+            if len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+
+_COUNTS = _CountsByHash()

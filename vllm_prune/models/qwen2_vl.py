@@ -1,0 +1,271 @@
+"""Qwen2-VL and Qwen2.5-VL with visual-token pruning before the KV cache exists.
+
+Tokens: the vision tower makes ``t x h x w`` patches (14 px) and its merger
+joins 2 x 2 of them (training-aware merging, TACR = 4), so vLLM gives an image
+``N = t h w / 4`` tokens on an ``h/2 x w/2`` grid, which is what is pruned.
+
+Positions: M-RoPE gives every visual token a (t, h, w) position, and retained
+tokens must keep theirs. Which tokens are retained is known only after the
+vision tower runs (in ``embed_multimodal``), while vLLM computes a prompt's
+positions when the request arrives (``get_mrope_input_positions``). So:
+1. ``get_mrope_input_positions`` gives a pruned image's ``keep`` placeholders
+   the image's base position (where its grid starts) and lets the text after
+   the image continue exactly where it would without pruning (base + the
+   grid's extent), which does not depend on the selection;
+2. ``embed_multimodal`` appends each retained row's (t, h, w) offset inside the
+   grid to its embedding (3 extra channels, as vLLM's own EVS video pruning
+   carries positions);
+3. ``embed_input_ids`` strips those channels and keeps the offsets for the
+   scheduled tokens, and ``forward`` adds them, in place, to the positions of
+   this step (vLLM rewrites that buffer from its per-request copy every step).
+The result: each retained token's position equals its unpruned position.
+
+vLLM's own hook for this (``SupportsMultiModalPruning.recompute_mrope_positions``)
+runs only when ``--video-pruning-rate`` > 0, which also turns on EVS for
+videos, so it is not used. Limits: the offsets travel from the first pipeline
+stage's embedding step to ``forward`` on the same rank, so pipeline parallelism
+(``--pipeline-parallel-size`` > 1) is refused; the vision encoder's CUDA graphs
+are turned off for images (their path skips ``embed_multimodal``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from transformers import BatchFeature
+from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings
+from vllm.model_executor.models.qwen2_5_vl import (
+    Qwen2_5_VLDummyInputsBuilder,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLMultiModalProcessor,
+    Qwen2_5_VLProcessingInfo,
+)
+from vllm.model_executor.models.qwen2_vl import (
+    Qwen2VLDummyInputsBuilder,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLMultiModalProcessor,
+    Qwen2VLProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFeatureSpec, MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataItems
+from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+
+from . import fields
+from .observe import observe
+from .processing import PruneProcessorMixin
+
+POSITION_CHANNELS = 3  # (t, h, w) offset of each retained row inside its image grid
+
+
+class PruneQwenProcessorMixin(PruneProcessorMixin):
+    def _merge_size(self) -> int:
+        return int(self.info.get_hf_config().vision_config.spatial_merge_size)  # type: ignore[attr-defined]
+
+    def _visual_tokens(self, mm_items: MultiModalDataItems, processed: BatchFeature) -> list[int]:
+        grids = processed["image_grid_thw"]
+        return [int(g.prod()) // self._merge_size() ** 2 for g in grids]
+
+    def _patches(self, processed: BatchFeature, tokens: list[int]) -> list[int]:
+        return [int(g.prod()) for g in processed["image_grid_thw"]]
+
+    def _vision_attention_refusal(self) -> str | None:
+        return "the Qwen2-VL vision tower has no [CLS] token"
+
+    def _get_prompt_updates(
+        self,
+        mm_items: MultiModalDataItems,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptUpdate]:
+        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))  # type: ignore[misc]
+
+        def replacement(item_idx: int) -> list[int]:
+            return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
+
+        for i, update in enumerate(updates):
+            if update.modality == "image":
+                image_token_id = update.target[0]  # type: ignore[index]
+                updates[i] = PromptReplacement("image", update.target, replacement)
+        return updates
+
+
+class PruneQwen2VLMultiModalProcessor(PruneQwenProcessorMixin, Qwen2VLMultiModalProcessor):
+    pass
+
+
+class PruneQwen2_5_VLMultiModalProcessor(PruneQwenProcessorMixin, Qwen2_5_VLMultiModalProcessor):
+    pass
+
+
+def grid_offsets(indices: torch.Tensor, grid_w: int) -> torch.Tensor:
+    """(t, h, w) offsets inside an image's token grid of raster ``indices``: [3, K]."""
+    return torch.stack([torch.zeros_like(indices), indices // grid_w, indices % grid_w])
+
+
+def pruned_mrope_positions(
+    input_tokens: Sequence[int], images: Sequence[tuple[int, int, int, int, float, int]]
+) -> tuple[torch.Tensor, int]:
+    """M-RoPE positions of a prompt whose images may have been pruned.
+
+    ``images``: per image or video, in prompt order, (offset, t, h, w,
+    t_factor, tokens in the prompt). Unpruned items get vLLM's grid positions;
+    a pruned image's placeholders get its base position (the retained rows'
+    offsets are added later), and what follows starts after the full grid.
+    """
+    blocks: list[np.ndarray] = []
+    start = 0  # the next position
+    consumed = 0  # prompt tokens placed
+    for offset, t, h, w, t_factor, length in images:
+        text = offset - consumed
+        blocks.append(np.broadcast_to(np.arange(text), (3, text)) + start)
+        base = start + text
+        if length == t * h * w:
+            grid = np.indices((t, h, w))
+            if t_factor != 1.0:
+                grid[0] = (grid[0] * t_factor).astype(np.int64)
+            block = grid.reshape(3, -1) + base
+            start = int(block.max()) + 1
+        else:
+            block = np.full((3, length), base)
+            start = base + max(t, h, w)  # as if the whole grid were there
+        blocks.append(block)
+        consumed = offset + length
+    tail = len(input_tokens) - consumed
+    blocks.append(np.broadcast_to(np.arange(tail), (3, tail)) + start)
+    positions = np.concatenate(blocks, axis=1).reshape(3, -1)
+    end = start + tail  # the first position after the prompt
+    return torch.from_numpy(positions), end - len(input_tokens)
+
+
+class PruneQwenModelMixin:
+    """Shared by both Qwen generations; ``self`` is also their vLLM model class."""
+
+    def _check_parallelism(self, vllm_config: VllmConfig) -> None:
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            raise ValueError(
+                "vllm-prune: pruning Qwen2-VL images keeps M-RoPE positions through the "
+                "first pipeline stage only; use --tensor-parallel-size instead of "
+                "--pipeline-parallel-size"
+            )
+        self._position_offsets: torch.Tensor | None = None
+
+    def get_mrope_input_positions(
+        self, input_tokens: list[int], mm_features: list[MultiModalFeatureSpec]
+    ) -> tuple[torch.Tensor, int]:
+        ordered = sorted(mm_features, key=lambda f: f.mm_position.offset)
+        images = []
+        for feature, grid in zip(ordered, self.iter_mm_grid_thw(ordered), strict=True):  # type: ignore[attr-defined]
+            offset, t, h, w, t_factor = grid
+            images.append((offset, t, h, w, t_factor, feature.mm_position.length))
+        return pruned_mrope_positions(input_tokens, images)
+
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        plans = fields.pop_plans(kwargs)
+        if plans is None:
+            return super().embed_multimodal(**kwargs)  # type: ignore[misc]
+        # vLLM batches one modality per call: with prune fields, these are images.
+        grids = kwargs["image_grid_thw"]
+        embeddings = super().embed_multimodal(**kwargs)  # type: ignore[misc]
+        merge = self.visual.spatial_merge_size  # type: ignore[attr-defined]
+        llm = self.language_model.model  # type: ignore[attr-defined]
+        out = []
+        for image, plan, grid in zip(embeddings, plans, grids, strict=True):
+            t, h, w = (int(v) for v in grid)
+            shape = (h // merge, w // merge)
+            if plan.keep == image.shape[0]:
+                out.append(image)  # unpruned: exactly what vLLM returns
+                continue
+            found = observe(llm, image, plan, scout_positions=self._scout_positions(shape, plan))
+            reduced = fields.reduce_plan(image, shape, plan, **found)
+            offsets = grid_offsets(reduced.indices.to(image.device), shape[1])
+            out.append(torch.cat([reduced.features, offsets.T.to(image.dtype)], dim=-1))
+        return out
+
+    @staticmethod
+    def _scout_positions(shape: tuple[int, int], plan: fields.PrunePlan) -> torch.Tensor:
+        """The image at the start of the scout sequence, the question after its grid."""
+        h, w = shape
+        image = grid_offsets(torch.arange(h * w), w)
+        text = torch.arange(plan.text_ids.numel()) + max(h, w)
+        return torch.cat([image, text.expand(3, -1)], dim=1)
+
+    def embed_input_ids(
+        self,
+        input_ids: torch.Tensor,
+        multimodal_embeddings: MultiModalEmbeddings | None = None,
+        *,
+        is_multimodal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self._position_offsets = None
+        if not multimodal_embeddings or is_multimodal is None:
+            return super().embed_input_ids(  # type: ignore[misc]
+                input_ids, multimodal_embeddings, is_multimodal=is_multimodal
+            )
+        hidden = self.config.text_config.hidden_size  # type: ignore[attr-defined]
+        if any(e.shape[-1] != hidden for e in multimodal_embeddings):
+            offsets = [
+                e[:, hidden:].round().long()
+                if e.shape[-1] != hidden
+                else e.new_zeros(e.shape[0], POSITION_CHANNELS, dtype=torch.long)
+                for e in multimodal_embeddings
+            ]
+            multimodal_embeddings = [e[:, :hidden] for e in multimodal_embeddings]
+            per_token = torch.zeros(
+                POSITION_CHANNELS, input_ids.shape[0], dtype=torch.long, device=input_ids.device
+            )
+            per_token[:, is_multimodal] = torch.cat(offsets).T.to(per_token.device)
+            self._position_offsets = per_token
+        return super().embed_input_ids(  # type: ignore[misc]
+            input_ids, multimodal_embeddings, is_multimodal=is_multimodal
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: object = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> object:
+        if self._position_offsets is not None:
+            offsets, self._position_offsets = self._position_offsets, None
+            # In place: the same buffer feeds the captured graphs; vLLM rewrites
+            # it from the request's own positions at the next step.
+            positions[:, : offsets.shape[1]] += offsets.to(positions.dtype)
+        return super().forward(  # type: ignore[misc]
+            input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs
+        )
+
+    def get_encoder_cudagraph_config(self):  # type: ignore[no-untyped-def]
+        config = super().get_encoder_cudagraph_config()  # type: ignore[misc]
+        modalities = [m for m in config.modalities if m != "image"]
+        return dataclasses.replace(config, modalities=modalities)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    PruneQwen2VLMultiModalProcessor,
+    info=Qwen2VLProcessingInfo,
+    dummy_inputs=Qwen2VLDummyInputsBuilder,
+)
+class PruneQwen2VLForConditionalGeneration(PruneQwenModelMixin, Qwen2VLForConditionalGeneration):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._check_parallelism(vllm_config)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    PruneQwen2_5_VLMultiModalProcessor,
+    info=Qwen2_5_VLProcessingInfo,
+    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
+)
+class PruneQwen2_5_VLForConditionalGeneration(
+    PruneQwenModelMixin, Qwen2_5_VLForConditionalGeneration
+):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._check_parallelism(vllm_config)
