@@ -15,10 +15,12 @@ COPY deploy/entrypoint.sh deploy/healthcheck.py ./
 RUN python3 -m pip install --no-cache-dir --no-deps . \
     && python3 -c "import vllm_prune.plugin, server.middleware"
 
-# Non-root. HOME holds the Hugging Face, vLLM and Triton caches: mount a volume
-# on /home/vllm/.cache to keep downloaded weights across restarts. A fixed
-# numeric UID lets Kubernetes check runAsNonRoot.
-RUN useradd --create-home --uid 2000 --user-group vllm
+# Non-root, with a fixed numeric UID that Kubernetes' runAsNonRoot can check.
+# HOME holds the Hugging Face, vLLM and Triton caches; mount a volume on
+# /home/vllm/.cache to keep downloaded weights across restarts (the directory
+# exists in the image, so a fresh Docker volume there is owned by vllm).
+RUN useradd --create-home --uid 2000 --user-group vllm \
+    && install -d -o vllm -g vllm /home/vllm/.cache
 ENV HOME=/home/vllm \
     VLLM_PRUNE_MODEL=llava-hf/llava-1.5-7b-hf \
     VLLM_PRUNE_DEFAULT= \
@@ -33,5 +35,6 @@ EXPOSE 8000
 # Loading a 7B model takes minutes: failures before start-period do not count.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=15m --retries=3 \
     CMD ["python3", "/opt/vllm-prune/healthcheck.py"]
+# CMD []: no default arguments (the base image's would be passed to the entrypoint).
 ENTRYPOINT ["/opt/vllm-prune/entrypoint.sh"]
 CMD []
