@@ -31,7 +31,8 @@ fi
 if [[ -n ${VLLM_PRUNE_RATIO:-} ]]; then
     args+=(--prune-ratio "$VLLM_PRUNE_RATIO")
 fi
-read -r -a extra <<<"${VLLM_PRUNE_ARGS:-}"
+# Split on spaces and newlines (a YAML block may span lines); no glob expansion.
+read -r -d '' -a extra <<<"${VLLM_PRUNE_ARGS:-}" || true  # 1 at the end of input
 args+=("${extra[@]}" "$@")
 
 if [[ ${VLLM_PRUNE_DRY_RUN:-0} == 1 ]]; then

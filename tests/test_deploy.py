@@ -192,7 +192,7 @@ def test_entrypoint_takes_defaults_from_the_environment():
         "VLLM_PRUNE_DEFAULT": "pooling",
         "VLLM_PRUNE_RATIO": "0.5",
         "VLLM_PRUNE_PORT": "9000",
-        "VLLM_PRUNE_ARGS": "--tensor-parallel-size 2  --max-model-len 4096",
+        "VLLM_PRUNE_ARGS": "--tensor-parallel-size 2\n  --max-model-len 4096 ",
     }
     assert entrypoint_argv(env) == [
         "org/model",
