@@ -5,6 +5,10 @@ runs vLLM's own ``serve`` command (same options, same app) with the prune
 middleware installed and per-request ``mm_processor_kwargs`` enabled (the
 middleware lets only prune fields through). Without MODEL it serves the
 embedded tiny LLaVA with random weights.
+
+``vllm-prune eval ...`` measures accuracy per pruning setting through a server
+(``vllm-prune eval --help``); ``vllm-prune analyze positions|overlay ...`` plots
+which visual tokens a method keeps (``vllm-prune analyze --help``).
 """
 
 from __future__ import annotations
@@ -89,7 +93,10 @@ def serve(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: vllm-prune {serve [MODEL] [options], build-demo [DIR]}"
+    usage = (
+        "usage: vllm-prune {serve [MODEL] [options], build-demo [DIR], eval [options], "
+        "analyze {positions,overlay} [options]}"
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         print(__doc__)
@@ -99,6 +106,14 @@ def main(argv: list[str] | None = None) -> None:
         serve(rest)
     elif command == "build-demo":
         print(build_tiny_llava(rest[0] if rest else None))
+    elif command == "eval":
+        from vllm_prune.eval.cli import main as eval_main
+
+        sys.exit(eval_main(rest))
+    elif command == "analyze":
+        from vllm_prune.eval.analyze import main as analyze_main
+
+        sys.exit(analyze_main(rest))
     else:
         sys.exit(f"unknown command {command!r}\n{usage}")
 
