@@ -229,3 +229,27 @@ def test_analyze_overlay(shapes_images: Path, tmp_path: Path, capsys: pytest.Cap
             ["overlay", "--images", str(shapes_images), "--methods", "fastv", "--out", "x"]
         )
     assert "fastv selects from model signals" in capsys.readouterr().err
+
+
+def test_plain_vllm_endpoint(
+    plain_server: Server, model_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """Plain vLLM answers ``none``; asked to prune, the summary shows it did not."""
+    # fmt: off
+    argv = ["--url", plain_server.url, "--benchmark", "shapes", "--data", str(tmp_path / "s"),
+            "--shapes-images", "1", "--methods", "none,pooling", "--ratios", "0.75",
+            "--max-tokens", "2", "--out", str(tmp_path / "out"), "--no-progress"]
+    # fmt: on
+    assert eval_main(argv) == 0  # --model left out: the server's only model
+    err = capsys.readouterr().err
+    assert "has no /v1/prune/methods" in err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["model"] == model_name
+    settings = results["benchmarks"]["shapes"]["settings"]
+    assert settings["none"]["status"] == "ok" and settings["none"]["samples"] == 4
+    # The field is ignored: an answer, but a prompt as long as none's, flagged as such.
+    pooling = settings["pooling-0.75"]
+    assert pooling["status"] == "ok"
+    assert pooling["mean_prompt_tokens"] == settings["none"]["mean_prompt_tokens"]
+    assert "pooling-0.75: prompts are not shorter than none's" in err
+    assert "the server did not prune" in (tmp_path / "out" / "summary.md").read_text()

@@ -223,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
                 results.save(out)
                 print(_line(result, path), file=sys.stderr)
             _check_pruned(results, name, grid)
+            results.save(out)
     finally:
         if results.by_benchmark:
             write_report(out, results)
@@ -253,7 +254,8 @@ def _warn_unknown_methods(known: list[str] | None, grid: list[Setting]) -> None:
 
 
 def _check_pruned(results: Results, benchmark: str, grid: list[Setting]) -> None:
-    """Warn when a pruned setting's prompts are no shorter than ``none``'s."""
+    """Flag a pruned setting whose prompts are no shorter than ``none``'s (plain vLLM
+    ignores the prune fields): a warning, and a note in the summary."""
     base = results.get(benchmark, Setting(NONE))
     if base is None or base.status != OK or base.mean_prompt_tokens is None:
         return
@@ -267,12 +269,11 @@ def _check_pruned(results: Results, benchmark: str, grid: list[Setting]) -> None
             and result.mean_prompt_tokens is not None
             and result.mean_prompt_tokens >= base.mean_prompt_tokens
         ):
-            print(
-                f"warning: {benchmark} {setting.name}: prompts are not shorter than none's "
-                f"({result.mean_prompt_tokens:.1f} vs {base.mean_prompt_tokens:.1f} tokens): "
-                "the server did not prune",
-                file=sys.stderr,
+            result.message = (
+                f"prompts are not shorter than none's ({result.mean_prompt_tokens:.1f} vs "
+                f"{base.mean_prompt_tokens:.1f} tokens): the server did not prune"
             )
+            print(f"warning: {benchmark} {setting.name}: {result.message}", file=sys.stderr)
 
 
 def _line(result: SettingResult, path: Path) -> str:

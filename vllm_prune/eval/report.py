@@ -139,7 +139,7 @@ def _cell(results: Results, benchmark: str, setting: Setting, notes: list[str]) 
     if value is None:
         return "-"
     text = f"{value * 100:.1f}" if _fractional(results, benchmark) else f"{value:.1f}"
-    if result.errors:
+    if result.message:  # refused samples, or no pruning seen
         notes.append(f"{setting.name} on {benchmark}: {result.message}")
         text += f" [{len(notes)}]"
     return text
