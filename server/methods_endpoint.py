@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vllm_prune.methods import get_method, method_names
-from vllm_prune.spec import KEEP_FIELD, METHOD_FIELD, RATIO_FIELD
+from vllm_prune.spec import BUDGET_FIELD, KEEP_FIELD, METHOD_FIELD, RATIO_FIELD
 
 from .request_fields import ServerDefaults
 
@@ -38,6 +38,15 @@ def methods_document(defaults: ServerDefaults) -> dict[str, Any]:
                 "default": None,
                 "description": "Absolute number of visual tokens kept per image; "
                 f"not together with {RATIO_FIELD}.",
+            },
+            BUDGET_FIELD: {
+                "type": "int",
+                "minimum": "the number of images",
+                "maximum": "the request's visual tokens",
+                "default": None,
+                "description": "Visual tokens kept across all images of the request, spread "
+                "in proportion to each image's tokens; not together with "
+                f"{RATIO_FIELD} or {KEEP_FIELD}.",
             },
         },
     }

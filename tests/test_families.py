@@ -13,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from vllm_prune.client_utils import image_messages
+from vllm_prune.client_utils import image_messages, noise_image_data_url
 from vllm_prune.methods import method_names
 from vllm_prune.tiny_models import build_tiny_llava_next, build_tiny_qwen2_vl
 
@@ -38,7 +38,7 @@ FAMILIES = [
     Family("qwen2.5-vl", lambda p: build_tiny_qwen2_vl(p, "2.5"), (448, 448), 256, VISION),
 ]
 ARGS = [
-    "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
+    "--dtype", "float32", "--enforce-eager", "--max-model-len", "8192",
     "--block-size", str(BLOCK_SIZE), "--served-model-name", "tiny",
 ]  # fmt: skip
 
@@ -112,3 +112,42 @@ def test_methods_the_family_cannot_run_are_refused_with_the_reason(served: Serve
         assert "[CLS]" in body["message"]
     # The server keeps serving.
     assert ask(served.pruned, served.family, {"prune": "pooling"}).usage.prompt_tokens > 0
+
+
+def images_message(sizes: list[tuple[int, int]], seeds: list[int]) -> list[dict]:
+    parts = [
+        {"type": "image_url", "image_url": {"url": noise_image_data_url(seed, size)}}
+        for seed, size in zip(seeds, sizes, strict=True)
+    ]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": "which is red ?"}]}]
+
+
+def prompt_tokens(served: Served, extra: dict, sizes, seeds) -> int:
+    response = served.pruned.client.chat.completions.create(
+        model="tiny", messages=images_message(sizes, seeds), max_tokens=1, extra_body=extra
+    )
+    return response.usage.prompt_tokens
+
+
+def test_budget_spreads_over_images_of_different_sizes(served: Served):
+    family = served.family
+    small = (336, 336)
+    none = {"prune": "none"}
+    text_only = prompt_tokens(served, none, [], [])
+    # Qwen wraps each image in <|vision_start|> ... <|vision_end|>: 2 tokens around N.
+    wrap = prompt_tokens(served, none, [family.size], [1]) - text_only - family.tokens
+    n_small = prompt_tokens(served, none, [small], [3]) - text_only - wrap
+    both = prompt_tokens(served, none, [family.size, small], [1, 3])
+    assert both == text_only + 2 * wrap + family.tokens + n_small
+    budget = 120
+    extra = {"prune": "pooling", "prune_budget": budget}
+    spent = prompt_tokens(served, extra, [family.size, small], [1, 3])
+    assert spent == text_only + 2 * wrap + budget
+    # The same image with another companion: its share is computed anew, not
+    # taken from the cache of the first request.
+    other = prompt_tokens(served, extra, [family.size, family.size], [1, 4])
+    assert other == text_only + 2 * wrap + budget
+    assert prompt_tokens(served, extra, [family.size, small], [1, 3]) == spent
+    with pytest.raises(openai.BadRequestError) as caught:
+        prompt_tokens(served, {"prune": "pooling", "prune_budget": 1}, [family.size, small], [1, 3])
+    assert caught.value.body["param"] == "prune_budget"

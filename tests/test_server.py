@@ -337,3 +337,21 @@ def test_metrics_move_by_the_expected_amounts(server, model_name):
     assert delta("vllm_prune_e2e_request_latency_seconds_count", "none") == 1
     assert delta("vllm_prune_time_to_first_token_seconds_count", "pooling") == 1
     assert delta("vllm_prune_e2e_request_latency_seconds_sum", "pooling") > 0
+
+
+def test_budget_over_two_images(server, model_name):
+    two = [
+        {
+            "role": "user",
+            "content": [
+                *image_messages(seed=21)[0]["content"][:1],
+                *image_messages(seed=22)[0]["content"][:1],
+                {"type": "text", "text": "which is red ?"},
+            ],
+        }
+    ]
+    unpruned = chat(server, model_name, {"prune": "none"}, two).usage.prompt_tokens
+    spent = chat(server, model_name, {"prune": "random", "prune_budget": 200}, two)
+    assert spent.usage.prompt_tokens == unpruned - (2 * N - 200)  # 100 per image
+    document = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()
+    assert "prune_budget" in document["fields"]

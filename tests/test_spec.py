@@ -62,3 +62,41 @@ def test_errors_name_the_field(fields, field):
         PruneSpec.from_fields(fields)
     assert caught.value.field == field
     assert f"'{field}'" in str(caught.value)
+
+
+def test_budget_is_spread_in_proportion_with_at_least_one_token_per_image():
+    spec = PruneSpec.from_fields({"prune": "pooling", "prune_budget": 200})
+    assert spec.keeps_for([576, 576]) == [100, 100]
+    assert sum(spec.keeps_for([2928, 576, 256])) == 200
+    # 1 each, then 197 over 2927 : 575 : 255 = 153.5, 30.2, 13.4 -> 154, 30, 13.
+    assert spec.keeps_for([2928, 576, 256]) == [155, 31, 14]
+    assert PruneSpec.from_fields({"prune": "random", "prune_budget": 3}).keeps_for([5, 900, 9]) == [
+        1,
+        1,
+        1,
+    ]
+    assert PruneSpec.from_fields({"prune": "none", "prune_budget": 3}).keeps_for([5, 9]) == [5, 9]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"prune": "pooling", "prune_budget": 0}, "prune_budget"),
+        ({"prune": "pooling", "prune_budget": 1.5}, "prune_budget"),
+        ({"prune": "pooling", "prune_budget": 10, "prune_ratio": 0.5}, "prune_ratio"),
+        ({"prune": "pooling", "prune_budget": 10, "prune_keep": 5}, "prune_keep"),
+    ],
+)
+def test_bad_budgets_name_the_field(fields, field):
+    with pytest.raises(PruneSpecError) as caught:
+        PruneSpec.from_fields(fields)
+    assert caught.value.field == field
+
+
+def test_budget_outside_the_request_is_refused():
+    spec = PruneSpec.from_fields({"prune": "pooling", "prune_budget": 2000})
+    with pytest.raises(PruneSpecError) as caught:
+        spec.keeps_for([576, 576])
+    assert caught.value.field == "prune_budget" and "[2, 1152]" in str(caught.value)
+    with pytest.raises(PruneSpecError):
+        PruneSpec.from_fields({"prune": "pooling", "prune_budget": 1}).keeps_for([576, 576])

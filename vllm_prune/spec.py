@@ -19,6 +19,8 @@ from .methods.base import TEXT
 METHOD_FIELD = "prune"
 RATIO_FIELD = "prune_ratio"
 KEEP_FIELD = "prune_keep"
+# A total of kept visual tokens across all images of the request.
+BUDGET_FIELD = "prune_budget"
 # The question that text-guided methods score against. The server fills it from
 # the request's last user message; inside mm_processor_kwargs it is part of the
 # multimodal hash, so one question's selection is never served to another.
@@ -41,7 +43,7 @@ def method_param_names() -> set[str]:
 
 def prune_field_names() -> set[str]:
     """Every request field that belongs to the prune spec."""
-    return {METHOD_FIELD, RATIO_FIELD, KEEP_FIELD, TEXT_FIELD} | method_param_names()
+    return {METHOD_FIELD, RATIO_FIELD, KEEP_FIELD, BUDGET_FIELD, TEXT_FIELD} | method_param_names()
 
 
 def needs_text(method: str) -> bool:
@@ -67,6 +69,7 @@ class PruneSpec:
     method: str
     ratio: float | None = None
     keep: int | None = None
+    budget: int | None = None
     params: dict[str, int | float] = field(default_factory=dict)
     text: str | None = None  # only for methods that need text
 
@@ -99,10 +102,17 @@ class PruneSpec:
 
         ratio = fields.get(RATIO_FIELD)
         keep = fields.get(KEEP_FIELD)
-        if ratio is not None and keep is not None:
+        budget = fields.get(BUDGET_FIELD)
+        sent = [
+            f
+            for f, v in ((RATIO_FIELD, ratio), (KEEP_FIELD, keep), (BUDGET_FIELD, budget))
+            if v is not None
+        ]
+        if len(sent) > 1:
             raise PruneSpecError(
-                RATIO_FIELD,
-                f"send either '{RATIO_FIELD}' or '{KEEP_FIELD}', not both",
+                sent[0],
+                f"send one of '{RATIO_FIELD}', '{KEEP_FIELD}' or '{BUDGET_FIELD}', not "
+                f"{' and '.join(repr(f) for f in sent)}",
             )
         if ratio is not None:
             ratio = _number(RATIO_FIELD, ratio)
@@ -120,9 +130,17 @@ class PruneSpec:
                     f"'{KEEP_FIELD}' must be an integer >= 1 (and at most the "
                     f"image's visual tokens); got {keep}",
                 )
+        if budget is not None:
+            budget = _integer(BUDGET_FIELD, budget)
+            if budget < 1:
+                raise PruneSpecError(
+                    BUDGET_FIELD,
+                    f"'{BUDGET_FIELD}' is the visual tokens kept across all images of the "
+                    f"request and must be an integer >= the number of images; got {budget}",
+                )
         if name == "none":
-            ratio = keep = None  # validated above, but nothing is pruned
-        elif ratio is None and keep is None:
+            ratio = keep = budget = None  # validated above, but nothing is pruned
+        elif ratio is None and keep is None and budget is None:
             ratio = default_ratio
 
         declared = {p.name: p for p in method.params}
@@ -158,7 +176,7 @@ class PruneSpec:
             )
         # Methods that ignore the text keep it out of the spec (and the cache key).
         text = text if needs_text(name) else None
-        return cls(method=name, ratio=ratio, keep=keep, params=params, text=text)
+        return cls(method=name, ratio=ratio, keep=keep, budget=budget, params=params, text=text)
 
     def keep_for(self, num_tokens: int) -> int:
         """How many of an image's ``num_tokens`` visual tokens survive."""
@@ -175,11 +193,41 @@ class PruneSpec:
         assert self.ratio is not None
         return max(1, round(num_tokens * (1.0 - self.ratio)))
 
+    def keeps_for(self, num_tokens: list[int]) -> list[int]:
+        """Tokens kept per image of one request (the budget is shared, the rest per image).
+
+        The budget is spread in proportion to the images' tokens (the same ratio
+        for every image, largest remainders rounded up), at least one per image.
+        It cannot follow a method's scores: each image's placeholder count is
+        fixed here, in the API server, before any model has looked at an image.
+        """
+        if self.budget is None or self.method == "none":
+            return [self.keep_for(n) for n in num_tokens]
+        total, count = sum(num_tokens), len(num_tokens)
+        if not count <= self.budget <= total:
+            raise PruneSpecError(
+                BUDGET_FIELD,
+                f"'{BUDGET_FIELD}' must be in [{count}, {total}] for this request "
+                f"({count} images, {total} visual tokens); got {self.budget}",
+            )
+        spare = self.budget - count  # one token each first, then in proportion
+        rest = [n - 1 for n in num_tokens]
+        room = sum(rest)
+        shares = [spare * r // room if room else 0 for r in rest]
+        by_remainder = sorted(
+            range(count), key=lambda i: spare * rest[i] % room if room else 0, reverse=True
+        )
+        for i in by_remainder[: spare - sum(shares)]:
+            shares[i] += 1
+        return [1 + share for share in shares]
+
     def to_fields(self) -> dict[str, Any]:
         """The request fields that reproduce this spec (for ``mm_processor_kwargs``)."""
         fields: dict[str, Any] = {METHOD_FIELD: self.method}
         if self.keep is not None:
             fields[KEEP_FIELD] = self.keep
+        elif self.budget is not None:
+            fields[BUDGET_FIELD] = self.budget
         elif self.ratio is not None:
             fields[RATIO_FIELD] = self.ratio
         fields.update(self.params)

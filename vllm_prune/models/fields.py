@@ -60,7 +60,7 @@ def encode(
     no merging, the same as ``num_tokens``).
     """
     try:
-        keeps = [spec.keep_for(n) for n in num_tokens]
+        keeps = spec.keeps_for(list(num_tokens))
     except PruneSpecError as err:
         raise refuse(err.field, str(err)) from err
     method = get_method(spec.method)

@@ -12,11 +12,12 @@ patches there were before any training-aware merging (``_patches``), and emits
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 
 from transformers import BatchFeature
-from vllm.inputs.engine import MultiModalInput
+from vllm.inputs.engine import MultiModalHashes, MultiModalInput
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
@@ -25,7 +26,7 @@ from .. import metrics
 from ..methods import get_method
 from ..methods.base import SCOUT, VISION_ATTENTION
 from ..methods.fastv import LAYER_FIELD
-from ..spec import METHOD_FIELD, PruneSpec, needs_text, prune_field_names
+from ..spec import BUDGET_FIELD, METHOD_FIELD, PruneSpec, needs_text, prune_field_names
 from . import fields
 
 logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is printed
@@ -48,6 +49,21 @@ class PruneProcessorMixin:
 
     def _images(self, mm_items: MultiModalDataItems) -> ImageProcessorItems | ImageEmbeddingItems:
         return mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
+
+    def _get_mm_hashes(self, inputs: ProcessorInputs) -> MultiModalHashes:
+        """With ``prune_budget`` over several images, each image's count depends on the others.
+
+        vLLM's caches key an image by itself and the request's options, so an
+        image cached with one set of companions would come back with their
+        split. Those images get hashes of their own request instead: never
+        reused (nor their prefix cached), always processed together.
+        """
+        hashes = super()._get_mm_hashes(inputs)  # type: ignore[misc]
+        images = hashes.get("image", [])
+        if inputs.hf_processor_mm_kwargs.get(BUDGET_FIELD) is None or len(images) < 2:
+            return hashes
+        request = uuid.uuid4().hex
+        return {**hashes, "image": [f"{h}-budget-{request}-{i}" for i, h in enumerate(images)]}
 
     def _apply_hf_processor_main(
         self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
