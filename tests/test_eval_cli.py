@@ -25,6 +25,7 @@ from vllm_prune.client_utils import metric
 from vllm_prune.eval.analyze import count_positions
 from vllm_prune.eval.analyze import main as analyze_main
 from vllm_prune.eval.benchmarks import load_benchmark, score_benchmark
+from vllm_prune.eval.cli import UsageError, benchmark_options
 from vllm_prune.eval.cli import main as eval_main
 from vllm_prune.eval.shapes import write_split
 from vllm_prune.methods import Context, get_method
@@ -253,3 +254,22 @@ def test_plain_vllm_endpoint(
     assert pooling["mean_prompt_tokens"] == settings["none"]["mean_prompt_tokens"]
     assert "pooling-0.75: prompts are not shorter than none's" in err
     assert "the server did not prune" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_benchmark_options_follow_the_loaders():
+    options = benchmark_options(
+        ["pope:categories=adversarial,popular", "mmbench:circular=true", "mmbench:split=x"],
+        ["pope", "mmbench"],
+    )
+    assert options == {
+        "pope": {"categories": ["adversarial", "popular"]},  # a sequence: a list
+        "mmbench": {"circular": True, "split": "x"},
+    }
+    assert benchmark_options(["split=val"], ["gqa", "shapes"]) == {
+        "gqa": {"split": "val"},
+        "shapes": {"split": "val"},
+    }
+    with pytest.raises(UsageError, match="shapes has no option 'nope'; it has \\['split'\\]"):
+        benchmark_options(["shapes:nope=1"], ["shapes"])
+    with pytest.raises(UsageError, match="'mme' is not a --benchmark"):
+        benchmark_options(["mme:subtasks=OCR"], ["shapes"])

@@ -13,13 +13,20 @@ with the same OUT asks only for what is not answered yet.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from vllm_prune.eval.benchmarks import BENCHMARKS, BenchmarkFormatError, Sample, load_benchmark
+from vllm_prune.eval.benchmarks import (
+    BENCHMARKS,
+    BenchmarkFormatError,
+    Sample,
+    get_benchmark,
+    load_benchmark,
+)
 from vllm_prune.eval.client import (
     EndpointError,
     Setting,
@@ -86,8 +93,21 @@ def benchmark_options(items: list[str], benchmarks: list[str]) -> dict[str, dict
         if target and target not in options:
             raise UsageError(f"--benchmark-option {item!r}: {target!r} is not a --benchmark")
         for name in [target] if target else benchmarks:
-            options[name][key] = _value(value)
+            options[name][key] = _option(name, key, value)
     return options
+
+
+def _option(benchmark: str, key: str, text: str) -> Any:
+    """The loader's keyword ``key`` from text: a list (comma-separated) where the loader
+    takes a sequence (``pope:categories=adversarial,popular``), else one value."""
+    parameters = inspect.signature(get_benchmark(benchmark).load).parameters
+    names = [name for name in parameters if name != "root"]
+    if key not in names:
+        raise UsageError(f"{benchmark} has no option {key!r}; it has {names}")
+    annotation = str(parameters[key].annotation)  # a string: postponed annotations
+    if "Sequence" in annotation or "list" in annotation:
+        return [_value(item) for item in _list(text)]
+    return _value(text)
 
 
 def settings(methods: list[str], ratios: list[float]) -> list[Setting]:
@@ -133,7 +153,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="[BENCHMARK:]KEY=VALUE",
-        help="loader option, e.g. pope:category=adversarial, mmbench:circular=true, split=test",
+        help="loader option, e.g. pope:categories=adversarial,popular mmbench:circular=true "
+        "split=test (no BENCHMARK: every --benchmark)",
     )
     p.add_argument(
         "--methods",
