@@ -48,6 +48,7 @@ class Served:
     family: Family
     pruned: Server
     plain: Server
+    model: Path
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=lambda f: f.name)
@@ -57,7 +58,7 @@ def served(request, tmp_path_factory) -> Served:
     model = str(family.build(root / "model"))  # type: ignore[operator]
     commands = {"pruned": pruned_command(model, *ARGS), "plain": plain_command(model, *ARGS)}
     with running(root, commands) as started:
-        yield Served(family, started["pruned"], started["plain"])
+        yield Served(family, started["pruned"], started["plain"], Path(model))
 
 
 def ask(server: Server, family: Family, extra: dict | None, question="what color is the square ?"):
@@ -151,3 +152,81 @@ def test_budget_spreads_over_images_of_different_sizes(served: Served):
     with pytest.raises(openai.BadRequestError) as caught:
         prompt_tokens(served, {"prune": "pooling", "prune_budget": 1}, [family.size, small], [1, 3])
     assert caught.value.body["param"] == "prune_budget"
+
+
+def first_token_logprobs(server: Server, messages, extra: dict):
+    response = server.client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_tokens=1,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=5,
+        extra_body={**extra, "return_token_ids": True, "return_tokens_as_token_ids": True},
+    )
+    top = response.choices[0].logprobs.content[0].top_logprobs
+    return response.prompt_token_ids, {t.token: t.logprob for t in top}
+
+
+def test_pruned_qwen_matches_transformers_at_the_original_positions(served: Served):
+    """The engine's pruned prompt == Hugging Face's model on the retained tokens at their
+    unpruned M-RoPE positions (from transformers' own ``get_rope_index``)."""
+    family = served.family
+    if not family.name.startswith("qwen"):
+        pytest.skip("M-RoPE positions are Qwen's; LLaVA-NeXT uses 1-D positions")
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    messages = image_messages("what color is the square ?", seed=11, size=family.size)
+    seed, keep_count = 3, keep(family.tokens, 0.75)
+    full_ids, _ = first_token_logprobs(served.pruned, messages, {"prune": "none"})
+    pruned_ids, served_top = first_token_logprobs(
+        served.pruned, messages, {"prune": "random", "prune_ratio": 0.75, "prune_seed": seed}
+    )
+
+    model = AutoModelForImageTextToText.from_pretrained(served.model, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(served.model)
+    url = messages[0]["content"][0]["image_url"]["url"]
+    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+    pixels = processor.image_processor(images=[image], return_tensors="pt")
+    ids = torch.tensor(full_ids)
+    is_image = ids == model.config.image_token_id
+    assert int(is_image.sum()) == family.tokens
+    with torch.no_grad():
+        visual = model.model.get_image_features(
+            pixels["pixel_values"], pixels["image_grid_thw"]
+        ).pooler_output[0]
+        positions, _ = model.model.get_rope_index(
+            ids[None], is_image.int()[None], image_grid_thw=pixels["image_grid_thw"]
+        )
+        embeds = model.model.get_input_embeddings()(ids)
+        embeds[is_image] = visual
+
+    # The rows ``random`` keeps (its draw depends only on N and the seed).
+    rows = torch.sort(
+        torch.randperm(family.tokens, generator=torch.Generator().manual_seed(seed))[:keep_count]
+    ).values
+    kept = ~is_image
+    kept[torch.nonzero(is_image).squeeze(1)[rows]] = True
+    assert ids[kept].tolist() == pruned_ids  # the engine's prompt is the retained sequence
+
+    def top5(position_ids: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            hidden = model.model.language_model(
+                inputs_embeds=embeds[kept][None], position_ids=position_ids
+            ).last_hidden_state
+            logprobs = model.lm_head(hidden[0, -1]).log_softmax(-1)
+        return {f"token_id:{int(i)}": float(logprobs[i]) for i in logprobs.topk(5).indices}
+
+    reference = top5(positions[:, :, kept])
+    assert set(reference) == set(served_top)
+    for token, logprob in served_top.items():
+        assert logprob == pytest.approx(reference[token], abs=2e-3), token
+    # The comparison can fail: contiguous positions for the pruned sequence differ.
+    naive = torch.arange(int(kept.sum())).expand(3, 1, -1)
+    wrong = top5(naive)
+    assert any(abs(wrong.get(t, -99.0) - lp) > 2e-3 for t, lp in served_top.items())
