@@ -68,12 +68,44 @@ def word_tokenizer(special: list[str], words: list[str], extra_special: list[str
     )
 
 
+def tiny_clip_config():  # type: ignore[no-untyped-def]
+    """LLaVA-1.5's vision geometry (336 px, 14 px patches) in a 2-layer CLIP."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        projection_dim=32,
+    )
+
+
+def tiny_llama_config(vocab: dict[str, int], max_positions: int):  # type: ignore[no-untyped-def]
+    """A 2-layer Llama with grouped-query attention; head_dim 32, the CPU kernels' minimum."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=max_positions,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+
+
 def build_tiny_llava(path: Path | None = None) -> Path:
     """Write the tiny model's config, tokenizer and processor to ``path``."""
     from transformers import (
         CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaProcessor,
     )
@@ -99,28 +131,8 @@ def build_tiny_llava(path: Path | None = None) -> Path:
         chat_template=CHAT_TEMPLATE,
     )
 
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=32,
-    )
-    text = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,  # the CPU attention kernels need head_dim >= 32
-        max_position_embeddings=2048,
-        bos_token_id=vocab["<s>"],
-        eos_token_id=vocab["</s>"],
-        pad_token_id=vocab["<pad>"],
-    )
+    vision = tiny_clip_config()
+    text = tiny_llama_config(vocab, max_positions=2048)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,

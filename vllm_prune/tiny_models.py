@@ -124,8 +124,6 @@ PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 def build_tiny_llava_next(path: Path) -> Path:
     """A tiny LLaVA-NeXT (v1.6 geometry: 336 px crops, anyres pinpoints, newline tokens)."""
     from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessor,
@@ -139,6 +137,8 @@ def build_tiny_llava_next(path: Path) -> Path:
         PATCH_SIZE,
         SPECIAL_TOKENS,
         checkpoint_name,
+        tiny_clip_config,
+        tiny_llama_config,
     )
 
     path = Path(path)
@@ -160,28 +160,8 @@ def build_tiny_llava_next(path: Path) -> Path:
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=32,
-    )
-    text = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=8192,
-        bos_token_id=vocab["<s>"],
-        eos_token_id=vocab["</s>"],
-        pad_token_id=vocab["<pad>"],
-    )
+    vision = tiny_clip_config()
+    text = tiny_llama_config(vocab, max_positions=8192)
     config = LlavaNextConfig(
         vision_config=vision,
         text_config=text,

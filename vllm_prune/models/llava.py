@@ -43,19 +43,36 @@ from .processing import PruneProcessorMixin
 from .vision_attention import ClsAttention, capture_cls_attention, per_image
 
 
-class PruneLlavaMultiModalProcessor(PruneProcessorMixin, LlavaMultiModalProcessor):
+class PruneLlavaLikeProcessorMixin(PruneProcessorMixin):
+    """LLaVA and LLaVA-NeXT: N from vLLM's own count, one ``<image>`` token repeated."""
+
     def _visual_tokens(self, mm_items: MultiModalDataItems, processed: BatchFeature) -> list[int]:
         images = self._images(mm_items)
         if isinstance(images, ImageEmbeddingItems):
             return [images.get_feature_size(i) for i in range(images.get_count())]
-        counts = []
-        for i in range(images.get_count()):
-            size = images.get_image_size(i)
-            counts.append(
-                self.info.get_num_image_tokens(image_width=size.width, image_height=size.height)
-            )
-        return counts
+        sizes = [images.get_image_size(i) for i in range(images.get_count())]
+        info = self.info  # type: ignore[attr-defined]
+        return [
+            info.get_num_image_tokens(image_width=s.width, image_height=s.height) for s in sizes
+        ]
 
+    def _get_prompt_updates(
+        self,
+        mm_items: MultiModalDataItems,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptReplacement]:
+        image_token_id = self.info.get_hf_config().image_token_index  # type: ignore[attr-defined]
+
+        def replacement(item_idx: int) -> list[int]:
+            return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
+
+        return [
+            PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)
+        ]
+
+
+class PruneLlavaMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaMultiModalProcessor):
     def _vision_attention_refusal(self) -> str | None:
         hf_config = self.info.get_hf_config()
         if isinstance(hf_config.vision_config, CLIPVisionConfig) and isinstance(
@@ -66,21 +83,6 @@ class PruneLlavaMultiModalProcessor(PruneProcessorMixin, LlavaMultiModalProcesso
             "it needs a CLIP vision tower with a [CLS] token and one feature layer; "
             f"this model has {type(hf_config.vision_config).__name__}"
         )
-
-    def _get_prompt_updates(
-        self,
-        mm_items: MultiModalDataItems,
-        hf_processor_mm_kwargs: Mapping[str, object],
-        out_mm_kwargs: MultiModalKwargsItems,
-    ) -> Sequence[PromptReplacement]:
-        image_token_id = self.info.get_hf_config().image_token_index
-
-        def replacement(item_idx: int) -> list[int]:
-            return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
-
-        return [
-            PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)
-        ]
 
 
 def _build_processor(

@@ -24,10 +24,9 @@ and are not mapped onto the stitched grid.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
-from transformers import BatchFeature
 from transformers.models.llava_next.modeling_llava_next import (
     get_anyres_image_grid_shape,
     unpad_image,
@@ -40,43 +39,15 @@ from vllm.model_executor.models.llava_next import (
     LlavaNextProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.inputs import MultiModalKwargsItems
-from vllm.multimodal.parse import ImageEmbeddingItems, MultiModalDataItems
-from vllm.multimodal.processing import PromptReplacement
 
 from . import fields
+from .llava import PruneLlavaLikeProcessorMixin
 from .observe import observe, rows_of
-from .processing import PruneProcessorMixin
 
 
-class PruneLlavaNextMultiModalProcessor(PruneProcessorMixin, LlavaNextMultiModalProcessor):
-    def _visual_tokens(self, mm_items: MultiModalDataItems, processed: BatchFeature) -> list[int]:
-        images = self._images(mm_items)
-        if isinstance(images, ImageEmbeddingItems):
-            return [images.get_feature_size(i) for i in range(images.get_count())]
-        sizes = [images.get_image_size(i) for i in range(images.get_count())]
-        return [
-            self.info.get_num_image_tokens(image_width=s.width, image_height=s.height)
-            for s in sizes
-        ]
-
+class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextMultiModalProcessor):
     def _vision_attention_refusal(self) -> str | None:
         return "LLaVA-NeXT's [CLS] rows are per crop and do not map onto its stitched grid"
-
-    def _get_prompt_updates(
-        self,
-        mm_items: MultiModalDataItems,
-        hf_processor_mm_kwargs: Mapping[str, object],
-        out_mm_kwargs: MultiModalKwargsItems,
-    ) -> Sequence[PromptReplacement]:
-        image_token_id = self.info.get_hf_config().image_token_index
-
-        def replacement(item_idx: int) -> list[int]:
-            return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
-
-        return [
-            PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)
-        ]
 
 
 def split_keep(keep: int, sizes: Sequence[int]) -> list[int]:
