@@ -168,12 +168,14 @@ def first_token_logprobs(server: Server, messages, extra: dict):
     return response.prompt_token_ids, {t.token: t.logprob for t in top}
 
 
+QWEN = [f for f in FAMILIES if f.name.startswith("qwen")]
+
+
+@pytest.mark.parametrize("served", QWEN, ids=lambda f: f.name, indirect=True)
 def test_pruned_qwen_matches_transformers_at_the_original_positions(served: Served):
     """The engine's pruned prompt == Hugging Face's model on the retained tokens at their
     unpruned M-RoPE positions (from transformers' own ``get_rope_index``)."""
     family = served.family
-    if not family.name.startswith("qwen"):
-        pytest.skip("M-RoPE positions are Qwen's; LLaVA-NeXT uses 1-D positions")
     import base64
     import io
 
