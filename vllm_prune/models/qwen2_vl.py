@@ -145,7 +145,7 @@ def pruned_mrope_positions(
 class PruneQwenModelMixin:
     """Shared by both Qwen generations; ``self`` is also their vLLM model class."""
 
-    def _check_parallelism(self, vllm_config: VllmConfig) -> None:
+    def _init_pruning(self, vllm_config: VllmConfig) -> None:
         if vllm_config.parallel_config.pipeline_parallel_size > 1:
             raise ValueError(
                 "vllm-prune: pruning Qwen2-VL images keeps M-RoPE positions through the "
@@ -255,7 +255,7 @@ class PruneQwenModelMixin:
 class PruneQwen2VLForConditionalGeneration(PruneQwenModelMixin, Qwen2VLForConditionalGeneration):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._check_parallelism(vllm_config)
+        self._init_pruning(vllm_config)
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -268,4 +268,4 @@ class PruneQwen2_5_VLForConditionalGeneration(
 ):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._check_parallelism(vllm_config)
+        self._init_pruning(vllm_config)
