@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .methods import get_method, method_names
-from .methods.base import TEXT
+from .methods.base import TEXT, proportional_quotas
 
 METHOD_FIELD = "prune"
 RATIO_FIELD = "prune_ratio"
@@ -210,15 +210,7 @@ class PruneSpec:
                 f"'{BUDGET_FIELD}' must be in [{count}, {total}] for this request "
                 f"({count} images, {total} visual tokens); got {self.budget}",
             )
-        spare = self.budget - count  # one token each first, then in proportion
-        rest = [n - 1 for n in num_tokens]
-        room = sum(rest)
-        shares = [spare * r // room if room else 0 for r in rest]
-        by_remainder = sorted(
-            range(count), key=lambda i: spare * rest[i] % room if room else 0, reverse=True
-        )
-        for i in by_remainder[: spare - sum(shares)]:
-            shares[i] += 1
+        shares = proportional_quotas([n - 1 for n in num_tokens], self.budget - count)
         return [1 + share for share in shares]
 
     def to_fields(self) -> dict[str, Any]:

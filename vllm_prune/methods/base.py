@@ -9,6 +9,7 @@ disagree about the count. This module imports torch only, never vLLM.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,23 @@ class PruneMethod(ABC):
             "params": [p.describe() for p in self.params],
             "needs": sorted(self.needs),
         }
+
+
+def proportional_quotas(sizes: Sequence[int], keep: int) -> list[int]:
+    """``keep`` shared out in proportion to ``sizes``, summing exactly.
+
+    Largest remainder, in integer arithmetic: each part gets the floor of its
+    share, and the parts with the largest remainders (lowest index first on
+    ties) get one more.
+    """
+    total = sum(sizes)
+    if total == 0:
+        return [0] * len(sizes)
+    quotas = [keep * size // total for size in sizes]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(keep * sizes[i] % total), i))
+    for i in by_remainder[: keep - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
 
 
 def check_inputs(features: torch.Tensor, grid: tuple[int, int], keep: int) -> None:

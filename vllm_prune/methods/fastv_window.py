@@ -11,8 +11,6 @@ the window does not divide get their fair share and the total is exactly
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .base import (
@@ -23,6 +21,7 @@ from .base import (
     PruneMethod,
     Reduced,
     check_inputs,
+    proportional_quotas,
     require,
     select_rows,
 )
@@ -40,17 +39,6 @@ def window_members(h: int, w: int, size: int) -> list[torch.Tensor]:
         for top in range(0, h, size)
         for left in range(0, w, size)
     ]
-
-
-def proportional_quotas(sizes: list[int], keep: int) -> list[int]:
-    """``keep`` shared out in proportion to ``sizes`` (largest remainder), summing exactly."""
-    total = sum(sizes)
-    shares = [keep * s / total for s in sizes]
-    quotas = [math.floor(x) for x in shares]
-    by_remainder = sorted(range(len(sizes)), key=lambda i: (quotas[i] - shares[i], i))
-    for i in by_remainder[: keep - sum(quotas)]:
-        quotas[i] += 1
-    return quotas
 
 
 @register

@@ -24,8 +24,6 @@ and are not mapped onto the stitched grid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from transformers.models.llava_next.modeling_llava_next import (
     get_anyres_image_grid_shape,
@@ -40,6 +38,7 @@ from vllm.model_executor.models.llava_next import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from ..methods.base import proportional_quotas
 from . import fields
 from .llava import PruneLlavaLikeProcessorMixin
 from .observe import observe, rows_of
@@ -48,16 +47,6 @@ from .observe import observe, rows_of
 class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextMultiModalProcessor):
     def _vision_attention_refusal(self) -> str | None:
         return "LLaVA-NeXT's [CLS] rows are per crop and do not map onto its stitched grid"
-
-
-def split_keep(keep: int, sizes: Sequence[int]) -> list[int]:
-    """``keep`` over parts of ``sizes`` tokens in proportion (largest remainders round up)."""
-    total = sum(sizes)
-    shares = [keep * size // total for size in sizes]
-    by_remainder = sorted(range(len(sizes)), key=lambda i: keep * sizes[i] % total, reverse=True)
-    for i in by_remainder[: keep - sum(shares)]:
-        shares[i] += 1
-    return shares
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -114,7 +103,7 @@ class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         candidates = torch.cat([rows for rows, _ in grids])
         visual = image[candidates.to(image.device)]
         found = observe(llm, visual, plan)
-        keeps = split_keep(plan.keep, [rows.numel() for rows, _ in grids])
+        keeps = proportional_quotas([rows.numel() for rows, _ in grids], plan.keep)
         parts, start = [], 0
         for (rows, shape), keep in zip(grids, keeps, strict=True):
             local = torch.arange(start, start + rows.numel())
