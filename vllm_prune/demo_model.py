@@ -40,6 +40,7 @@ CHECKPOINT_PREFIXES = {
     "model.language_model.": "language_model.model.",
     "model.multi_modal_projector.": "multi_modal_projector.",
     "lm_head.": "language_model.lm_head.",
+    "model.image_newline": "image_newline",  # LLaVA-NeXT
 }
 
 
@@ -107,6 +108,7 @@ def build_tiny_llava(path: Path | None = None) -> Path:
     from transformers import (
         CLIPImageProcessor,
         LlavaConfig,
+        LlavaForConditionalGeneration,
         LlavaProcessor,
     )
 
@@ -146,7 +148,9 @@ def build_tiny_llava(path: Path | None = None) -> Path:
 
     config.save_pretrained(path)
     processor.save_pretrained(path)
-    write_random_weights(config, path / "model.safetensors")
+    write_random_weights(
+        LlavaForConditionalGeneration, config, path / "model.safetensors", checkpoint_name
+    )
     return path
 
 
@@ -157,18 +161,21 @@ def checkpoint_name(name: str) -> str:
     raise ValueError(f"unexpected LLaVA weight name {name!r}")
 
 
-def write_random_weights(config, file: Path, seed: int = WEIGHTS_SEED) -> None:  # type: ignore[no-untyped-def]
-    """Seeded random weights (transformers' own init), in vLLM's checkpoint layout."""
+def keep_name(name: str) -> str:
+    return name
+
+
+def write_random_weights(  # type: ignore[no-untyped-def]
+    model_cls, config, file: Path, rename=keep_name, seed: int = WEIGHTS_SEED
+) -> None:
+    """Seeded random weights (transformers' own init of ``model_cls``), saved under the
+    names ``rename`` gives them: the checkpoint layout vLLM loads."""
     import torch
     from safetensors.torch import save_file
-    from transformers import LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    tensors = {
-        checkpoint_name(name): tensor.detach().contiguous()
-        for name, tensor in model.state_dict().items()
-    }
+    model = model_cls(config)
+    tensors = {rename(name): t.detach().contiguous() for name, t in model.state_dict().items()}
     save_file(tensors, str(file))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .demo_model import WORDS, word_tokenizer
+from .demo_model import WORDS, word_tokenizer, write_random_weights
 
 QWEN_SPECIAL = [
     "<unk>",
@@ -29,7 +29,6 @@ QWEN_CHAT_TEMPLATE = (
 )
 # Qwen2-VL-7B's M-RoPE split of the rotary half-dimension, scaled to head_dim 32.
 MROPE_SECTION = [4, 6, 6]
-WEIGHTS_SEED = 0
 
 
 def build_tiny_qwen2_vl(path: Path, version: str = "2") -> Path:
@@ -102,19 +101,8 @@ def build_tiny_qwen2_vl(path: Path, version: str = "2") -> Path:
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     config.save_pretrained(path)
     processor.save_pretrained(path)
-    _save_weights(model_cls, config, path / "model.safetensors")
+    write_random_weights(model_cls, config, path / "model.safetensors")
     return path
-
-
-def _save_weights(model_cls, config, file: Path) -> None:  # type: ignore[no-untyped-def]
-    """transformers' own seeded init, saved under the names vLLM's mapper expects."""
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(WEIGHTS_SEED)
-    model = model_cls(config)
-    tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    save_file(tensors, str(file))
 
 
 # LLaVA-NeXT's anyres resolutions (llava-v1.6): 2 x 1, 1 x 2, 2 x 2, 3 x 1, 1 x 3 crops of 336.
@@ -175,15 +163,7 @@ def build_tiny_llava_next(path: Path) -> Path:
     config.dtype = "float32"
     config.save_pretrained(path)
     processor.save_pretrained(path)
-
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(WEIGHTS_SEED)
-    model = LlavaNextForConditionalGeneration(config)
-    tensors = {
-        (name if name == "model.image_newline" else checkpoint_name(name)): t.detach().contiguous()
-        for name, t in model.state_dict().items()
-    }
-    save_file(tensors, str(path / "model.safetensors"))
+    write_random_weights(
+        LlavaNextForConditionalGeneration, config, path / "model.safetensors", checkpoint_name
+    )
     return path
