@@ -48,14 +48,14 @@ class Server:
         return response.text
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def _start(command: list[str], log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     handle = log.open("wb")
     process = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
@@ -83,11 +83,12 @@ def _wait_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
     raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-6000:]}")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group started with ``start_new_session``, SIGKILL if it lingers."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -121,7 +122,7 @@ def running(root: Path, commands: dict[str, list[str]]) -> Iterator[dict[str, Se
         yield {name: Server(url, process, log) for name, (process, url, log) in started.items()}
     finally:
         for process, _, _ in started.values():
-            _stop(process)
+            stop(process)
 
 
 @pytest.fixture(scope="session")

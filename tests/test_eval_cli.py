@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import Server
+from tests.conftest import Server, free_port
 from vllm_prune.client_utils import metric
 from vllm_prune.eval.analyze import count_positions
 from vllm_prune.eval.analyze import main as analyze_main
@@ -165,10 +164,7 @@ def test_rerun_asks_only_for_missing_answers(
 def test_unreachable_server_fails_clearly(
     model_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens there once closed
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there once closed
     assert eval_main([*_args(url, model_name, tmp_path), "--retries", "1"]) == 2
     err = capsys.readouterr().err
     assert "cannot connect after 1 retries" in err and "is the server running?" in err

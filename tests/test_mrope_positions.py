@@ -24,7 +24,9 @@ def vllm_positions(length: int, grids: list[tuple[int, int, int, int, float]]):
 
 
 def retained(n: int, keep: int, seed: int) -> torch.Tensor:
-    return torch.sort(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep]).values
+    return torch.sort(
+        torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep]
+    ).values
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (12, 20), (1, 9)])

@@ -9,9 +9,6 @@ the autoscaler must return data, and every metric name they use must exist.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vllm_prune.client_utils import image_messages
 
-from .conftest import Server
+from .conftest import Server, free_port, stop
 from .test_deploy import (
     ALERTS,
     DEPLOY,
@@ -38,12 +35,6 @@ from .test_deploy import (
 N = 576  # the demo LLaVA's visual tokens per image
 KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 32 * 4  # K and V x layers x KV heads x head dim x fp32
 POD = {"namespace": "default", "pod": "vllm-prune-0"}  # what the Prometheus Operator adds
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def query(url: str, expr: str, at: float | None = None) -> list[dict]:
@@ -78,7 +69,7 @@ def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
     job["static_configs"] = [{"targets": [urlparse(server.url).netloc], "labels": POD}]
     (root / "prometheus.yml").write_text(yaml.safe_dump(config))
 
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     log = root / "prometheus.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
@@ -105,13 +96,7 @@ def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
         wait_for(scraped, "Prometheus's first successful scrape of the server")
         yield url
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process, timeout=20)
 
 
 def _ask(server: Server, model: str, extra: dict, seed: int, stream: bool = False) -> None:

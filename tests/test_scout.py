@@ -7,21 +7,15 @@ equal what transformers' eager attention reports for the same sequence.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
 from vllm_prune.demo_model import build_tiny_llava
 from vllm_prune.models.scout import scout
 
+from .conftest import free_port
+
 VISUAL, TEXT = 40, 7
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
