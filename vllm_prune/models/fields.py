@@ -19,6 +19,7 @@ import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.inputs import MultiModalFieldConfig
 
+from .. import trace
 from ..methods import Context, Reduced, get_method, method_by_id, method_id
 from ..spec import PruneSpec, PruneSpecError
 
@@ -142,14 +143,23 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
 
 
 def reduce_plan(
-    features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan, **observed: torch.Tensor
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    plan: PrunePlan,
+    *,
+    part: str | None = None,
+    **observed: torch.Tensor,
 ) -> Reduced:
     """The ``plan.keep`` rows of one image's features and the tokens they stand for.
 
+    Every family prunes through here, so this is where ``VLLM_PRUNE_TRACE`` records
+    them. ``part``: which grid of the image this is, when it has several (LLaVA-NeXT).
     ``observed``: what the model measured for the method's needs (``Context`` fields).
     """
     ctx = Context(params=dict(plan.params), **observed)
-    return get_method(plan.method).reduce(features, grid, plan.keep, ctx)
+    reduced = get_method(plan.method).reduce(features, grid, plan.keep, ctx)
+    trace.record(plan.method, features, grid, reduced, part=part)
+    return reduced
 
 
 def apply_plan(

@@ -43,6 +43,8 @@ from . import fields
 from .llava import PruneLlavaLikeProcessorMixin
 from .observe import observe, rows_of
 
+PARTS = ("base", "grid")  # the grids of an image, as VLLM_PRUNE_TRACE names them
+
 
 class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextMultiModalProcessor):
     def _vision_attention_refusal(self) -> str | None:
@@ -105,12 +107,14 @@ class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         found = observe(llm, visual, plan)
         keeps = proportional_quotas([rows.numel() for rows, _ in grids], plan.keep)
         parts, start = [], 0
-        for (rows, shape), keep in zip(grids, keeps, strict=True):
+        for part, (rows, shape), keep in zip(PARTS[: len(grids)], grids, keeps, strict=True):
             local = torch.arange(start, start + rows.numel())
             start += rows.numel()
             if keep == 0:
                 continue
             sub_plan = fields.PrunePlan(plan.method, keep, plan.params, plan.text_ids)
-            reduced = fields.reduce_plan(visual[local], shape, sub_plan, **rows_of(found, local))
+            reduced = fields.reduce_plan(
+                visual[local], shape, sub_plan, part=part, **rows_of(found, local)
+            )
             parts.append(reduced.features)
         return torch.cat(parts)
