@@ -28,6 +28,7 @@ from vllm_prune.demo_model import build_tiny_llava
 
 STARTUP_TIMEOUT_S = 420
 BLOCK_SIZE = 32  # the smallest KV block the CPU attention backend takes (default 128)
+TRACE_FILE = "prune-trace.jsonl"  # beside the server logs: what the servers kept (VLLM_PRUNE_TRACE)
 
 
 @dataclass
@@ -110,6 +111,7 @@ def running(root: Path, commands: dict[str, list[str]]) -> Iterator[dict[str, Se
     """
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env["VLLM_PRUNE_TRACE"] = str(root / TRACE_FILE)
     plain_env = dict(env, VLLM_PLUGINS="")  # an allowlist that matches no plugin
     started = {}
     try:
