@@ -202,7 +202,8 @@ class Positions:
         if not self.traced:
             return label(series)
         count = self.samples(series)
-        return f"{series} (keep {round(self.kept(series), 1):g}, {count} image{'s' * (count != 1)})"
+        # A line per encoded image: text-guided methods encode an image once per question.
+        return f"{series} (keep {round(self.kept(series), 1):g}, {count} line{'s' * (count != 1)})"
 
 
 def count_positions(
@@ -314,7 +315,9 @@ def plot_positions(
     top.set_xlim(0, tokens)
     top.set_ylim(0, 1.05)
     top.set_xlabel("visual token index (raster order: larger = lower in the image)")
-    top.set_ylabel("share of images keeping it")
+    top.set_ylabel(
+        "share of trace lines keeping it" if result.traced else "share of images keeping it"
+    )
     top.set_title(
         title
         or (
