@@ -1,0 +1,404 @@
+"""Concurrent image requests that fit a fixed KV cache, per pruning setting, measured vs ideal.
+
+    python -m loadtests.kv_capacity --kv-blocks 400 --output-len 124 \\
+        --out loadtests/results/kv_capacity          # what ``make loadtest-kv`` runs
+
+It starts a local ``vllm-prune serve`` (the demo model unless ``--serve-model``)
+whose KV cache is fixed at ``--kv-blocks`` blocks (``--num-gpu-blocks-override``;
+the block count it got is read back from ``vllm:cache_config_info``) and
+``--max-num-seqs`` high, so that KV is the only limit. For each setting it
+looks for the capacity: the largest n such that n image requests sent at once
+(``vllm bench serve``, no concurrency cap, ``--output-len`` tokens each, EOS
+ignored) all run together to their last token, without a preemption
+(``vllm:num_preemptions_total``, exact). The scheduler is held while the burst
+arrives and released when all n are queued (``loadtests/hold.py``): sent at
+once, image requests still reach the engine one by one, and on the CPU demo
+the first would be done before the last arrived. "Together" is seen either in
+``vllm bench serve``'s per-request times (the latest first token before the
+earliest end) or in ``vllm:num_requests_running`` reaching n (sampled); a
+probe with neither sign and no preemption is inconclusive and is repeated
+with new images. The search doubles n until a probe does not fit, then bisects.
+
+Why not "the most requests running while others wait" in one flood: vLLM 0.32
+admits a waiting request when its whole prompt fits the free blocks, but
+allocates only the chunk it prefills in that step, and no room for its output.
+The next request's check sees the free blocks less the chunks, not less the
+whole prompts, so a flood overshoots (199 blocks of 32 tokens: 21 unpruned
+requests of 612 prompt tokens were running at once where 9 prompts fit) and
+then preempts as requests grow; that peak measures the scheduler, not the KV
+cache.
+
+Ideal: each request holds P + O - 1 tokens at its last step (the last
+generated token never enters the KV cache), P = V + t (V visual tokens kept, t
+text tokens), so T = t + O - 1 and the ideal ratio to ``none`` is
+(576 + T) / (V + T) for LLaVA-1.5; in blocks, floor(U / ceil((V + T) / B)) with
+U usable blocks (vLLM keeps one aside) of B tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from loadtests.bench import (
+    Workload,
+    all_ran_together,
+    bench_argv,
+    command_line,
+    run_bench,
+    summarize_result,
+)
+from loadtests.hold import run_held
+from loadtests.local_server import (
+    DEFAULT_BLOCK_SIZE,
+    KvConfig,
+    kv_config,
+    local_server,
+    serve_args,
+)
+from loadtests.scrape import Sampler, scrape, summarize
+from vllm_prune.eval.cli import settings
+from vllm_prune.eval.client import Setting
+
+DEFAULT_OUT = Path("loadtests/results/kv_capacity")
+SUMMARY_MD = "summary.md"
+SUMMARY_JSON = "summary.json"
+CAPACITY_PNG = "kv_capacity.png"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """n requests sent at once, and what the server did with them."""
+
+    setting: str
+    n: int
+    attempt: int
+    completed: int
+    failed: int
+    overlapped: bool  # the latest first token came before the earliest end (client times)
+    preemptions: int  # vllm:num_preemptions_total delta: exact
+    running_peak: int  # sampled vllm:num_requests_running; may miss a short peak
+    waiting_peak: int
+    kv_usage_peak: float
+    mean_prompt_tokens: float
+    visual_tokens_kept: float | None  # per image, from the vllm_prune counters
+
+    @property
+    def together(self) -> bool:
+        """All n were running at one moment. Either sign proves it; each can miss it on a
+        starved machine (a sampled gauge between scrapes, a client reading a delayed stream)."""
+        return self.overlapped or self.running_peak >= self.n
+
+    @property
+    def fits(self) -> bool:
+        """All n ran at once and to the end, and none was preempted for want of KV."""
+        return (
+            self.completed == self.n
+            and self.failed == 0
+            and self.together
+            and self.preemptions == 0
+        )
+
+    @property
+    def inconclusive(self) -> bool:
+        """Nothing ran short of KV, yet the n were not seen together: requests that reach
+        the engine one after another (a busy API server) or a missed sample; tried again."""
+        return not self.fits and self.failed == 0 and self.preemptions == 0
+
+
+def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
+    """The largest n in [1, limit] with ``fits(n)`` (0 if none), for a monotone ``fits``:
+    double n from 1 until it does not fit, then bisect between the last two."""
+    good, n = 0, 1
+    while n <= limit and fits(n):
+        good, n = n, 2 * n
+    bad = min(n, limit + 1)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return good
+
+
+def kv_tokens_per_request(prompt_tokens: float, output_len: int) -> float:
+    """Tokens a request holds in KV at its last step: the last generated token never enters."""
+    return prompt_tokens + output_len - 1
+
+
+def ideal_capacity(kv: KvConfig, tokens_per_request: float) -> tuple[float, int]:
+    """(in tokens: usable KV tokens / tokens per request; in whole blocks per request)."""
+    blocks_per_request = math.ceil(tokens_per_request / kv.block_size)
+    return (
+        kv.usable_blocks * kv.block_size / tokens_per_request,
+        kv.usable_blocks // blocks_per_request,
+    )
+
+
+@dataclass(frozen=True)
+class Capacity:
+    setting: str
+    capacity: int  # measured
+    prompt_tokens: float  # per request, as the server reported it
+    visual_tokens: float | None  # kept per image
+    kv_tokens_per_request: float
+    ideal_tokens: float
+    ideal_blocks: int
+    probes: int
+
+
+def probe(
+    url: str, setting: Setting, workload: Workload, seed: int, out: Path, interval: float
+) -> tuple[Probe, str | None]:
+    """Send ``workload.num_prompts`` requests at once, released to the scheduler together;
+    the probe and the first error."""
+    n = workload.num_prompts
+    name = f"{setting.name}-n{n}-s{seed}"
+    argv = bench_argv(workload, setting.extra_body(), None, seed, (out / f"{name}.json").resolve())
+    (out / f"{name}.cmd").write_text(command_line(argv) + "\n")
+    with Sampler(f"{url}/metrics", out / f"{name}.metrics.csv", interval=interval) as sampler:
+        raw = run_held(url, n, lambda: run_bench(argv, out / f"{name}.log"))
+    result = summarize_result(raw)
+    gauges = summarize(sampler.samples)
+    images = sampler.counters["vllm_prune_requests_total"]
+    kept = sampler.counters["vllm_prune_visual_tokens_after_total"] / images if images else None
+    return Probe(
+        setting=setting.name,
+        n=n,
+        attempt=0,
+        completed=result.completed,
+        failed=result.failed,
+        overlapped=all_ran_together(raw),
+        preemptions=int(sampler.counters["vllm:num_preemptions_total"]),
+        running_peak=gauges.running_peak,
+        waiting_peak=gauges.waiting_peak,
+        kv_usage_peak=gauges.kv_usage_peak,
+        mean_prompt_tokens=result.mean_prompt_tokens,
+        visual_tokens_kept=kept,
+    ), result.first_error
+
+
+def measure(
+    url: str,
+    setting: Setting,
+    workload_of: Callable[[int], Workload],
+    limit: int,
+    out: Path,
+    seed: int,
+    interval: float,
+    attempts: int,
+) -> tuple[int, list[Probe]]:
+    """Search the capacity of one setting; every probe is kept (and its files under ``out``).
+
+    An inconclusive probe is repeated, up to ``attempts`` in all, with new images; the
+    last attempt decides.
+    """
+    probes: list[Probe] = []
+
+    def fits(n: int) -> bool:
+        for attempt in range(attempts):
+            found, error = probe(url, setting, workload_of(n), seed + len(probes), out, interval)
+            found = replace(found, attempt=attempt)
+            probes.append(found)
+            verdict = "fits" if found.fits else "inconclusive" if found.inconclusive else "no"
+            print(
+                f"[{setting.name}] n={n}: {verdict} (seen together: {found.together}, "
+                f"preemptions {found.preemptions}, running peak {found.running_peak}, "
+                f"KV peak {found.kv_usage_peak:.1%}, {found.failed} failed)",
+                flush=True,
+            )
+            if error:
+                print(f"[{setting.name}] first error: {error}", flush=True)
+            if not found.inconclusive:
+                break
+        return found.fits
+
+    return largest_fitting(fits, limit), probes
+
+
+def capacity_row(
+    setting: str, capacity: int, probes: list[Probe], kv: KvConfig, output_len: int
+) -> Capacity:
+    prompt = probes[0].mean_prompt_tokens
+    tokens = kv_tokens_per_request(prompt, output_len)
+    ideal_tokens, ideal_blocks = ideal_capacity(kv, tokens)
+    return Capacity(
+        setting=setting,
+        capacity=capacity,
+        prompt_tokens=prompt,
+        visual_tokens=probes[0].visual_tokens_kept,
+        kv_tokens_per_request=tokens,
+        ideal_tokens=ideal_tokens,
+        ideal_blocks=ideal_blocks,
+        probes=len(probes),
+    )
+
+
+def markdown(rows: list[Capacity], kv: KvConfig, output_len: int) -> str:
+    base = next((r for r in rows if r.setting == "none"), rows[0])
+    lines = [
+        f"KV cache: {kv.num_blocks} blocks x {kv.block_size} tokens "
+        f"({kv.usable_blocks} usable = {kv.usable_blocks * kv.block_size} tokens). "
+        f"Each request: one image, {output_len} generated tokens (EOS ignored). "
+        f"Capacity: the most requests sent at once that all run together to the end "
+        f"without preemption. T = KV tokens per request - visual tokens.\n",
+        f"| setting | visual tokens | prompt tokens | T | KV tokens / request "
+        f"| KV blocks / request | capacity (measured) | ideal (tokens) | ideal (blocks) "
+        f"| measured vs {base.setting} | ideal vs {base.setting} (tokens) "
+        f"| ideal vs {base.setting} (blocks) |",
+        "|" + "---|" * 12,
+    ]
+    for r in rows:
+        visual = r.visual_tokens if r.visual_tokens is not None else float("nan")
+        text = r.kv_tokens_per_request - visual
+        blocks = math.ceil(r.kv_tokens_per_request / kv.block_size)
+        measured = r.capacity / base.capacity if base.capacity else float("nan")
+        lines.append(
+            f"| {r.setting} | {visual:.0f} | {r.prompt_tokens:.0f} | {text:.0f} "
+            f"| {r.kv_tokens_per_request:.0f} | {blocks} | {r.capacity} | {r.ideal_tokens:.1f} "
+            f"| {r.ideal_blocks} | {measured:.2f}x | {r.ideal_tokens / base.ideal_tokens:.2f}x "
+            f"| {r.ideal_blocks / base.ideal_blocks:.2f}x |"
+        )
+    return "\n".join(lines) + f"\n\n![capacity]({CAPACITY_PNG})\n"
+
+
+def plot(rows: list[Capacity], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    x = range(len(rows))
+    width = 0.27
+    bars = (
+        ("measured", [r.capacity for r in rows], -width),
+        ("ideal (tokens)", [r.ideal_tokens for r in rows], 0.0),
+        ("ideal (blocks)", [r.ideal_blocks for r in rows], width),
+    )
+    for label, values, offset in bars:
+        drawn = ax.bar([i + offset for i in x], values, width, label=label)
+        ax.bar_label(drawn, fmt="%.0f", fontsize=8)
+    ax.set_xticks(list(x), [r.setting for r in rows])
+    ax.set_ylabel("concurrent image requests")
+    ax.set_title("Requests that fit the KV cache at once")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.kv_capacity", description=__doc__.splitlines()[0]
+    )
+    p.add_argument(
+        "--methods", default="none,pooling", help="comma-separated (default none,pooling)"
+    )
+    p.add_argument(
+        "--ratios",
+        type=lambda text: [float(x) for x in text.split(",") if x.strip()],
+        default=[0.75, 0.889],
+        help="default 0.75,0.889",
+    )
+    p.add_argument("--kv-blocks", type=int, default=400, help="KV blocks (default 400)")
+    p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
+    p.add_argument("--max-num-seqs", type=int, default=512)
+    p.add_argument(
+        "--max-model-len", type=int, help="default the model's; (blocks - 1) x block size at most"
+    )
+    p.add_argument("--input-len", type=int, default=32, help="random text tokens (default 32)")
+    # 124: every default setting's last KV block is well filled (612 + 123 = 23 x 32 - 1,
+    # 180 + 123 = 9 x 32 + 15, 100 + 123 = 7 x 32 - 1), so requests a few decode steps
+    # apart (admitted in successive steps) need the same number of blocks.
+    p.add_argument("--output-len", type=int, default=124, help="generated tokens (default 124)")
+    p.add_argument("--image-size", default="336x336", help="WxH of every image (default 336x336)")
+    p.add_argument("--limit", type=int, default=256, help="largest n tried (default 256)")
+    p.add_argument("--interval", type=float, default=0.01, help="seconds between scrapes")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument(
+        "--attempts", type=int, default=3, help="tries of an inconclusive probe (default 3)"
+    )
+    p.add_argument("--serve-model", help="model path (default: vllm-prune serve's demo)")
+    p.add_argument(
+        "--serve-args",
+        type=shlex.split,
+        default=[],
+        help='more vllm serve options, e.g. --serve-args="--dtype float32 --enforce-eager"',
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    grid = settings([m.strip() for m in args.methods.split(",") if m.strip()], args.ratios)
+    width, _, height = args.image_size.lower().partition("x")
+    raw = args.out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    # The KV options last: they win over the same options in --serve-args.
+    server_args = [
+        *args.serve_args,
+        *serve_args(args.kv_blocks, args.block_size, args.max_num_seqs, args.max_model_len),
+    ]
+    print(f"starting a local server (log: {args.out / 'server.log'})", flush=True)
+    # VLLM_SERVER_DEV_MODE: vLLM's /pause and /resume, to release each burst at once.
+    dev = {"VLLM_SERVER_DEV_MODE": "1"}
+    with local_server(args.out / "server.log", args.serve_model, server_args, dev) as server:
+        kv = kv_config(scrape(f"{server.url}/metrics"))
+        print(f"KV cache: {kv.num_blocks} blocks x {kv.block_size} tokens", flush=True)
+
+        def workload_of(n: int) -> Workload:
+            return Workload(
+                base_url=server.url,
+                model=None,
+                tokenizer=None,
+                num_prompts=n,
+                input_len=args.input_len,
+                output_len=args.output_len,
+                image_sizes=((int(width), int(height)),),
+            )
+
+        rows, probes = [], []
+        for index, setting in enumerate(grid):
+            capacity, tried = measure(
+                server.url,
+                setting,
+                workload_of,
+                args.limit,
+                raw,
+                seed=args.seed + 1000 * index,
+                interval=args.interval,
+                attempts=args.attempts,
+            )
+            probes += tried
+            rows.append(capacity_row(setting.name, capacity, tried, kv, args.output_len))
+    text = markdown(rows, kv, args.output_len)
+    (args.out / SUMMARY_MD).write_text(text)
+    (args.out / SUMMARY_JSON).write_text(
+        json.dumps(
+            {
+                "kv": asdict(kv),
+                "output_len": args.output_len,
+                "capacities": [asdict(r) for r in rows],
+                "probes": [asdict(p) | {"together": p.together, "fits": p.fits} for p in probes],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    plot(rows, args.out / CAPACITY_PNG)
+    print(text)
+    return 0 if all(r.capacity > 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
