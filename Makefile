@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean prometheus-tools
+.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv
 
 install: $(STAMP)
 
@@ -54,6 +54,29 @@ test: $(STAMP) prometheus-tools
 serve: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-4} \
 	    $(BIN)/vllm-prune serve $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
+
+# Load tests on vLLM's own `vllm bench serve` (loadtests/README.md); reports go to
+# $(LOADTEST_OUT). Without URL: a local server (MODEL, else the demo model) with a
+# small fixed KV cache is started and stopped. With URL: any deployment, nothing
+# started; MODEL is then its served model name, TOKENIZER where the random prompt
+# text's tokenizer loads from (default: the model's path or id on that server).
+URL ?=
+TOKENIZER ?=
+LOADTEST_OUT ?= loadtests/results
+LOADTEST_ARGS ?=
+KV_ARGS ?=
+
+loadtest: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.sweep \
+	    $(if $(URL),--url $(URL) $(if $(MODEL),--model $(MODEL)) \
+	        $(if $(TOKENIZER),--tokenizer $(TOKENIZER)),$(if $(MODEL),--serve-model $(MODEL))) \
+	    --out $(LOADTEST_OUT)/sweep $(LOADTEST_ARGS)
+
+# Concurrent image requests that fit a fixed KV cache, none vs pooling 0.75 / 0.889
+# (always a local server of its own: the KV cache size must be known and fixed).
+loadtest-kv: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.kv_capacity \
+	    $(if $(MODEL),--serve-model $(MODEL)) --out $(LOADTEST_OUT)/kv_capacity $(KV_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info
