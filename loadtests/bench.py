@@ -111,20 +111,6 @@ def latency_percentiles(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def all_ran_together(result: dict[str, Any]) -> bool:
-    """Whether every request of a ``--save-detailed`` result was running at one moment.
-
-    A request runs from before its first token (its prompt is in the KV cache)
-    to its last; all of them overlap iff the latest first token comes before
-    the earliest end. Client-side times, exact, unlike a sampled gauge.
-    """
-    if any(result["errors"]) or not result["start_times"]:
-        return False
-    first_tokens = [s + t for s, t in zip(result["start_times"], result["ttfts"], strict=True)]
-    ends = [s + t for s, t in zip(result["start_times"], result["latencies"], strict=True)]
-    return max(first_tokens) < min(ends)
-
-
 @dataclass(frozen=True)
 class BenchSummary:
     """The client-side numbers of one scenario (``vllm bench serve``'s result)."""

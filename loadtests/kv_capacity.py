@@ -9,15 +9,14 @@ the block count it got is read back from ``vllm:cache_config_info``) and
 ``--max-num-seqs`` high, so that KV is the only limit. For each setting it
 looks for the capacity: the largest n such that n image requests sent at once
 (``vllm bench serve``, no concurrency cap, ``--output-len`` tokens each, EOS
-ignored) all run together to their last token, without a preemption
-(``vllm:num_preemptions_total``, exact). The scheduler is held while the burst
-arrives and released when all n are queued (``loadtests/hold.py``): sent at
-once, image requests still reach the engine one by one, and on the CPU demo
-the first would be done before the last arrived. "Together" is seen either in
-``vllm bench serve``'s per-request times (the latest first token before the
-earliest end) or in ``vllm:num_requests_running`` reaching n (sampled); a
-probe with neither sign and no preemption is inconclusive and is repeated
-with new images. The search doubles n until a probe does not fit, then bisects.
+ignored) are all run in one engine step and finish without a preemption. The
+scheduler is held while the burst arrives and released when all n are queued
+(``loadtests/hold.py``): sent at once, image requests still reach the engine
+one by one, and on the CPU demo the first would be done before the last
+arrived. The steps come from the server's own iteration log
+(``--enable-logging-iteration-details``, ``loadtests/engine_log.py``), the
+preemptions from ``vllm:num_preemptions_total``: both exact, nothing sampled.
+The search doubles n until a burst does not fit, then bisects.
 
 Why not "the most requests running while others wait" in one flood: vLLM 0.32
 admits a waiting request when its whole prompt fits the free blocks, but
@@ -41,19 +40,15 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loadtests.bench import (
-    Workload,
-    all_ran_together,
-    bench_argv,
-    command_line,
-    run_bench,
-    summarize_result,
-)
+from loadtests.bench import Workload, bench_argv, command_line, run_bench, summarize_result
+from loadtests.engine_log import LogTail, parse_iterations
 from loadtests.hold import run_held
 from loadtests.local_server import (
     DEFAULT_BLOCK_SIZE,
@@ -62,7 +57,7 @@ from loadtests.local_server import (
     local_server,
     serve_args,
 )
-from loadtests.scrape import Sampler, scrape, summarize
+from loadtests.scrape import counter_deltas, parse_counters, scrape
 from vllm_prune.eval.cli import settings
 from vllm_prune.eval.client import Setting
 
@@ -70,46 +65,38 @@ DEFAULT_OUT = Path("loadtests/results/kv_capacity")
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
 CAPACITY_PNG = "kv_capacity.png"
+LOG_SETTLE_S = 0.5  # the API server logs a step when it has handled the step's outputs
 
 
 @dataclass(frozen=True)
 class Probe:
-    """n requests sent at once, and what the server did with them."""
+    """n requests released at once, and what the server did with them."""
 
     setting: str
     n: int
-    attempt: int
     completed: int
     failed: int
-    overlapped: bool  # the latest first token came before the earliest end (client times)
-    preemptions: int  # vllm:num_preemptions_total delta: exact
-    running_peak: int  # sampled vllm:num_requests_running; may miss a short peak
-    waiting_peak: int
-    kv_usage_peak: float
+    preemptions: int  # vllm:num_preemptions_total delta
+    scheduled_peak: int  # most requests run in one engine step (the iteration log)
+    kv_usage_peak: float  # after any step (the iteration log)
+    steps: int  # engine steps logged
     mean_prompt_tokens: float
     visual_tokens_kept: float | None  # per image, from the vllm_prune counters
 
     @property
-    def together(self) -> bool:
-        """All n were running at one moment. Either sign proves it; each can miss it on a
-        starved machine (a sampled gauge between scrapes, a client reading a delayed stream)."""
-        return self.overlapped or self.running_peak >= self.n
-
-    @property
     def fits(self) -> bool:
-        """All n ran at once and to the end, and none was preempted for want of KV."""
+        """All n were in one engine step and ran to the end, none preempted for want of KV.
+
+        A request refused for want of KV waits, unpreempted, until another ends, so it
+        never shares a step with all the others; a running one that cannot grow is
+        preempted. Either way the burst does not fit.
+        """
         return (
             self.completed == self.n
             and self.failed == 0
-            and self.together
             and self.preemptions == 0
+            and self.scheduled_peak >= self.n
         )
-
-    @property
-    def inconclusive(self) -> bool:
-        """Nothing ran short of KV, yet the n were not seen together: requests that reach
-        the engine one after another (a busy API server) or a missed sample; tried again."""
-        return not self.fits and self.failed == 0 and self.preemptions == 0
 
 
 def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
@@ -155,7 +142,7 @@ class Capacity:
 
 
 def probe(
-    url: str, setting: Setting, workload: Workload, seed: int, out: Path, interval: float
+    url: str, log: LogTail, setting: Setting, workload: Workload, seed: int, out: Path
 ) -> tuple[Probe, str | None]:
     """Send ``workload.num_prompts`` requests at once, released to the scheduler together;
     the probe and the first error."""
@@ -163,23 +150,24 @@ def probe(
     name = f"{setting.name}-n{n}-s{seed}"
     argv = bench_argv(workload, setting.extra_body(), None, seed, (out / f"{name}.json").resolve())
     (out / f"{name}.cmd").write_text(command_line(argv) + "\n")
-    with Sampler(f"{url}/metrics", out / f"{name}.metrics.csv", interval=interval) as sampler:
-        raw = run_held(url, n, lambda: run_bench(argv, out / f"{name}.log"))
+    before = parse_counters(scrape(f"{url}/metrics"))
+    log.start()
+    raw = run_held(url, n, lambda: run_bench(argv, out / f"{name}.log"))
+    time.sleep(LOG_SETTLE_S)
+    steps = parse_iterations(log.read())
+    counters = counter_deltas(before, parse_counters(scrape(f"{url}/metrics")))
     result = summarize_result(raw)
-    gauges = summarize(sampler.samples)
-    images = sampler.counters["vllm_prune_requests_total"]
-    kept = sampler.counters["vllm_prune_visual_tokens_after_total"] / images if images else None
+    images = counters["vllm_prune_requests_total"]
+    kept = counters["vllm_prune_visual_tokens_after_total"] / images if images else None
     return Probe(
         setting=setting.name,
         n=n,
-        attempt=0,
         completed=result.completed,
         failed=result.failed,
-        overlapped=all_ran_together(raw),
-        preemptions=int(sampler.counters["vllm:num_preemptions_total"]),
-        running_peak=gauges.running_peak,
-        waiting_peak=gauges.waiting_peak,
-        kv_usage_peak=gauges.kv_usage_peak,
+        preemptions=int(counters["vllm:num_preemptions_total"]),
+        scheduled_peak=max((i.scheduled for i in steps), default=0),
+        kv_usage_peak=max((i.kv_usage for i in steps), default=0.0),
+        steps=len(steps),
         mean_prompt_tokens=result.mean_prompt_tokens,
         visual_tokens_kept=kept,
     ), result.first_error
@@ -187,37 +175,27 @@ def probe(
 
 def measure(
     url: str,
+    log: LogTail,
     setting: Setting,
     workload_of: Callable[[int], Workload],
     limit: int,
     out: Path,
     seed: int,
-    interval: float,
-    attempts: int,
 ) -> tuple[int, list[Probe]]:
-    """Search the capacity of one setting; every probe is kept (and its files under ``out``).
-
-    An inconclusive probe is repeated, up to ``attempts`` in all, with new images; the
-    last attempt decides.
-    """
+    """Search the capacity of one setting; every probe is kept (and its files under ``out``)."""
     probes: list[Probe] = []
 
     def fits(n: int) -> bool:
-        for attempt in range(attempts):
-            found, error = probe(url, setting, workload_of(n), seed + len(probes), out, interval)
-            found = replace(found, attempt=attempt)
-            probes.append(found)
-            verdict = "fits" if found.fits else "inconclusive" if found.inconclusive else "no"
-            print(
-                f"[{setting.name}] n={n}: {verdict} (seen together: {found.together}, "
-                f"preemptions {found.preemptions}, running peak {found.running_peak}, "
-                f"KV peak {found.kv_usage_peak:.1%}, {found.failed} failed)",
-                flush=True,
-            )
-            if error:
-                print(f"[{setting.name}] first error: {error}", flush=True)
-            if not found.inconclusive:
-                break
+        found, error = probe(url, log, setting, workload_of(n), seed + len(probes), out)
+        probes.append(found)
+        print(
+            f"[{setting.name}] n={n}: {'fits' if found.fits else 'does not fit'} "
+            f"(most in one step {found.scheduled_peak}, preemptions {found.preemptions}, "
+            f"KV peak {found.kv_usage_peak:.1%}, {found.failed} failed)",
+            flush=True,
+        )
+        if error:
+            print(f"[{setting.name}] first error: {error}", flush=True)
         return found.fits
 
     return largest_fitting(fits, limit), probes
@@ -247,8 +225,8 @@ def markdown(rows: list[Capacity], kv: KvConfig, output_len: int) -> str:
         f"KV cache: {kv.num_blocks} blocks x {kv.block_size} tokens "
         f"({kv.usable_blocks} usable = {kv.usable_blocks * kv.block_size} tokens). "
         f"Each request: one image, {output_len} generated tokens (EOS ignored). "
-        f"Capacity: the most requests sent at once that all run together to the end "
-        f"without preemption. T = KV tokens per request - visual tokens.\n",
+        f"Capacity: the most requests sent at once that all run in one engine step and "
+        f"finish without preemption. T = KV tokens per request - visual tokens.\n",
         f"| setting | visual tokens | prompt tokens | T | KV tokens / request "
         f"| KV blocks / request | capacity (measured) | ideal (tokens) | ideal (blocks) "
         f"| measured vs {base.setting} | ideal vs {base.setting} (tokens) "
@@ -322,11 +300,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output-len", type=int, default=124, help="generated tokens (default 124)")
     p.add_argument("--image-size", default="336x336", help="WxH of every image (default 336x336)")
     p.add_argument("--limit", type=int, default=256, help="largest n tried (default 256)")
-    p.add_argument("--interval", type=float, default=0.01, help="seconds between scrapes")
     p.add_argument("--seed", type=int, default=1000)
-    p.add_argument(
-        "--attempts", type=int, default=3, help="tries of an inconclusive probe (default 3)"
-    )
     p.add_argument("--serve-model", help="model path (default: vllm-prune serve's demo)")
     p.add_argument(
         "--serve-args",
@@ -343,17 +317,20 @@ def main(argv: list[str] | None = None) -> int:
     grid = settings([m.strip() for m in args.methods.split(",") if m.strip()], args.ratios)
     width, _, height = args.image_size.lower().partition("x")
     raw = args.out / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(raw, ignore_errors=True)  # no file of an earlier run among this one's
+    raw.mkdir(parents=True)
     # The KV options last: they win over the same options in --serve-args.
     server_args = [
         *args.serve_args,
         *serve_args(args.kv_blocks, args.block_size, args.max_num_seqs, args.max_model_len),
+        "--enable-logging-iteration-details",  # every engine step in server.log
     ]
     print(f"starting a local server (log: {args.out / 'server.log'})", flush=True)
     # VLLM_SERVER_DEV_MODE: vLLM's /pause and /resume, to release each burst at once.
     dev = {"VLLM_SERVER_DEV_MODE": "1"}
     with local_server(args.out / "server.log", args.serve_model, server_args, dev) as server:
         kv = kv_config(scrape(f"{server.url}/metrics"))
+        log = LogTail(server.log)
         print(f"KV cache: {kv.num_blocks} blocks x {kv.block_size} tokens", flush=True)
 
         def workload_of(n: int) -> Workload:
@@ -371,13 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         for index, setting in enumerate(grid):
             capacity, tried = measure(
                 server.url,
+                log,
                 setting,
                 workload_of,
                 args.limit,
                 raw,
                 seed=args.seed + 1000 * index,
-                interval=args.interval,
-                attempts=args.attempts,
             )
             probes += tried
             rows.append(capacity_row(setting.name, capacity, tried, kv, args.output_len))
@@ -389,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kv": asdict(kv),
                 "output_len": args.output_len,
                 "capacities": [asdict(r) for r in rows],
-                "probes": [asdict(p) | {"together": p.together, "fits": p.fits} for p in probes],
+                "probes": [asdict(p) | {"fits": p.fits} for p in probes],
             },
             indent=2,
         )

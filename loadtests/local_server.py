@@ -13,8 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,10 @@ def serve_args(
 
 @contextmanager
 def local_server(
-    log: Path, model: str | None = None, args: list[str] = (), env: dict[str, str] | None = None
+    log: Path,
+    model: str | None = None,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[LocalServer]:
     """``vllm-prune serve [model] args`` on a loopback port until the block ends (``env``:
     added to this process's environment)."""
@@ -95,11 +99,22 @@ def local_server(
             command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
+    # A SIGTERM (a CI timeout, kill) unwinds through `finally` like Ctrl-C does, so the
+    # server, in a session of its own, is stopped with us and not left running.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         _wait_healthy(process, url, log)
         yield LocalServer(url=url, log=log)
     finally:
         _stop(process)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _wait_healthy(process: subprocess.Popen, url: str, log: Path) -> None:

@@ -173,7 +173,10 @@ def plot_kv(rows: list[Row], path: Path) -> None:
             color=line.get_color(),
             label=f"{setting} mean",
         )
+    levels = sorted({r.concurrency for r in rows})
     ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [str(c) for c in levels])
+    ax.minorticks_off()
     ax.set_xlabel("concurrency (requests in flight)")
     ax.set_ylabel("KV cache usage (%)")
     ax.set_ylim(0, 105)

@@ -88,23 +88,16 @@ class GaugeSummary:
     kv_usage_mean: float  # over samples with at least one request running or waiting
     running_peak: int
     waiting_peak: int
-    # The largest number of requests running at once while others waited: the
-    # concurrency at which the server started to queue (0 if nothing ever waited).
-    running_peak_while_waiting: int
-    kv_usage_peak_while_waiting: float
 
 
 def summarize(samples: list[Sample]) -> GaugeSummary:
     busy = [s for s in samples if s.running or s.waiting]
-    queued = [s for s in samples if s.waiting > 0]
     return GaugeSummary(
         samples=len(samples),
         kv_usage_peak=max((s.kv_usage for s in samples), default=0.0),
         kv_usage_mean=sum(s.kv_usage for s in busy) / len(busy) if busy else 0.0,
         running_peak=max((s.running for s in samples), default=0),
         waiting_peak=max((s.waiting for s in samples), default=0),
-        running_peak_while_waiting=max((s.running for s in queued), default=0),
-        kv_usage_peak_while_waiting=max((s.kv_usage for s in queued), default=0.0),
     )
 
 
@@ -157,11 +150,10 @@ class Sampler:
     """Samples ``metrics_url`` every ``interval`` seconds between start and stop.
 
     Use as a context manager around the load. The scraping runs in a process of
-    its own (``python -m loadtests.scrape``): in a thread it shares the
-    interpreter lock with ``vllm bench serve``'s event loop and, on a busy
-    machine, lost whole scenarios' worth of samples. The time series goes to
-    ``csv_path``; ``samples`` and ``counters`` (deltas over the same span) are
-    filled in at the end.
+    its own (``python -m loadtests.scrape``), so that it does not compete with
+    ``vllm bench serve``'s event loop, in this process, for the interpreter lock.
+    The time series goes to ``csv_path``; ``samples`` and ``counters`` (deltas
+    over the same span) are filled in at the end.
     """
 
     metrics_url: str

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -170,7 +171,8 @@ def run_sweep(
     }
     metrics_url = metrics_url or f"{url}/metrics"
     raw = args.out / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(raw, ignore_errors=True)  # no file of an earlier run among this one's
+    raw.mkdir(parents=True)
     rows = []
     index = 0
     for concurrency in args.concurrency:
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"starting a local server (log: {args.out / 'server.log'})", flush=True)
     with target as server:
-        url = args.url.rstrip("/") if args.url else server.url
+        url = args.url.rstrip("/").removesuffix("/v1") if args.url else server.url
         metrics_url = args.metrics_url or f"{url}/metrics"
         kv = _kv_text(metrics_url)
         rows = run_sweep(url, args, grid, metrics_url)
