@@ -13,13 +13,8 @@ import pytest
 import requests
 
 from loadtests import kv_capacity, sweep
-from loadtests.bench import (
-    Workload,
-    all_ran_together,
-    bench_argv,
-    latency_percentiles,
-    summarize_result,
-)
+from loadtests.bench import Workload, bench_argv, latency_percentiles, summarize_result
+from loadtests.engine_log import Iteration, LogTail, parse_iterations
 from loadtests.local_server import KvConfig, kv_config
 from loadtests.report import COLUMNS, Row, markdown_table
 from loadtests.scrape import Sample, parse_counters, parse_sample, sample_sums, summarize
@@ -74,16 +69,15 @@ def test_gauge_summary():
     samples = [
         Sample(0.0, 0.0, 0, 0),  # idle: not in the mean
         Sample(0.1, 0.4, 4, 0),
-        Sample(0.2, 0.9, 9, 3),  # queueing starts at 9 running
+        Sample(0.2, 0.9, 9, 3),
         Sample(0.3, 1.0, 7, 5),
-        Sample(0.4, 0.5, 10, 0),  # more running once nothing waits: not the queueing point
+        Sample(0.4, 0.5, 10, 0),
     ]
     summary = summarize(samples)
+    assert summary.samples == 5
     assert summary.kv_usage_peak == 1.0
     assert summary.kv_usage_mean == pytest.approx((0.4 + 0.9 + 1.0 + 0.5) / 4)
     assert (summary.running_peak, summary.waiting_peak) == (10, 5)
-    assert summary.running_peak_while_waiting == 9
-    assert summary.kv_usage_peak_while_waiting == 1.0
     assert summarize([]).kv_usage_mean == 0.0
 
 
@@ -122,14 +116,6 @@ def test_bench_result_summary():
         "e2el_p90_ms": 1090.0,
         "e2el_p99_ms": 1099.0,
     }
-
-
-def test_all_ran_together():
-    result = {"errors": ["", ""], "start_times": [0.0, 0.2], "ttfts": [0.1, 0.3], "latencies": []}
-    # first tokens at 0.1 and 0.5: together iff both end after 0.5
-    assert all_ran_together(dict(result, latencies=[1.0, 1.0]))
-    assert not all_ran_together(dict(result, latencies=[0.4, 1.0]))  # the first ended at 0.4
-    assert not all_ran_together(dict(result, latencies=[1.0, 1.0], errors=["", "boom"]))
 
 
 def test_bench_argv_parses_with_vllms_own_parser(tmp_path: Path):
@@ -176,29 +162,57 @@ def _probe(**changes) -> kv_capacity.Probe:
     fields = dict(
         setting="none",
         n=4,
-        attempt=0,
         completed=4,
         failed=0,
-        overlapped=True,
         preemptions=0,
-        running_peak=4,
-        waiting_peak=0,
+        scheduled_peak=4,
         kv_usage_peak=0.9,
+        steps=130,
         mean_prompt_tokens=612.0,
         visual_tokens_kept=576.0,
     )
     return kv_capacity.Probe(**(fields | changes))
 
 
-def test_a_probe_fits_when_all_ran_together_without_preemption():
+def test_a_burst_fits_when_all_ran_in_one_step_without_preemption():
     assert _probe().fits
-    # Either sign of "together" is enough: each can miss it on a busy machine.
-    assert _probe(overlapped=False).fits and _probe(running_peak=2).fits
-    assert not _probe(preemptions=1).fits and not _probe(preemptions=1).inconclusive
-    assert not _probe(failed=1, completed=3).fits and not _probe(failed=1).inconclusive
-    # Neither sign and no shortage of KV: not seen together, tried again.
-    unseen = _probe(overlapped=False, running_peak=3)
-    assert not unseen.fits and unseen.inconclusive
+    assert not _probe(preemptions=1).fits  # a running request could not grow
+    assert not _probe(scheduled_peak=3).fits  # one waited for another to end
+    assert not _probe(failed=1, completed=3).fits
+
+
+# Lines of a real server log (vLLM 0.32, --enable-logging-iteration-details).
+SERVER_LOG = """\
+(APIServer pid=12589) INFO 11-24 07:10:12 [loggers.py:199] Engine 000: Iteration(0): 1 context \
+requests, 586 context tokens, 0 generation requests, 0 generation tokens, iteration elapsed \
+time: 21.69 ms, CPU KV cache usage: 4.8%, encoder inputs: 1, encoder output embeddings: 576
+(APIServer pid=12589) INFO 11-24 07:10:12 [launcher.py:195] Route: /metrics, Methods: GET
+(APIServer pid=12589) INFO 11-24 07:10:12 [loggers.py:199] Engine 000: Iteration(1): 4 context \
+requests, 1760 context tokens, 1 generation requests, 1 generation tokens, iteration elapsed \
+time: 42.88 ms, CPU KV cache usage: 19.3%, encoder inputs: 3, encoder output embeddings: 1728
+(APIServer pid=12589) INFO 11-24 07:10:12 [loggers.py:199] Engine 000: Iteration(3): 0 context \
+requests, 0 context tokens, 5 generation requests, 5 generation tokens, iteration elapsed \
+time: 4.79 ms, CPU KV cache usage: 23.8%
+"""
+
+
+def test_iteration_log_lines():
+    assert parse_iterations(SERVER_LOG) == [
+        Iteration(index=0, prefilling=1, decoding=0, kv_usage=pytest.approx(0.048)),
+        Iteration(index=1, prefilling=4, decoding=1, kv_usage=pytest.approx(0.193)),
+        Iteration(index=3, prefilling=0, decoding=5, kv_usage=pytest.approx(0.238)),
+    ]
+    assert [i.scheduled for i in parse_iterations(SERVER_LOG)] == [1, 5, 5]
+
+
+def test_log_tail_reads_what_was_appended(tmp_path: Path):
+    log = tmp_path / "server.log"
+    log.write_text("before\n")
+    tail = LogTail(log)
+    tail.start()
+    with log.open("a") as handle:
+        handle.write("after\n")
+    assert tail.read() == "after\n"
 
 
 def test_ideal_capacity_counts_whole_blocks():
@@ -353,8 +367,13 @@ def test_kv_capacity_pruning_fits_more_requests(server: Server, tmp_path: Path):
     assert capacity["none"]["capacity"] == 2
     assert capacity["pooling-0.75"]["capacity"] == 7
     # The search's evidence: the capacity fits, one more does not.
-    probes = {(p["setting"], p["n"]): p["fits"] for p in summary["probes"]}
-    for setting, n in (("none", 2), ("pooling-0.75", 7)):
-        assert probes[(setting, n)] and not probes[(setting, n + 1)]
+    probes = {(p["setting"], p["n"]): p for p in summary["probes"]}
+    for setting, n, blocks in (("none", 2, 22), ("pooling-0.75", 7, 9)):
+        fitting = probes[(setting, n)]
+        assert fitting["fits"] and not probes[(setting, n + 1)]["fits"]
+        assert fitting["scheduled_peak"] == n
+        assert fitting["steps"] >= 92  # a prefill step, then a step per further token
+        # the server's own KV usage at the end: n requests of `blocks` blocks in 63
+        assert fitting["kv_usage_peak"] == pytest.approx(n * blocks / 63, abs=0.001)
     assert (out / "kv_capacity.png").read_bytes().startswith(b"\x89PNG")
     assert "| none | 576 | " in (out / "summary.md").read_text()
