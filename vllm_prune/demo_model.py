@@ -49,15 +49,19 @@ def default_dir() -> Path:
     return cache / "vllm-prune" / "tiny-llava"
 
 
-def word_tokenizer(special: list[str], words: list[str], extra_special: list[str]):  # type: ignore[no-untyped-def]
+def word_tokenizer(  # type: ignore[no-untyped-def]
+    special: list[str], words: list[str], extra_special: list[str], lowercase: bool = False
+):
     """A whitespace word-level tokenizer built offline: special tokens first, then words."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     filler = [f"w{i}" for i in range(128)]
     vocab = {tok: i for i, tok in enumerate(special + words + filler)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=special[0]))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if lowercase:
+        core.normalizer = normalizers.Lowercase()
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         unk_token=special[0],

@@ -132,15 +132,27 @@ def render(objects: Sequence[Shape], size: int = DEFAULT_SIZE) -> Image.Image:
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for obj in objects:
-        x0, y0, x1, y1 = obj.box[0], obj.box[1], obj.box[2] - 1, obj.box[3] - 1
-        fill = COLORS[obj.color]
-        if obj.shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif obj.shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        else:  # triangle pointing up, base on the box's bottom edge
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+        _draw(draw, obj, COLORS[obj.color])
     return image
+
+
+def object_map(objects: Sequence[Shape], size: int = DEFAULT_SIZE) -> Image.Image:
+    """Which object covers each pixel: 0 for the background, i + 1 for ``objects[i]``."""
+    image = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(image)
+    for index, obj in enumerate(objects):
+        _draw(draw, obj, index + 1)
+    return image
+
+
+def _draw(draw: ImageDraw.ImageDraw, obj: Shape, fill: int | tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = obj.box[0], obj.box[1], obj.box[2] - 1, obj.box[3] - 1
+    if obj.shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    else:  # triangle pointing up, base on the box's bottom edge
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -153,16 +165,21 @@ def png_bytes(image: Image.Image) -> bytes:
 def generate(split: str, n_images: int, size: int = DEFAULT_SIZE) -> Iterator[ShapesItem]:
     """Images 0..n_images-1 of a split, four questions each (see the module docstring)."""
     for index in range(n_images):
-        seed = image_seed(split, index)
-        objects = make_scene(seed, size)
-        image = render(objects, size)
-        rng = random.Random(f"questions/{seed}")
+        yield from image_items(split, index, size)
+
+
+def image_items(split: str, index: int, size: int = DEFAULT_SIZE) -> list[ShapesItem]:
+    """The four questions of one image, by index: random access for training."""
+    seed = image_seed(split, index)
+    objects = make_scene(seed, size)
+    image = render(objects, size)
+    rng = random.Random(f"questions/{seed}")
+    return [
+        ShapesItem(f"{split}-{index:06d}-{kind}", image, question, answer, kind, objects, target)
         for kind, (question, answer, target) in zip(
             QUESTION_TYPES, _questions(objects, index % 2 == 0, rng), strict=True
-        ):
-            yield ShapesItem(
-                f"{split}-{index:06d}-{kind}", image, question, answer, kind, objects, target
-            )
+        )
+    ]
 
 
 def _questions(

@@ -1,0 +1,128 @@
+"""The training code of ``shapes-llava`` (``vllm_prune/train_shapes.py``), on a fresh model.
+
+Its forward pass shares each image's prefix between the image's questions; here it has
+to equal transformers' own ``LlavaForConditionalGeneration`` on the full prompts. The
+inputs have to be what the server feeds the model: the processor's pixels and the chat
+template's tokens, every word in the vocabulary.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from vllm_prune import shapes_llava
+from vllm_prune.eval import shapes
+from vllm_prune.eval.sample import SHORT_ANSWER
+from vllm_prune.train_shapes import (
+    GRID,
+    IGNORE,
+    Encoder,
+    every_template_question,
+    forward,
+    kind,
+    patch_targets,
+)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder()
+
+
+def test_shared_prefix_forward_equals_transformers_on_full_prompts(encoder: Encoder) -> None:
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(shapes_llava.build_config(encoder.tokenizer.get_vocab()))
+    model.eval()
+    batch = encoder.batch("train", [3, 4], every_question=True)
+    with torch.no_grad():
+        shared = forward(model, batch)[0]
+        for row in (0, 5, len(batch.types) - 1):
+            image = batch.image_of_row[row]
+            ids = torch.cat(
+                [batch.prefix, torch.full((GRID * GRID,), encoder.image_id), batch.suffix[row]]
+            )
+            full = model(input_ids=ids[None], pixel_values=batch.pixels[image][None]).logits[
+                0, -batch.suffix.shape[1] :
+            ]
+            torch.testing.assert_close(shared[row], full, atol=1e-4, rtol=1e-4)
+
+
+def test_pixels_are_the_image_processors(encoder: Encoder) -> None:
+    image = shapes.render(shapes.make_scene(11))
+    processor = shapes_llava.build_processor(encoder.tokenizer).image_processor
+    expected = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(encoder.pixels(image), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_is_the_chat_template_and_every_word_is_known(encoder: Encoder) -> None:
+    tokenizer = encoder.tokenizer
+    for index in range(40):
+        for item in shapes.image_items("train", index):
+            ids = encoder.prompt_ids(item.question)
+            assert tokenizer.unk_token_id not in ids
+            text = tokenizer.decode(ids)
+            assert text.startswith("user : <image>") and text.endswith("assistant :"), text
+            assert SHORT_ANSWER.lower()[:-1] in text
+            answer = tokenizer(item.answer, add_special_tokens=False).input_ids
+            assert tokenizer.unk_token_id not in answer
+
+
+def test_labels_are_the_answer_and_end_of_sequence(encoder: Encoder) -> None:
+    batch = encoder.batch("test", [0])
+    for row, item in enumerate(shapes.image_items("test", 0)):
+        labels = batch.labels[row][batch.labels[row] != IGNORE].tolist()
+        answer = encoder.tokenizer(item.answer, add_special_tokens=False).input_ids
+        assert labels == [*answer, encoder.tokenizer.eos_token_id]
+
+
+def test_every_template_question_is_true_of_the_scene() -> None:
+    for seed in range(30):
+        objects = shapes.make_scene(seed)
+        asked = every_template_question(objects, random.Random(seed))
+        drawn = {(o.color, o.shape) for o in objects}
+        yes = no = 0
+        for kind_, question, answer in asked:
+            words = question.rstrip("?").split()
+            if kind_ == "existence":
+                assert ((words[3], words[4]) in drawn) == (answer == "yes")
+                yes, no = yes + (answer == "yes"), no + (answer == "no")
+            elif kind_ == "count":
+                assert int(answer) == sum(o.shape == words[2][:-1] for o in objects)
+            elif kind_ == "color":
+                (only,) = [o for o in objects if o.shape == words[-1]]
+                assert answer == only.color
+            elif kind_ == "location":
+                (obj,) = [o for o in objects if (o.color, o.shape) == (words[3], words[4])]
+                assert answer == shapes.CELLS[obj.cell]
+            elif words[:3] == ["How", "many", "objects"]:
+                assert answer == str(len(objects))
+            elif words[-1] == "object":
+                assert (answer == "yes") == any(o.color == words[3] for o in objects)
+            else:
+                assert (answer == "yes") == any(o.shape == words[3] for o in objects)
+        assert yes == len(objects) == no  # balanced, as the benchmark's existence questions
+
+
+def test_patch_targets_follow_the_object_map() -> None:
+    objects = shapes.make_scene(5)
+    content, centre = patch_targets(objects)
+    ids = np.asarray(shapes.object_map(objects))
+    for obj_index, obj in enumerate(objects):
+        x, y = (obj.box[0] + obj.box[2]) // 2, (obj.box[1] + obj.box[3]) // 2
+        assert centre[(y // 14) * GRID + x // 14] == kind(obj)
+        covered = {
+            int(p)
+            for p in range(GRID * GRID)
+            if (
+                ids[(p // GRID) * 14 : (p // GRID + 1) * 14, (p % GRID) * 14 : (p % GRID + 1) * 14]
+                == obj_index + 1
+            ).sum()
+            >= 16
+        }
+        assert covered and all(content[p] == kind(obj) for p in covered)
+    assert (centre > 0).sum() == len(objects)

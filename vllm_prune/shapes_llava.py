@@ -1,0 +1,135 @@
+"""``shapes-llava``: a small LLaVA-1.5 to be trained in this repo on ``shapes``.
+
+It has LLaVA-1.5's geometry (336 px images, 14 px patches, 576 visual tokens on a
+24 x 24 grid, a CLIP tower, a two-layer GELU projector, a Llama LLM) at a size a
+2-core CPU trains in under 30 minutes (``python -m vllm_prune.train_shapes``). The goal
+is a model that answers the synthetic ``shapes`` questions (existence, colour, count,
+location) well above chance, so pruning's effect on accuracy can be measured here with
+real weights, and that ``make serve`` then serves by default. Not there yet: the
+recipe does not reach those accuracies within the budget (issue 4's notes), so
+nothing is shipped and ``make serve`` still serves the random-weight ``tiny-llava``.
+
+The folder is written in the checkpoint layout vLLM 0.32 loads (``checkpoint_name``:
+transformers 5 names LLaVA weights differently). Text is a lower-cased word-level
+vocabulary: the ``shapes`` questions, the short-answer instruction and the answers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from vllm_prune.demo_model import (
+    CHAT_TEMPLATE,
+    IMAGE_SIZE,
+    IMAGE_TOKEN,
+    PATCH_SIZE,
+    SPECIAL_TOKENS,
+    WORDS,
+    checkpoint_name,
+    word_tokenizer,
+)
+from vllm_prune.eval import shapes
+from vllm_prune.eval.sample import SHORT_ANSWER
+
+NAME = "shapes-llava"
+FOLDER = Path(__file__).parent / "assets" / NAME
+WEIGHTS = "model.safetensors"
+# The tower's last layer feeds the projector: no unused layer to train or ship.
+VISION_FEATURE_LAYER = -1
+
+
+def vocabulary() -> list[str]:
+    """The demo's words plus every word the ``shapes`` questions and answers use."""
+    texts = [SHORT_ANSWER, *shapes.VOCABULARY, "How many objects are there?", "object"]
+    for shape in shapes.SHAPES:
+        for color in shapes.COLORS:
+            texts += [
+                f"Is there a {color} {shape}?",
+                f"What color is the {shape}?",
+                f"How many {shape}s are there?",
+                f"Where is the {color} {shape}?",
+            ]
+    demo = list(dict.fromkeys(word.lower() for word in WORDS))  # the tokenizer lower-cases
+    found = {word for text in texts for word in re.findall(r"\w+|[^\w\s]+", text.lower())}
+    return demo + sorted(found - set(demo))
+
+
+def build_tokenizer():  # type: ignore[no-untyped-def]
+    tokenizer = word_tokenizer(
+        SPECIAL_TOKENS, vocabulary(), extra_special=[IMAGE_TOKEN], lowercase=True
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_config(vocab: dict[str, int]):  # type: ignore[no-untyped-def]
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        projection_dim=128,
+    )
+    text = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,  # the CPU attention kernels' minimum
+        max_position_embeddings=2048,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab[IMAGE_TOKEN],
+        vision_feature_layer=VISION_FEATURE_LAYER,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    config.architectures = ["LlavaForConditionalGeneration"]
+    config.dtype = "float32"
+    return config
+
+
+def build_processor(tokenizer):  # type: ignore[no-untyped-def]
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def save(model, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Config, tokenizer, processor and weights of a trained ``LlavaForConditionalGeneration``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(path)
+    build_processor(build_tokenizer()).save_pretrained(path)
+    tensors = {
+        checkpoint_name(name): tensor.detach().contiguous()
+        for name, tensor in model.state_dict().items()
+    }
+    save_file(tensors, str(path / WEIGHTS))
+    return path

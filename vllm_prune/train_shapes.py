@@ -1,0 +1,348 @@
+"""Train ``shapes-llava`` (``vllm_prune/shapes_llava.py``) on the ``shapes`` train split.
+
+    .venv/bin/python -m vllm_prune.train_shapes     # writes vllm_prune/assets/shapes-llava
+
+Plain PyTorch on transformers' ``LlavaForConditionalGeneration``, seeded; 3000 steps of
+4 train images (under 30 minutes on 2 CPU cores). Every weight starts random: there is
+no pretrained tower or LLM to start from here. Three things help it learn (not yet
+enough to reach the accuracy ``make serve``'s default needs: see shapes_llava):
+
+- Every question per image. The benchmark asks four questions of an image; training
+  asks all its templates can (existence of each drawn kind and as many absent ones,
+  colour, count of each shape, location of each object). The visual prefix (``user :``
+  and the 576 image tokens) does not depend on the question, so the LLM runs it once
+  per image and the questions continue from its KV cache: the same logits as full
+  sequences (``tests/test_train_shapes.py``) at a fraction of the cost.
+- Warm-up questions (training only): "is there a red circle" needs the question's
+  words and the image together, so at first neither lowers the loss and the model sits
+  at chance. Questions that need the image alone ("how many objects") or one word ("is
+  there a circle", "is there a red object") teach it to read the image first.
+- Dense losses on the tower (training only, ``PatchHeads``): per patch, the kind of
+  object it shows and whose centre it holds, and its 3 x 3 cell. They are local, so
+  what a patch knows stays in that patch: pruning it loses it, as in a real tower.
+
+The LLM also gets the next-token loss on the question words (its only language
+training). Prompts are what the server builds for a ``shapes`` sample: the chat
+template over ``<image>\n{question}\n{SHORT_ANSWER}``; pixels are the image
+processor's. Accuracy is exact match of the greedy answer, computed teacher-forced
+(greedy decoding gives the answer exactly when every answer token and ``</s>`` is the
+argmax).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, LlavaForConditionalGeneration
+
+from vllm_prune.demo_model import IMAGE_SIZE, IMAGE_TOKEN, PATCH_SIZE
+from vllm_prune.eval import shapes
+from vllm_prune.eval.sample import SHORT_ANSWER
+from vllm_prune.shapes_llava import FOLDER, build_config, build_processor, build_tokenizer, save
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, 3, H, W), normalised as the image processor does
+    prefix: torch.Tensor  # (prefix text tokens,) ids before the image
+    suffix: torch.Tensor  # (rows, S) question, "assistant :", answer, </s>, right-padded
+    labels: torch.Tensor  # (rows, S) next-token targets, IGNORE outside the answer
+    types: list[str]  # question type per suffix row
+    image_of_row: torch.Tensor  # (rows,) which image each suffix row asks about
+    content: torch.Tensor  # (B, 576) kind of the object covering each patch, 0 = none
+    centre: torch.Tensor  # (B, 576) kind of the object centred in each patch, 0 = none
+
+
+class Encoder:
+    """Images and questions to tensors, exactly as the server's processor would see them."""
+
+    def __init__(self) -> None:
+        self.tokenizer = build_tokenizer()
+        processor = build_processor(self.tokenizer).image_processor
+        self.mean = torch.tensor(processor.image_mean).view(3, 1, 1)
+        self.std = torch.tensor(processor.image_std).view(3, 1, 1)
+        self.image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def pixels(self, image) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (array - self.mean) / self.std
+
+    @functools.cache  # noqa: B019 - one encoder per run, a few dozen distinct questions
+    def prompt_ids(self, question: str) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}\n{SHORT_ANSWER}"}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def batch(self, split: str, indices: list[int], every_question: bool = False) -> Batch:
+        """The benchmark's four questions per image, or with ``every_question`` all the
+        questions its templates can ask of the image (training: many answers per prefix)."""
+        pixels, rows, types, content, centre, image_of_row = [], [], [], [], [], []
+        prefix: list[int] | None = None
+        for position, index in enumerate(indices):
+            items = shapes.image_items(split, index)
+            objects = items[0].objects
+            pixels.append(self.pixels(items[0].image))
+            patch_content, patch_centre = patch_targets(objects)
+            content.append(patch_content)
+            centre.append(patch_centre)
+            asked = (
+                every_template_question(objects, random.Random(index))
+                if every_question
+                else [(item.type, item.question, item.answer) for item in items]
+            )
+            for kind_, question, answer_text in asked:
+                ids = self.prompt_ids(question)
+                cut = ids.index(self.image_id)
+                prefix = prefix or ids[:cut]
+                assert ids[:cut] == prefix, "the text before the image must not vary"
+                answer = self.tokenizer(answer_text, add_special_tokens=False).input_ids
+                rows.append((ids[cut + 1 :], answer + [self.tokenizer.eos_token_id]))
+                types.append(kind_)
+                image_of_row.append(position)
+        width = max(len(q) + len(a) for q, a in rows)
+        suffix = torch.full((len(rows), width), self.pad_id)
+        labels = torch.full((len(rows), width), IGNORE)
+        for row, (question, answer) in enumerate(rows):
+            ids = question + answer
+            suffix[row, : len(ids)] = torch.tensor(ids)
+            # position p predicts token p + 1: the last question token predicts the answer
+            labels[row, len(question) - 1 : len(ids) - 1] = torch.tensor(answer)
+        assert prefix is not None
+        return Batch(
+            torch.stack(pixels),
+            torch.tensor(prefix),
+            suffix,
+            labels,
+            types,
+            torch.tensor(image_of_row),
+            torch.stack(content),
+            torch.stack(centre),
+        )
+
+
+def every_template_question(
+    objects: tuple[shapes.Shape, ...], rng: random.Random
+) -> list[tuple[str, str, str]]:
+    """(type, question, answer) for every question ``shapes`` can ask of these objects:
+    existence of each drawn kind and as many absent ones, colour of each shape drawn
+    once, count of each shape, location of each object."""
+    drawn = {(obj.shape, obj.color) for obj in objects}
+    absent = [(s, c) for s in shapes.SHAPES for c in shapes.COLORS if (s, c) not in drawn]
+    asked = [(kind_, "yes") for kind_ in sorted(drawn)]
+    asked += [(kind_, "no") for kind_ in rng.sample(absent, min(len(drawn), len(absent)))]
+    out = [("existence", f"Is there a {c} {s}?", answer) for (s, c), answer in asked]
+    for shape in shapes.SHAPES:
+        same = [obj for obj in objects if obj.shape == shape]
+        if len(same) == 1:
+            out.append(("color", f"What color is the {shape}?", same[0].color))
+        out.append(("count", f"How many {shape}s are there?", str(len(same))))
+    for obj in objects:
+        out.append(("location", f"Where is the {obj.color} {obj.shape}?", shapes.CELLS[obj.cell]))
+    return out + warm_up_questions(objects, rng)
+
+
+def warm_up_questions(
+    objects: tuple[shapes.Shape, ...], rng: random.Random
+) -> list[tuple[str, str, str]]:
+    """Training-only questions that break the benchmark's chicken-and-egg: an answer like
+    "is there a red circle" needs both the question's words and the image, so neither
+    alone lowers the loss at first. These need the image alone (how many objects) or one
+    word (a shape, or a colour), so the LLM learns to read the image first."""
+    out = [("warm-up", "How many objects are there?", str(len(objects)))]
+    shape = rng.choice(shapes.SHAPES)
+    present = any(obj.shape == shape for obj in objects)
+    out.append(("warm-up", f"Is there a {shape}?", "yes" if present else "no"))
+    color = rng.choice(list(shapes.COLORS))
+    present = any(obj.color == color for obj in objects)
+    out.append(("warm-up", f"Is there a {color} object?", "yes" if present else "no"))
+    return out
+
+
+GRID = IMAGE_SIZE // PATCH_SIZE  # 24 patches a side
+KINDS = 1 + len(shapes.SHAPES) * len(shapes.COLORS)  # 0 = nothing
+MIN_COVER = 16  # pixels of an object a patch needs to count as showing it
+
+
+def kind(obj: shapes.Shape) -> int:
+    return (
+        1
+        + shapes.SHAPES.index(obj.shape) * len(shapes.COLORS)
+        + list(shapes.COLORS).index(obj.color)
+    )
+
+
+def patch_targets(objects: tuple[shapes.Shape, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch, in raster order: the kind of object it shows most (``MIN_COVER`` pixels
+    at least), and the kind of object whose box centre it holds."""
+    ids = np.asarray(shapes.object_map(objects, IMAGE_SIZE), dtype=np.int64)
+    patches = ids.reshape(GRID, PATCH_SIZE, GRID, PATCH_SIZE).transpose(0, 2, 1, 3)
+    counts = np.stack([(patches == i + 1).sum(axis=(2, 3)) for i in range(len(objects))])
+    kinds = np.array([kind(obj) for obj in objects])
+    content = np.where(counts.max(0) >= MIN_COVER, kinds[counts.argmax(0)], 0)
+    centre = np.zeros((GRID, GRID), dtype=np.int64)
+    for obj in objects:
+        x, y = (obj.box[0] + obj.box[2]) // 2, (obj.box[1] + obj.box[3]) // 2
+        centre[y // PATCH_SIZE, x // PATCH_SIZE] = kind(obj)
+    return torch.from_numpy(content.reshape(-1)), torch.from_numpy(centre.reshape(-1))
+
+
+class PatchHeads(torch.nn.Module):
+    """Training-only linear read-outs of the tower's features (dense auxiliary losses that
+    give a tower trained from scratch a fast start); not part of the checkpoint."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.content = torch.nn.Linear(width, KINDS)
+        self.centre = torch.nn.Linear(width, KINDS)
+        self.cell = torch.nn.Linear(width, 9)
+        rows = torch.arange(GRID).repeat_interleave(GRID)
+        cols = torch.arange(GRID).repeat(GRID)
+        self.register_buffer("cells", (rows * 3 // GRID) * 3 + cols * 3 // GRID)
+
+    def loss(self, vision: torch.Tensor, batch: Batch) -> torch.Tensor:
+        cells = self.cells.expand(vision.shape[0], -1)
+        return sum(
+            F.cross_entropy(head(vision).flatten(0, 1), target.flatten())
+            for head, target in (
+                (self.content, batch.content),
+                (self.centre, batch.centre),
+                (self.cell, cells),
+            )
+        )
+
+
+def logits(model: LlavaForConditionalGeneration, batch: Batch) -> torch.Tensor:
+    return forward(model, batch)[0]
+
+
+def forward(
+    model: LlavaForConditionalGeneration, batch: Batch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Suffix logits (B * 4, S, V) and the tower's patch features; the image prefix runs
+    once per image."""
+    vision = model.model.vision_tower(batch.pixels).last_hidden_state[:, 1:]  # drop [CLS]
+    image = model.model.multi_modal_projector(vision)
+    llm = model.model.language_model
+    text = llm.embed_tokens(batch.prefix).expand(image.shape[0], -1, -1)
+    prefix = torch.cat([text, image], dim=1)
+    cache = DynamicCache(config=llm.config)
+    llm(inputs_embeds=prefix, past_key_values=cache, use_cache=True)
+    cache.batch_select_indices(batch.image_of_row)  # each question row gets its image's KV
+    start = prefix.shape[1]
+    positions = torch.arange(start, start + batch.suffix.shape[1]).expand(batch.suffix.shape[0], -1)
+    hidden = llm(
+        input_ids=batch.suffix, past_key_values=cache, position_ids=positions, use_cache=True
+    ).last_hidden_state
+    return model.lm_head(hidden), vision
+
+
+def question_loss(out: torch.Tensor, batch: Batch, pad_id: int) -> torch.Tensor:
+    """Next-token loss on the question words too: the LLM is trained from scratch, so
+    this is its language-model training on the only text it will see."""
+    targets = batch.suffix[:, 1:].masked_fill(batch.suffix[:, 1:] == pad_id, IGNORE)
+    return F.cross_entropy(out[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+
+
+def exact(logits_: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: every answer token (and </s>) is the argmax."""
+    wrong = (logits_.argmax(-1) != labels) & (labels != IGNORE)
+    return ~wrong.any(dim=1)
+
+
+def evaluate(
+    model: LlavaForConditionalGeneration, encoder: Encoder, images: int, batch_size: int = 16
+) -> dict[str, float]:
+    """Accuracy per question type on the first ``images`` test images."""
+    right: dict[str, list[bool]] = {kind: [] for kind in shapes.QUESTION_TYPES}
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, images, batch_size):
+            batch = encoder.batch("test", list(range(start, min(images, start + batch_size))))
+            oks = exact(logits(model, batch), batch.labels).tolist()
+            for kind, ok in zip(batch.types, oks, strict=True):
+                right[kind].append(ok)
+    model.train()
+    return {kind: sum(oks) / len(oks) for kind, oks in right.items()}
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(args: argparse.Namespace) -> LlavaForConditionalGeneration:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    encoder = Encoder()
+    model = LlavaForConditionalGeneration(build_config(encoder.tokenizer.get_vocab()))
+    model.train()
+    heads = PatchHeads(model.config.vision_config.hidden_size)
+    parameters = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
+    order = random.Random(args.seed)
+    started = time.perf_counter()
+    for step in range(args.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        indices = order.sample(range(args.train_images), args.batch)
+        batch = encoder.batch("train", indices, every_question=True)
+        out, vision = forward(model, batch)
+        loss = F.cross_entropy(out.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
+        patch_loss = heads.loss(vision, batch)
+        text_loss = question_loss(out, batch, encoder.pad_id)
+        optimizer.zero_grad(set_to_none=True)
+        (loss + args.patch_weight * patch_loss + args.text_weight * text_loss).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            elapsed = time.perf_counter() - started
+            print(
+                f"step {step} loss {loss.item():.4f} patch loss {patch_loss.item():.4f} "
+                f"{elapsed / 60:.1f} min",
+                flush=True,
+            )
+        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+            scores = evaluate(model, encoder, args.eval_images)
+            print("eval", " ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=FOLDER)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=4, help="images per step")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--train-images", type=int, default=200_000)
+    parser.add_argument("--eval-images", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--patch-weight", type=float, default=1.0)
+    parser.add_argument("--text-weight", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    model = train(args)
+    print("saved", save(model, args.out))
+
+
+if __name__ == "__main__":
+    main()
