@@ -105,7 +105,7 @@ def local_server(
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        _wait_healthy(process, url, log)
+        wait_healthy(process, url, log)
         yield LocalServer(url=url, log=log)
     finally:
         _stop(process)
@@ -117,7 +117,8 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _wait_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
+def wait_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
+    """Until GET /health answers 200; a server that exits first raises with its log's tail."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ import pytest
 import requests
 from openai import OpenAI
 
+from loadtests.local_server import wait_healthy
 from server.cli import DEMO_ARGS, DEMO_NAME
 from vllm_prune.demo_model import build_tiny_llava
 
-STARTUP_TIMEOUT_S = 420
 BLOCK_SIZE = 32  # the smallest KV block the CPU attention backend takes (default 128)
 TRACE_FILE = "prune-trace.jsonl"  # beside the server logs: what the servers kept (VLLM_PRUNE_TRACE)
 
@@ -68,22 +67,6 @@ def _start(command: list[str], log: Path, env: dict[str, str]) -> tuple[subproce
     return process, f"http://127.0.0.1:{port}"
 
 
-def _wait_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {process.returncode}:\n{log.read_text()[-6000:]}"
-            )
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-6000:]}")
-
-
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
     """SIGTERM the process group started with ``start_new_session``, SIGKILL if it lingers."""
     if process.poll() is None:
@@ -120,7 +103,7 @@ def running(root: Path, commands: dict[str, list[str]]) -> Iterator[dict[str, Se
             chosen = plain_env if name.startswith("plain") else env
             started[name] = (*_start(command, log, chosen), log)
         for process, url, log in started.values():
-            _wait_healthy(process, url, log)
+            wait_healthy(process, url, log)
         yield {name: Server(url, process, log) for name, (process, url, log) in started.items()}
     finally:
         for process, _, _ in started.values():

@@ -107,27 +107,15 @@ def tiny_llama_config(vocab: dict[str, int], max_positions: int):  # type: ignor
     )
 
 
-def build_tiny_llava(path: Path | None = None) -> Path:
-    """Write the tiny model's config, tokenizer and processor to ``path``."""
-    from transformers import (
-        CLIPImageProcessor,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    path = Path(path or default_dir())
-    path.mkdir(parents=True, exist_ok=True)
-
-    tokenizer = word_tokenizer(SPECIAL_TOKENS, WORDS, extra_special=[IMAGE_TOKEN])
-    vocab = tokenizer.get_vocab()
-    tokenizer.chat_template = CHAT_TEMPLATE
+def llava_processor(tokenizer):  # type: ignore[no-untyped-def]
+    """LLaVA-1.5's processor: 336 px CLIP preprocessing, one ``<image>`` per visual token."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
 
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
@@ -136,6 +124,19 @@ def build_tiny_llava(path: Path | None = None) -> Path:
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
+
+
+def build_tiny_llava(path: Path | None = None) -> Path:
+    """Write the tiny model's config, tokenizer and processor to ``path``."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    path = Path(path or default_dir())
+    path.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = word_tokenizer(SPECIAL_TOKENS, WORDS, extra_special=[IMAGE_TOKEN])
+    vocab = tokenizer.get_vocab()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    processor = llava_processor(tokenizer)
 
     vision = tiny_clip_config()
     text = tiny_llama_config(vocab, max_positions=2048)

@@ -27,6 +27,7 @@ from vllm_prune.demo_model import (
     SPECIAL_TOKENS,
     WORDS,
     checkpoint_name,
+    llava_processor,
     word_tokenizer,
 )
 from vllm_prune.eval import shapes
@@ -102,21 +103,7 @@ def build_config(vocab: dict[str, int]):  # type: ignore[no-untyped-def]
 
 
 def build_processor(tokenizer):  # type: ignore[no-untyped-def]
-    from transformers import CLIPImageProcessor, LlavaProcessor
-
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        image_token=IMAGE_TOKEN,
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return llava_processor(tokenizer)
 
 
 def save(model, path: Path) -> Path:  # type: ignore[no-untyped-def]
