@@ -22,7 +22,9 @@ from vllm_prune.train_shapes import (
     GRID,
     IGNORE,
     Encoder,
+    asked_in,
     every_template_question,
+    focus_row,
     forward,
     kind,
     patch_targets,
@@ -40,7 +42,7 @@ def test_shared_prefix_forward_equals_transformers_on_full_prompts(encoder: Enco
     model.eval()
     batch = encoder.batch("train", [3, 4], every_question=True)
     with torch.no_grad():
-        shared = forward(model, batch)[0]
+        shared = forward(model, batch).logits
         for row in (0, 5, len(batch.types) - 1):
             image = batch.image_of_row[row]
             ids = torch.cat(
@@ -86,7 +88,7 @@ def test_every_template_question_is_true_of_the_scene() -> None:
         asked = every_template_question(objects, random.Random(seed))
         drawn = {(o.color, o.shape) for o in objects}
         yes = no = 0
-        for kind_, question, answer in asked:
+        for kind_, question, answer, _focus in asked:
             words = question.rstrip("?").split()
             if kind_ == "existence":
                 assert ((words[3], words[4]) in drawn) == (answer == "yes")
@@ -126,3 +128,39 @@ def test_patch_targets_follow_the_object_map() -> None:
         }
         assert covered and all(content[p] == kind(obj) for p in covered)
     assert (centre > 0).sum() == len(objects)
+
+
+def test_focus_is_where_the_answer_is() -> None:
+    """The attention targets: the asked object's patches, the first token for "nothing",
+    each counted object's centre plus one share for the first token."""
+    prefix = 2
+    for seed in range(30):
+        objects = shapes.make_scene(seed)
+        content, centre = patch_targets(objects)
+        for kind_, question, answer, focus in every_template_question(
+            objects, random.Random(seed)
+        ):
+            row = focus_row(prefix, content, centre, focus)
+            torch.testing.assert_close(row.sum(), torch.tensor(1.0))
+            image, sink = row[prefix:], row[0]
+            if kind_ == "existence" and answer == "no":
+                assert sink == 1.0
+            elif kind_ == "count":
+                n = int(answer)
+                assert sink == pytest.approx(1 / (n + 1))
+                assert int((image > 0).sum()) == n
+                assert all(int(centre[p]) in focus[1] for p in torch.nonzero(image).flatten())
+            elif kind_ in ("existence", "color", "location"):
+                (target,) = focus[1]
+                assert sink == 0
+                hit = (content == target) | (centre == target)
+                assert torch.equal(image > 0, hit) and hit.any()
+        assert focus_row(prefix, content, centre).sum() == 0  # no target: no loss
+
+
+def test_asked_in_names_colour_and_shape() -> None:
+    assert asked_in("Is there a red circle?") == (1, 1)
+    assert asked_in("How many squares are there?") == (0, 2)
+    assert asked_in("What color is the triangle?") == (0, 3)
+    assert asked_in("Is there a purple object?") == (5, 0)
+    assert asked_in("How many objects are there?") == (0, 0)

@@ -85,6 +85,7 @@ def build_config(vocab: dict[str, int]):  # type: ignore[no-untyped-def]
         num_key_value_heads=2,
         head_dim=32,  # the CPU attention kernels' minimum
         max_position_embeddings=2048,
+        rope_theta=1e6,  # slow rotations: patches 600 tokens back still match by content
         bos_token_id=vocab["<s>"],
         eos_token_id=vocab["</s>"],
         pad_token_id=vocab["<pad>"],

@@ -4,8 +4,10 @@
 
 Plain PyTorch on transformers' ``LlavaForConditionalGeneration``, seeded; 3000 steps of
 4 train images (under 30 minutes on 2 CPU cores). Every weight starts random: there is
-no pretrained tower or LLM to start from here. Three things help it learn (not yet
-enough to reach the accuracy ``make serve``'s default needs: see shapes_llava):
+no pretrained tower or LLM to start from here. Trained on the answers alone, the model
+sits at chance for thousands of steps: "is there a red circle" needs the question's
+words and the matching patches together, so neither alone lowers the loss. What gets it
+there in the budget:
 
 - Every question per image. The benchmark asks four questions of an image; training
   asks all its templates can (existence of each drawn kind and as many absent ones,
@@ -13,20 +15,27 @@ enough to reach the accuracy ``make serve``'s default needs: see shapes_llava):
   and the 576 image tokens) does not depend on the question, so the LLM runs it once
   per image and the questions continue from its KV cache: the same logits as full
   sequences (``tests/test_train_shapes.py``) at a fraction of the cost.
-- Warm-up questions (training only): "is there a red circle" needs the question's
-  words and the image together, so at first neither lowers the loss and the model sits
-  at chance. Questions that need the image alone ("how many objects") or one word ("is
-  there a circle", "is there a red object") teach it to read the image first.
-- Dense losses on the tower (training only, ``PatchHeads``): per patch, the kind of
-  object it shows and whose centre it holds, and its 3 x 3 cell. They are local, so
-  what a patch knows stays in that patch: pruning it loses it, as in a real tower.
+- Focus losses (``focus_loss``): at the position that predicts the answer, one head of
+  LLM layer 0 is trained to read the question's words, and one head of layer 1 to
+  attend to the patches of the object asked about (its centre, for counts, beside the
+  first token; the first token alone when it is absent). Linear probes (``Probes``)
+  make that position hold the asked colour and shape, and each image token its
+  object's kind, so the match is not a product of two near-zero terms at the start.
+  The rest of the model learns to answer from what that head reads. This is like
+  supervising grounding in a real VLM, and it matters for the pruning results: the
+  question's attention to the image is sharp and lands on the object, which is what
+  text-guided methods (FastV and the like) rank tokens by.
+- Warm-up questions (training only) that need the image alone ("how many objects") or
+  one word ("is there a circle", "is there a red object").
+- Dense losses on the tower (``PatchHeads``): per patch, the kind of object it shows
+  and whose centre it holds, and its 3 x 3 cell. They are local, so what a patch knows
+  stays in that patch: pruning it loses it, as in a real tower.
+- The next-token loss on the question words (the LLM's only language training).
 
-The LLM also gets the next-token loss on the question words (its only language
-training). Prompts are what the server builds for a ``shapes`` sample: the chat
-template over ``<image>\n{question}\n{SHORT_ANSWER}``; pixels are the image
-processor's. Accuracy is exact match of the greedy answer, computed teacher-forced
-(greedy decoding gives the answer exactly when every answer token and ``</s>`` is the
-argmax).
+Prompts are what the server builds for a ``shapes`` sample: the chat template over
+``<image>\n{question}\n{SHORT_ANSWER}``; pixels are the image processor's. Accuracy is
+exact match of the greedy answer, computed teacher-forced (greedy decoding gives the
+answer exactly when every answer token and ``</s>`` is the argmax).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import argparse
 import functools
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +72,9 @@ class Batch:
     image_of_row: torch.Tensor  # (rows,) which image each suffix row asks about
     content: torch.Tensor  # (B, 576) kind of the object covering each patch, 0 = none
     centre: torch.Tensor  # (B, 576) kind of the object centred in each patch, 0 = none
+    focus: torch.Tensor  # (rows, prefix + 576) where the answer's attention should go; 0 rows = free
+    question: torch.Tensor  # (rows,) question tokens at the start of each suffix row
+    asked: torch.Tensor  # (rows, 2) the colour and shape a question names, 0 = none
 
 
 class Encoder:
@@ -91,7 +104,8 @@ class Encoder:
     def batch(self, split: str, indices: list[int], every_question: bool = False) -> Batch:
         """The benchmark's four questions per image, or with ``every_question`` all the
         questions its templates can ask of the image (training: many answers per prefix)."""
-        pixels, rows, types, content, centre, image_of_row = [], [], [], [], [], []
+        pixels, rows, types, content, centre, image_of_row, focus = [], [], [], [], [], [], []
+        question_lengths, asked_kind = [], []
         prefix: list[int] | None = None
         for position, index in enumerate(indices):
             items = shapes.image_items(split, index)
@@ -105,7 +119,7 @@ class Encoder:
                 if every_question
                 else [(item.type, item.question, item.answer) for item in items]
             )
-            for kind_, question, answer_text in asked:
+            for kind_, question, answer_text, *spec in asked:
                 ids = self.prompt_ids(question)
                 cut = ids.index(self.image_id)
                 prefix = prefix or ids[:cut]
@@ -114,6 +128,9 @@ class Encoder:
                 rows.append((ids[cut + 1 :], answer + [self.tokenizer.eos_token_id]))
                 types.append(kind_)
                 image_of_row.append(position)
+                focus.append(focus_row(len(prefix), patch_content, patch_centre, *spec[:1]))
+                asked_kind.append(asked_in(question))
+                question_lengths.append(len(self.tokenizer(question.rstrip("?")).input_ids))
         width = max(len(q) + len(a) for q, a in rows)
         suffix = torch.full((len(rows), width), self.pad_id)
         labels = torch.full((len(rows), width), IGNORE)
@@ -132,45 +149,94 @@ class Encoder:
             torch.tensor(image_of_row),
             torch.stack(content),
             torch.stack(centre),
+            torch.stack(focus),
+            torch.tensor(question_lengths),
+            torch.tensor(asked_kind),
         )
+
+
+Focus = tuple[str, tuple[int, ...], bool]  # patches ("content"/"centre"), of kinds, + sink
 
 
 def every_template_question(
     objects: tuple[shapes.Shape, ...], rng: random.Random
-) -> list[tuple[str, str, str]]:
-    """(type, question, answer) for every question ``shapes`` can ask of these objects:
-    existence of each drawn kind and as many absent ones, colour of each shape drawn
-    once, count of each shape, location of each object."""
+) -> list[tuple[str, str, str, Focus]]:
+    """(type, question, answer, focus) for every question ``shapes`` can ask of these
+    objects: existence of each drawn kind and as many absent ones, colour of each shape
+    drawn once, count of each shape, location of each object; then the warm-ups."""
     drawn = {(obj.shape, obj.color) for obj in objects}
     absent = [(s, c) for s in shapes.SHAPES for c in shapes.COLORS if (s, c) not in drawn]
-    asked = [(kind_, "yes") for kind_ in sorted(drawn)]
-    asked += [(kind_, "no") for kind_ in rng.sample(absent, min(len(drawn), len(absent)))]
-    out = [("existence", f"Is there a {c} {s}?", answer) for (s, c), answer in asked]
+    out: list[tuple[str, str, str, Focus]] = []
+    for obj in sorted(objects, key=lambda o: (o.shape, o.color)):
+        question = f"Is there a {obj.color} {obj.shape}?"
+        out.append(("existence", question, "yes", ("content", (kind(obj),), False)))
+    for shape, color in rng.sample(absent, min(len(drawn), len(absent))):
+        out.append(("existence", f"Is there a {color} {shape}?", "no", ("content", (), True)))
     for shape in shapes.SHAPES:
-        same = [obj for obj in objects if obj.shape == shape]
+        same = tuple(kind(obj) for obj in objects if obj.shape == shape)
         if len(same) == 1:
-            out.append(("color", f"What color is the {shape}?", same[0].color))
-        out.append(("count", f"How many {shape}s are there?", str(len(same))))
+            color = next(obj.color for obj in objects if obj.shape == shape)
+            focus: Focus = ("content", same, False)
+            out.append(("color", f"What color is the {shape}?", color, focus))
+        question = f"How many {shape}s are there?"
+        out.append(("count", question, str(len(same)), ("centre", same, True)))
     for obj in objects:
-        out.append(("location", f"Where is the {obj.color} {obj.shape}?", shapes.CELLS[obj.cell]))
+        question = f"Where is the {obj.color} {obj.shape}?"
+        focus = ("content", (kind(obj),), False)
+        out.append(("location", question, shapes.CELLS[obj.cell], focus))
     return out + warm_up_questions(objects, rng)
 
 
 def warm_up_questions(
     objects: tuple[shapes.Shape, ...], rng: random.Random
-) -> list[tuple[str, str, str]]:
+) -> list[tuple[str, str, str, Focus]]:
     """Training-only questions that break the benchmark's chicken-and-egg: an answer like
     "is there a red circle" needs both the question's words and the image, so neither
     alone lowers the loss at first. These need the image alone (how many objects) or one
     word (a shape, or a colour), so the LLM learns to read the image first."""
-    out = [("warm-up", "How many objects are there?", str(len(objects)))]
+    every = tuple(kind(obj) for obj in objects)
+    out = [("warm-up", "How many objects are there?", str(len(objects)), ("centre", every, True))]
     shape = rng.choice(shapes.SHAPES)
-    present = any(obj.shape == shape for obj in objects)
-    out.append(("warm-up", f"Is there a {shape}?", "yes" if present else "no"))
+    same = tuple(kind(obj) for obj in objects if obj.shape == shape)
+    focus: Focus = ("content", same, not same)
+    out.append(("warm-up", f"Is there a {shape}?", "yes" if same else "no", focus))
     color = rng.choice(list(shapes.COLORS))
-    present = any(obj.color == color for obj in objects)
-    out.append(("warm-up", f"Is there a {color} object?", "yes" if present else "no"))
+    same = tuple(kind(obj) for obj in objects if obj.color == color)
+    focus = ("content", same, not same)
+    out.append(("warm-up", f"Is there a {color} object?", "yes" if same else "no", focus))
     return out
+
+
+def asked_in(question: str) -> tuple[int, int]:
+    """The colour and shape a question names (1-based; 0 = none): "squares" names square."""
+    words = re.findall(r"[a-z]+", question.lower())
+    color = next((i + 1 for i, c in enumerate(shapes.COLORS) if c in words), 0)
+    shape = next(
+        (i + 1 for i, s in enumerate(shapes.SHAPES) if s in words or f"{s}s" in words), 0
+    )
+    return color, shape
+
+
+def focus_row(
+    prefix: int, content: torch.Tensor, centre: torch.Tensor, focus: Focus | None = None
+) -> torch.Tensor:
+    """Where the answer should look, as a distribution over the prefix text and the image
+    patches: evenly over the patches named by ``focus`` (those showing an object of the
+    given kinds, or holding its centre) and, with the sink flag, the first token ("nothing here",
+    or for counts one share beside each object's centre). All zero: no target."""
+    row = torch.zeros(prefix + GRID * GRID)
+    if focus is None:
+        return row
+    patches, kinds, sink = focus
+    kinds_ = torch.tensor(kinds, dtype=centre.dtype)
+    hit = torch.isin(centre, kinds_)  # a tiny object may cover no patch enough for content
+    if patches == "content":
+        hit |= torch.isin(content, kinds_)
+    row[prefix:] = hit.float()
+    if sink:
+        row[0] = 1.0
+    assert row.sum() > 0, f"empty focus {focus}"
+    return row / row.sum()
 
 
 GRID = IMAGE_SIZE // PATCH_SIZE  # 24 patches a side
@@ -227,28 +293,111 @@ class PatchHeads(torch.nn.Module):
 
 
 def logits(model: LlavaForConditionalGeneration, batch: Batch) -> torch.Tensor:
-    return forward(model, batch)[0]
+    return forward(model, batch).logits
 
 
-def forward(
-    model: LlavaForConditionalGeneration, batch: Batch
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Suffix logits (B * 4, S, V) and the tower's patch features; the image prefix runs
-    once per image."""
+# The attention heads the focus losses train, as (layer, head): at the position that
+# predicts the answer, one reads the question's words, a later one the image patches
+# those words name.
+QUESTION_HEAD, IMAGE_HEAD = (0, 0), (1, 0)
+
+
+@dataclass
+class Outputs:
+    logits: torch.Tensor  # (rows, S, V) over the suffix
+    vision: torch.Tensor  # (B, 576, width) the tower's patch features
+    # Entering the image head's layer: the image tokens (B, 576, D) and the suffix (rows, S, D)
+    image_hidden: torch.Tensor
+    suffix_hidden: torch.Tensor
+    # The question and image heads' attention over the suffix (rows, S, keys each); only
+    # when the LLM runs eager attention (training)
+    attention: tuple[torch.Tensor, torch.Tensor] | None
+
+
+def forward(model: LlavaForConditionalGeneration, batch: Batch) -> Outputs:
+    """The image prefix runs once per image; each question row continues from its
+    image's KV cache."""
     vision = model.model.vision_tower(batch.pixels).last_hidden_state[:, 1:]  # drop [CLS]
     image = model.model.multi_modal_projector(vision)
     llm = model.model.language_model
     text = llm.embed_tokens(batch.prefix).expand(image.shape[0], -1, -1)
     prefix = torch.cat([text, image], dim=1)
     cache = DynamicCache(config=llm.config)
-    llm(inputs_embeds=prefix, past_key_values=cache, use_cache=True)
+    before = llm(
+        inputs_embeds=prefix, past_key_values=cache, use_cache=True, output_hidden_states=True
+    ).hidden_states[IMAGE_HEAD[0]]
     cache.batch_select_indices(batch.image_of_row)  # each question row gets its image's KV
     start = prefix.shape[1]
     positions = torch.arange(start, start + batch.suffix.shape[1]).expand(batch.suffix.shape[0], -1)
-    hidden = llm(
-        input_ids=batch.suffix, past_key_values=cache, position_ids=positions, use_cache=True
-    ).last_hidden_state
-    return model.lm_head(hidden), vision
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [
+        llm.layers[layer].self_attn.register_forward_hook(
+            lambda _module, _inputs, output, layer=layer: seen.__setitem__(layer, output[1])
+        )
+        for layer in {QUESTION_HEAD[0], IMAGE_HEAD[0]}
+    ]
+    try:
+        out = llm(
+            input_ids=batch.suffix,
+            past_key_values=cache,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    attention = None
+    if seen.get(IMAGE_HEAD[0]) is not None:
+        attention = tuple(seen[layer][:, head] for layer, head in (QUESTION_HEAD, IMAGE_HEAD))
+    return Outputs(
+        model.lm_head(out.last_hidden_state),
+        vision,
+        before[:, text.shape[1] :],
+        out.hidden_states[IMAGE_HEAD[0]],
+        attention,
+    )
+
+
+class Probes(torch.nn.Module):
+    """Training-only linear read-outs where the image head matches question to patches:
+    the answer position must already hold the asked colour and shape, and each image
+    token its object's kind. Without them both sides start near zero and the match
+    (a product of the two) sits on a saddle for thousands of steps. Not shipped."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.color = torch.nn.Linear(width, 1 + len(shapes.COLORS))
+        self.shape = torch.nn.Linear(width, 1 + len(shapes.SHAPES))
+        self.kind = torch.nn.Linear(width, KINDS)
+
+    def loss(self, outputs: Outputs, batch: Batch) -> torch.Tensor:
+        at = (batch.labels != IGNORE).int().argmax(dim=1)
+        asked = outputs.suffix_hidden[torch.arange(len(at)), at]
+        return (
+            F.cross_entropy(self.color(asked), batch.asked[:, 0])
+            + F.cross_entropy(self.shape(asked), batch.asked[:, 1])
+            + F.cross_entropy(self.kind(outputs.image_hidden).flatten(0, 1), batch.content.flatten())
+        )
+
+
+def focus_loss(attention: tuple[torch.Tensor, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Tells the LLM where to look, at the position that predicts the answer, instead of
+    leaving it to find out from the answer's loss alone (from scratch, that takes
+    thousands of steps): the cross-entropy of the question head's attention against
+    the question's words, and of the image head's against the row's focus."""
+    question, image = attention
+    at = (batch.labels != IGNORE).int().argmax(dim=1)  # first answer label
+    rows = torch.arange(len(at))
+    keys = batch.focus.shape[1]  # the prefix: its text and the image
+    # evenly over the words: all the mass on one (say the "?") would be the easy way out
+    words = (torch.arange(question.shape[-1] - keys) < batch.question[:, None]).float()
+    words = words / words.sum(dim=1, keepdim=True)
+    read = -(words * torch.log(question[rows, at, keys:] + 1e-9)).sum(dim=1).mean()
+    weights = image[rows, at, :keys]
+    wanted = batch.focus.sum(dim=1) > 0
+    look = -(batch.focus * torch.log(weights + 1e-9)).sum(dim=1)[wanted].mean()
+    return read + look
 
 
 def question_loss(out: torch.Tensor, batch: Batch, pad_id: int) -> torch.Tensor:
@@ -291,10 +440,13 @@ def train(args: argparse.Namespace) -> LlavaForConditionalGeneration:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     encoder = Encoder()
-    model = LlavaForConditionalGeneration(build_config(encoder.tokenizer.get_vocab()))
+    config = build_config(encoder.tokenizer.get_vocab())
+    config.text_config._attn_implementation = "eager"  # attention weights for the focus loss
+    model = LlavaForConditionalGeneration(config)
     model.train()
     heads = PatchHeads(model.config.vision_config.hidden_size)
-    parameters = [*model.parameters(), *heads.parameters()]
+    probes = Probes(model.config.text_config.hidden_size)
+    parameters = [*model.parameters(), *heads.parameters(), *probes.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
     order = random.Random(args.seed)
     started = time.perf_counter()
@@ -303,18 +455,23 @@ def train(args: argparse.Namespace) -> LlavaForConditionalGeneration:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         indices = order.sample(range(args.train_images), args.batch)
         batch = encoder.batch("train", indices, every_question=True)
-        out, vision = forward(model, batch)
+        outputs = forward(model, batch)
+        out = outputs.logits
         loss = F.cross_entropy(out.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
-        patch_loss = heads.loss(vision, batch)
+        patch_loss = heads.loss(outputs.vision, batch)
         text_loss = question_loss(out, batch, encoder.pad_id)
+        assert outputs.attention is not None
+        look_loss = focus_loss(outputs.attention, batch) + probes.loss(outputs, batch)
+        total = loss + args.patch_weight * patch_loss + args.text_weight * text_loss
         optimizer.zero_grad(set_to_none=True)
-        (loss + args.patch_weight * patch_loss + args.text_weight * text_loss).backward()
+        (total + args.focus_weight * look_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         if step % args.log_every == 0 or step == args.steps - 1:
             elapsed = time.perf_counter() - started
             print(
                 f"step {step} loss {loss.item():.4f} patch loss {patch_loss.item():.4f} "
+                f"focus loss {look_loss.item():.4f} "
                 f"{elapsed / 60:.1f} min",
                 flush=True,
             )
@@ -337,6 +494,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--patch-weight", type=float, default=1.0)
     parser.add_argument("--text-weight", type=float, default=1.0)
+    parser.add_argument("--focus-weight", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
