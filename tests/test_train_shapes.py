@@ -137,7 +137,7 @@ def test_focus_is_where_the_answer_is() -> None:
     for seed in range(30):
         objects = shapes.make_scene(seed)
         content, centre = patch_targets(objects)
-        for kind_, question, answer, focus in every_template_question(
+        for kind_, _question, answer, focus in every_template_question(
             objects, random.Random(seed)
         ):
             row = focus_row(prefix, content, centre, focus)
