@@ -22,8 +22,8 @@ within the budget, see shapes_llava):
   first token; the first token alone when it is absent). Linear probes (``Probes``)
   make those positions hold the asked colour and shape, and each image token its
   object's kind (and whose centre it holds), so the match is not a product of two
-  near-zero terms at the start.
-  The rest of the model learns to answer from what that head reads. This is like
+  near-zero terms at the start. The rest of the model learns to answer from what that
+  head reads. This is like
   supervising grounding in a real VLM, and it matters for the pruning results: the
   question's attention to the image is sharp and lands on the object, which is what
   text-guided methods (FastV and the like) rank tokens by.
@@ -222,8 +222,9 @@ def focus_row(
 ) -> torch.Tensor:
     """Where the answer should look, as a distribution over the prefix text and the image
     patches: evenly over the patches named by ``focus`` (those showing an object of the
-    given kinds, or holding its centre) and, with the sink flag, the first token ("nothing here",
-    or for counts one share beside each object's centre). All zero: no target."""
+    given kinds, or holding its centre) and, with the sink flag, the first token
+    ("nothing here", or for counts one share beside each object's centre). All zero:
+    no target."""
     row = torch.zeros(prefix + GRID * GRID)
     if focus is None:
         return row
@@ -374,9 +375,9 @@ class Probes(torch.nn.Module):
     the answer position must already hold the asked colour and shape, and each image
     token its object's kind and whose centre it holds (counts look at centres).
     Without them both sides start near zero and the match (a product of the two) sits
-    on a saddle for thousands of steps. And what that
-    layer's attention adds at each answer position must name the next answer token: a
-    short path for the gradient to the head's values. Not shipped."""
+    on a saddle for thousands of steps. And what that layer's attention adds at each
+    answer position must name the next answer token: a short path for the gradient to
+    the head's values. Not shipped."""
 
     def __init__(self, width: int, vocab: int) -> None:
         super().__init__()
