@@ -21,6 +21,8 @@ from vllm_prune.eval.sample import SHORT_ANSWER
 from vllm_prune.train_shapes import (
     GRID,
     IGNORE,
+    IMAGE_HEAD,
+    QUESTION_HEAD,
     Encoder,
     asked_in,
     every_template_question,
@@ -52,6 +54,39 @@ def test_shared_prefix_forward_equals_transformers_on_full_prompts(encoder: Enco
                 0, -batch.suffix.shape[1] :
             ]
             torch.testing.assert_close(shared[row], full, atol=1e-4, rtol=1e-4)
+
+
+def test_focus_heads_attention_equals_transformers_eager_attention(encoder: Encoder) -> None:
+    """The focus loss trains the attention rows ``forward`` returns: they must be the
+    model's own (transformers' eager attention over the full prompt), prefix and all."""
+    torch.manual_seed(0)
+    config = shapes_llava.build_config(encoder.tokenizer.get_vocab())
+    config.text_config._attn_implementation = "eager"
+    model = LlavaForConditionalGeneration(config).eval()
+    batch = encoder.batch("train", [3, 4], every_question=True)
+    length = batch.suffix.shape[1]
+    with torch.no_grad():
+        attention = forward(model, batch).attention
+        for row in (1, len(batch.types) - 2):
+            image = batch.image_of_row[row]
+            ids = torch.cat(
+                [batch.prefix, torch.full((GRID * GRID,), encoder.image_id), batch.suffix[row]]
+            )
+            full = model(
+                input_ids=ids[None], pixel_values=batch.pixels[image][None], output_attentions=True
+            ).attentions
+            for (layer, head), ours in zip((QUESTION_HEAD, IMAGE_HEAD), attention, strict=True):
+                expected = full[layer][0, head, -length:]
+                torch.testing.assert_close(ours[row], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_saved_checkpoint_loads_back(encoder: Encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(1)
+    model = LlavaForConditionalGeneration(shapes_llava.build_config(encoder.tokenizer.get_vocab()))
+    loaded = shapes_llava.load(shapes_llava.save(model, tmp_path / "checkpoint"))
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
 
 
 def test_pixels_are_the_image_processors(encoder: Encoder) -> None:

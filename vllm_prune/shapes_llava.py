@@ -121,3 +121,17 @@ def save(model, path: Path) -> Path:  # type: ignore[no-untyped-def]
     }
     save_file(tensors, str(path / WEIGHTS))
     return path
+
+
+def load(path: Path = FOLDER):  # type: ignore[no-untyped-def]
+    """A saved checkpoint as transformers' ``LlavaForConditionalGeneration`` (the training
+    code's model), its weight names mapped back from the layout vLLM loads."""
+    from safetensors.torch import load_file
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    path = Path(path)
+    model = LlavaForConditionalGeneration(LlavaConfig.from_pretrained(path))
+    names = {checkpoint_name(name): name for name in model.state_dict()}
+    tensors = load_file(str(path / WEIGHTS))
+    model.load_state_dict({names[key]: tensor for key, tensor in tensors.items()}, strict=True)
+    return model.eval()

@@ -3,19 +3,22 @@
     .venv/bin/python -m vllm_prune.train_shapes     # writes vllm_prune/assets/shapes-llava
 
 Plain PyTorch on transformers' ``LlavaForConditionalGeneration``, seeded; 3000 steps of
-4 train images (under 30 minutes on 2 CPU cores). Every weight starts random: there is
-no pretrained tower or LLM to start from here. Trained on the answers alone, the model
-sits at chance for thousands of steps: "is there a red circle" needs the question's
-words and the matching patches together, so neither alone lowers the loss. What helps
-(not yet enough: the model falls short of the accuracy ``make serve``'s default needs
-within the budget, see shapes_llava):
+4 train images (about 0.6 s a step on these 2 CPU cores, so about 32 minutes: just over
+the 30-minute budget here). Every weight starts random: there is no pretrained tower or
+LLM to start from here. Trained on the answers alone, the model sits at chance for
+thousands of steps: "is there a red circle" needs the question's words and the matching
+patches together, so neither alone lowers the loss. What helps (not yet enough: the
+model falls short of the accuracy ``make serve``'s default needs within the budget, see
+shapes_llava; counting is the type it learns last):
 
 - Every question per image. The benchmark asks four questions of an image; training
   asks all its templates can (existence of each drawn kind and as many absent ones,
   colour, count of each shape, location of each object). The visual prefix (``user :``
   and the 576 image tokens) does not depend on the question, so the LLM runs it once
-  per image and the questions continue from its KV cache: the same logits as full
-  sequences (``tests/test_train_shapes.py``) at a fraction of the cost.
+  per image (with SDPA) and the questions attend to its keys and values
+  (``shared_prefix_attention``, which reads them per image instead of copying them per
+  question): the same logits as full sequences (``tests/test_train_shapes.py``) at a
+  fraction of the cost.
 - Focus losses (``focus_loss``): at the positions that predict the answer, one head of
   LLM layer 0 is trained to read the question's words, and one head of layer 1 to
   attend to the patches of the object asked about (its centre, for counts, beside the
@@ -23,8 +26,8 @@ within the budget, see shapes_llava):
   make those positions hold the asked colour and shape, and each image token its
   object's kind (and whose centre it holds), so the match is not a product of two
   near-zero terms at the start. The rest of the model learns to answer from what that
-  head reads. This is like
-  supervising grounding in a real VLM, and it matters for the pruning results: the
+  head reads. This is like supervising grounding in a real VLM, and it matters for the
+  pruning results: the
   question's attention to the image is sharp and lands on the object, which is what
   text-guided methods (FastV and the like) rank tokens by.
 - Warm-up questions (training only) that need the image alone ("how many objects") or
@@ -48,13 +51,15 @@ import math
 import random
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, LlavaForConditionalGeneration
+from transformers import AttentionInterface, DynamicCache, LlavaForConditionalGeneration
 
 from vllm_prune.demo_model import IMAGE_SIZE, IMAGE_TOKEN, PATCH_SIZE
 from vllm_prune.eval import shapes
@@ -318,28 +323,102 @@ class Outputs:
     # Entering the image head's layer: the image tokens (B, 576, D) and the suffix (rows, S, D)
     image_hidden: torch.Tensor
     suffix_hidden: torch.Tensor
-    # The question and image heads' attention over the suffix (rows, S, keys each); only
-    # when the LLM runs eager attention (training)
-    attention: tuple[torch.Tensor, torch.Tensor] | None
+    # The question and image heads' attention over the suffix (rows, S, prefix + S each)
+    attention: tuple[torch.Tensor, torch.Tensor]
     looked: torch.Tensor  # (rows, S, D) what the image head's layer's attention adds
+
+
+@contextmanager
+def attention_implementation(config, name: str) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Run the LLM's layers with another attention kernel (they read it from the config)."""
+    saved = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+
+
+@dataclass
+class SharedPrefix:
+    """Each image's cached prefix keys and values, per layer: (B, KV heads, P, head dim)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    rows_per_image: list[int]  # question rows of each image, in order (rows come sorted)
+
+
+def shared_prefix_attention(  # type: ignore[no-untyped-def]
+    module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    shared_prefix: SharedPrefix | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention of the question rows (query, key, value: their own tokens, RoPE
+    applied) over their image's prefix and their own causal past. The prefix KV is read
+    per image, not copied per row: copying it (and its backward) was half of a step.
+    Returns what eager attention returns: the output and the weights over prefix + own."""
+    assert shared_prefix is not None
+    rows, heads, length, dim = query.shape
+    groups = module.num_key_value_groups
+    prefix_keys = shared_prefix.keys[module.layer_idx]
+    prefix_values = shared_prefix.values[module.layer_idx]
+    kv_heads, prefix = prefix_keys.shape[1], prefix_keys.shape[2]
+    grouped = query.view(rows, kv_heads, groups, length, dim)
+    scores = []
+    for image, q in enumerate(grouped.split(shared_prefix.rows_per_image)):
+        # (kv heads, n x groups x length, dim) against the image's (kv heads, P, dim)
+        flat = q.permute(1, 0, 2, 3, 4).reshape(kv_heads, -1, dim)
+        s = flat @ prefix_keys[image].transpose(1, 2)
+        scores.append(s.view(kv_heads, -1, groups, length, prefix).permute(1, 0, 2, 3, 4))
+    own_keys = key.repeat_interleave(groups, dim=1)
+    own = query @ own_keys.transpose(2, 3)
+    causal = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1)
+    own = own.masked_fill(causal, float("-inf"))
+    logits_ = torch.cat([torch.cat(scores).reshape(rows, heads, length, prefix), own], dim=-1)
+    weights = torch.softmax(logits_ * scaling, dim=-1, dtype=torch.float32).to(query.dtype)
+    to_prefix = weights[..., :prefix].reshape(rows, kv_heads, groups, length, prefix)
+    outputs = []
+    for image, w in enumerate(to_prefix.split(shared_prefix.rows_per_image)):
+        flat = w.permute(1, 0, 2, 3, 4).reshape(kv_heads, -1, prefix)
+        o = flat @ prefix_values[image]
+        outputs.append(o.view(kv_heads, -1, groups, length, dim).permute(1, 0, 2, 3, 4))
+    output = torch.cat(outputs).reshape(rows, heads, length, dim)
+    output = output + weights[..., prefix:] @ value.repeat_interleave(groups, dim=1)
+    return output.transpose(1, 2).contiguous(), weights
+
+
+SHARED_PREFIX = "shapes_shared_prefix"
+AttentionInterface.register(SHARED_PREFIX, shared_prefix_attention)
 
 
 def forward(model: LlavaForConditionalGeneration, batch: Batch) -> Outputs:
     """The image prefix runs once per image; each question row continues from its
-    image's KV cache."""
+    image's keys and values (``shared_prefix_attention``)."""
     vision = model.model.vision_tower(batch.pixels).last_hidden_state[:, 1:]  # drop [CLS]
     image = model.model.multi_modal_projector(vision)
     llm = model.model.language_model
     text = llm.embed_tokens(batch.prefix).expand(image.shape[0], -1, -1)
     prefix = torch.cat([text, image], dim=1)
     cache = DynamicCache(config=llm.config)
-    before = llm(
-        inputs_embeds=prefix, past_key_values=cache, use_cache=True, output_hidden_states=True
-    ).hidden_states[IMAGE_HEAD[0]]
-    cache.batch_select_indices(batch.image_of_row)  # each question row gets its image's KV
+    with attention_implementation(llm.config, "sdpa"):  # no weights needed over the prefix
+        before = llm(
+            inputs_embeds=prefix, past_key_values=cache, use_cache=True, output_hidden_states=True
+        ).hidden_states[IMAGE_HEAD[0]]
+    shared = SharedPrefix(
+        [layer.keys for layer in cache.layers],
+        [layer.values for layer in cache.layers],
+        torch.bincount(batch.image_of_row, minlength=image.shape[0]).tolist(),
+    )
+    assert torch.equal(batch.image_of_row, batch.image_of_row.sort().values)
     start = prefix.shape[1]
     positions = torch.arange(start, start + batch.suffix.shape[1]).expand(batch.suffix.shape[0], -1)
-    seen: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # layer: (output, weights)
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer: (output, weights)
     hooks = [
         llm.layers[layer].self_attn.register_forward_hook(
             lambda _module, _inputs, output, layer=layer: seen.__setitem__(layer, output)
@@ -347,25 +426,23 @@ def forward(model: LlavaForConditionalGeneration, batch: Batch) -> Outputs:
         for layer in {QUESTION_HEAD[0], IMAGE_HEAD[0]}
     ]
     try:
-        out = llm(
-            input_ids=batch.suffix,
-            past_key_values=cache,
-            position_ids=positions,
-            use_cache=True,
-            output_hidden_states=True,
-        )
+        with attention_implementation(llm.config, SHARED_PREFIX):
+            out = llm(
+                input_ids=batch.suffix,
+                position_ids=positions,
+                use_cache=False,
+                output_hidden_states=True,
+                shared_prefix=shared,
+            )
     finally:
         for hook in hooks:
             hook.remove()
-    attention = None
-    if seen[IMAGE_HEAD[0]][1] is not None:
-        attention = tuple(seen[layer][1][:, head] for layer, head in (QUESTION_HEAD, IMAGE_HEAD))
     return Outputs(
         model.lm_head(out.last_hidden_state),
         vision,
         before[:, text.shape[1] :],
         out.hidden_states[IMAGE_HEAD[0]],
-        attention,
+        tuple(seen[layer][1][:, head] for layer, head in (QUESTION_HEAD, IMAGE_HEAD)),
         seen[IMAGE_HEAD[0]][0],
     )
 
@@ -467,7 +544,6 @@ def train(args: argparse.Namespace) -> LlavaForConditionalGeneration:
     torch.set_num_threads(args.threads)
     encoder = Encoder()
     config = build_config(encoder.tokenizer.get_vocab())
-    config.text_config._attn_implementation = "eager"  # attention weights for the focus loss
     model = LlavaForConditionalGeneration(config)
     model.train()
     heads = PatchHeads(model.config.vision_config.hidden_size)
@@ -486,7 +562,6 @@ def train(args: argparse.Namespace) -> LlavaForConditionalGeneration:
         loss = F.cross_entropy(out.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
         patch_loss = heads.loss(outputs.vision, batch)
         text_loss = question_loss(out, batch, encoder.pad_id)
-        assert outputs.attention is not None
         look_loss = focus_loss(outputs.attention, batch) + probes.loss(outputs, batch)
         total = loss + args.patch_weight * patch_loss + args.text_weight * text_loss
         optimizer.zero_grad(set_to_none=True)
