@@ -116,6 +116,18 @@ def test_predictions_tables_and_plot(first_run: subprocess.CompletedProcess, run
     assert "| none | - | 100.0% |" in summary and "100.0% |" in summary
     assert "refused by the server" in summary and "got 'bogus'" in summary
     assert summary in first_run.stdout
+    # Every metric of shapes (its question types), per setting, from the same scores.
+    section = summary.split("## shapes: every metric\n\n", 1)[1].split("\n\n", 1)[0]
+    header, _rule, *rows = section.splitlines()
+    metrics = header.strip("| ").split(" | ")[2:]
+    assert metrics[0] == "accuracy" and "accuracy/count" in metrics
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| none", "-"],
+        *(["| " + m, r] for r in ("0.75", "0.889") for m in ("random", "pooling")),
+    ]  # the main table's order; bogus was refused: no scores
+    cells = dict(zip(metrics, rows[2].strip("| ").split(" | ")[2:], strict=True))
+    for name, value in results["pooling-0.75"]["scores"].items():
+        assert cells[name] == f"{value * 100:.1f}"
 
     with Image.open(out / "summary.png") as image:
         image.verify()

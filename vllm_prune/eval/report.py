@@ -7,7 +7,8 @@ run replaces the entries it scored and keeps the others, so benchmarks run one a
 time still end up in one table. From it are written:
 
   OUT/summary.md   the table (scores of fractional metrics x 100), the mean prompt tokens
-                   per request (the pruning the server really did), notes on refusals
+                   per request (the pruning the server really did), every metric of each
+                   benchmark that has more than one, notes on refusals
   OUT/summary.csv  the same table with unrounded metric values
   OUT/scores.csv   every metric of every setting (benchmark, setting, metric, value)
   OUT/summary.png  score vs visual tokens retained, one line per method, one panel per
@@ -200,9 +201,34 @@ def markdown(results: Results) -> str:
         "`usage.prompt_tokens` as the server reported it: pruning shortens the prompt by the "
         "visual tokens it removes (an endpoint that ignores the prune fields shows no drop).",
     ]
+    for benchmark in benchmarks:
+        lines += _breakdown(results, benchmark)
     if notes:
         lines += ["", "## Notes", ""] + [f"{i}. {note}" for i, note in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
+
+
+def _breakdown(results: Results, benchmark: str) -> list[str]:
+    """Every metric of a benchmark that reports more than its headline (shapes' question
+    types, POPE's F1, MME's perception and cognition): pruning often hurts one part."""
+    main = get_benchmark(benchmark).main_metric
+    scored = [r for r in results.by_benchmark[benchmark].values() if r.status == OK]
+    metrics = sorted({m for r in scored for m in r.scores} - {main})
+    if not metrics:
+        return []
+    metrics.insert(0, main)
+    values = [v for r in scored for v in r.scores.values()]
+    scale = 100.0 if all(abs(v) <= 1.0 for v in values) else 1.0
+    rows = []
+    for setting in results.settings():
+        result = results.get(benchmark, setting)
+        if result is None or result.status != OK:
+            continue
+        cells = [
+            "-" if m not in result.scores else f"{result.scores[m] * scale:.1f}" for m in metrics
+        ]
+        rows.append([setting.method, _ratio_text(setting), *cells])
+    return ["", f"## {benchmark}: every metric", "", *_table(["method", "ratio", *metrics], rows)]
 
 
 def _tokens(result: SettingResult | None) -> str:
