@@ -38,6 +38,13 @@ def encoder() -> Encoder:
     return Encoder()
 
 
+def full_prompt(model, encoder: Encoder, batch, row: int, **kwargs):  # type: ignore[no-untyped-def]
+    """transformers' own LLaVA forward on question ``row`` as one whole prompt."""
+    ids = torch.cat([batch.prefix, torch.full((GRID * GRID,), encoder.image_id), batch.suffix[row]])
+    pixels = batch.pixels[batch.image_of_row[row]][None]
+    return model(input_ids=ids[None], pixel_values=pixels, **kwargs)
+
+
 def test_shared_prefix_forward_equals_transformers_on_full_prompts(encoder: Encoder) -> None:
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(shapes_llava.build_config(encoder.tokenizer.get_vocab()))
@@ -46,13 +53,7 @@ def test_shared_prefix_forward_equals_transformers_on_full_prompts(encoder: Enco
     with torch.no_grad():
         shared = forward(model, batch).logits
         for row in (0, 5, len(batch.types) - 1):
-            image = batch.image_of_row[row]
-            ids = torch.cat(
-                [batch.prefix, torch.full((GRID * GRID,), encoder.image_id), batch.suffix[row]]
-            )
-            full = model(input_ids=ids[None], pixel_values=batch.pixels[image][None]).logits[
-                0, -batch.suffix.shape[1] :
-            ]
+            full = full_prompt(model, encoder, batch, row).logits[0, -batch.suffix.shape[1] :]
             torch.testing.assert_close(shared[row], full, atol=1e-4, rtol=1e-4)
 
 
@@ -68,13 +69,7 @@ def test_focus_heads_attention_equals_transformers_eager_attention(encoder: Enco
     with torch.no_grad():
         attention = forward(model, batch).attention
         for row in (1, len(batch.types) - 2):
-            image = batch.image_of_row[row]
-            ids = torch.cat(
-                [batch.prefix, torch.full((GRID * GRID,), encoder.image_id), batch.suffix[row]]
-            )
-            full = model(
-                input_ids=ids[None], pixel_values=batch.pixels[image][None], output_attentions=True
-            ).attentions
+            full = full_prompt(model, encoder, batch, row, output_attentions=True).attentions
             for (layer, head), ours in zip((QUESTION_HEAD, IMAGE_HEAD), attention, strict=True):
                 expected = full[layer][0, head, -length:]
                 torch.testing.assert_close(ours[row], expected, atol=1e-5, rtol=1e-4)

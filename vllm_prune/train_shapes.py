@@ -27,9 +27,8 @@ shapes_llava; counting is the type it learns last):
   object's kind (and whose centre it holds), so the match is not a product of two
   near-zero terms at the start. The rest of the model learns to answer from what that
   head reads. This is like supervising grounding in a real VLM, and it matters for the
-  pruning results: the
-  question's attention to the image is sharp and lands on the object, which is what
-  text-guided methods (FastV and the like) rank tokens by.
+  pruning results: the question's attention to the image is sharp and lands on the
+  object, which is what text-guided methods (FastV and the like) rank tokens by.
 - Warm-up questions (training only) that need the image alone ("how many objects") or
   one word ("is there a circle", "is there a red object").
 - Dense losses on the tower (``PatchHeads``): per patch, the kind of object it shows
@@ -348,6 +347,19 @@ class SharedPrefix:
     rows_per_image: list[int]  # question rows of each image, in order (rows come sorted)
 
 
+def per_image(left: torch.Tensor, right: torch.Tensor, rows_per_image: list[int]) -> torch.Tensor:
+    """``left`` (rows, KV heads, groups, L, k) times its image's ``right`` (B, KV heads, k,
+    m) -> (rows, KV heads, groups, L, m). An image's rows, groups and positions are folded
+    into one matrix dimension, so ``right`` is never copied per row."""
+    out = []
+    for image, part in enumerate(left.split(rows_per_image)):
+        n, kv_heads, groups, length, inner = part.shape
+        flat = part.permute(1, 0, 2, 3, 4).reshape(kv_heads, n * groups * length, inner)
+        product = flat @ right[image]
+        out.append(product.view(kv_heads, n, groups, length, -1).permute(1, 0, 2, 3, 4))
+    return torch.cat(out)
+
+
 def shared_prefix_attention(  # type: ignore[no-untyped-def]
     module,
     query: torch.Tensor,
@@ -370,25 +382,16 @@ def shared_prefix_attention(  # type: ignore[no-untyped-def]
     prefix_values = shared_prefix.values[module.layer_idx]
     kv_heads, prefix = prefix_keys.shape[1], prefix_keys.shape[2]
     grouped = query.view(rows, kv_heads, groups, length, dim)
-    scores = []
-    for image, q in enumerate(grouped.split(shared_prefix.rows_per_image)):
-        # (kv heads, n x groups x length, dim) against the image's (kv heads, P, dim)
-        flat = q.permute(1, 0, 2, 3, 4).reshape(kv_heads, -1, dim)
-        s = flat @ prefix_keys[image].transpose(1, 2)
-        scores.append(s.view(kv_heads, -1, groups, length, prefix).permute(1, 0, 2, 3, 4))
+    scores = per_image(grouped, prefix_keys.transpose(2, 3), shared_prefix.rows_per_image)
     own_keys = key.repeat_interleave(groups, dim=1)
     own = query @ own_keys.transpose(2, 3)
     causal = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1)
     own = own.masked_fill(causal, float("-inf"))
-    logits_ = torch.cat([torch.cat(scores).reshape(rows, heads, length, prefix), own], dim=-1)
+    logits_ = torch.cat([scores.reshape(rows, heads, length, prefix), own], dim=-1)
     weights = torch.softmax(logits_ * scaling, dim=-1, dtype=torch.float32).to(query.dtype)
     to_prefix = weights[..., :prefix].reshape(rows, kv_heads, groups, length, prefix)
-    outputs = []
-    for image, w in enumerate(to_prefix.split(shared_prefix.rows_per_image)):
-        flat = w.permute(1, 0, 2, 3, 4).reshape(kv_heads, -1, prefix)
-        o = flat @ prefix_values[image]
-        outputs.append(o.view(kv_heads, -1, groups, length, dim).permute(1, 0, 2, 3, 4))
-    output = torch.cat(outputs).reshape(rows, heads, length, dim)
+    output = per_image(to_prefix, prefix_values, shared_prefix.rows_per_image)
+    output = output.reshape(rows, heads, length, dim)
     output = output + weights[..., prefix:] @ value.repeat_interleave(groups, dim=1)
     return output.transpose(1, 2).contiguous(), weights
 
