@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Container entrypoint: `vllm-prune serve` with its defaults taken from the environment.
 #
-#   VLLM_PRUNE_MODEL    model id or path; empty serves the built-in tiny demo model
+#   VLLM_PRUNE_MODEL    model id or path; empty serves the built-in demo model (shapes-llava)
 #   VLLM_PRUNE_DEFAULT  --prune-default: method for requests that name none (empty: none)
 #   VLLM_PRUNE_RATIO    --prune-ratio: ratio for requests that give none (empty: 0.75)
 #   VLLM_PRUNE_HOST     --host (default 0.0.0.0)

@@ -4,7 +4,9 @@
 runs vLLM's own ``serve`` command (same options, same app) with the prune
 middleware installed and per-request ``mm_processor_kwargs`` enabled (the
 middleware lets only prune fields through). Without MODEL it serves the
-embedded tiny LLaVA with random weights.
+embedded ``shapes-llava``, a small LLaVA-1.5 trained in this repository on the
+synthetic ``shapes`` benchmark. ``vllm-prune build-demo [DIR]`` writes the
+random-weight ``tiny-llava`` the tests use.
 
 ``vllm-prune eval ...`` measures accuracy per pruning setting through a server
 (``vllm-prune eval --help``); ``vllm-prune analyze positions|overlay ...`` plots
@@ -16,19 +18,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vllm_prune import shapes_llava
 from vllm_prune.demo_model import build_tiny_llava
 from vllm_prune.methods import method_names
 from vllm_prune.spec import DEFAULT_RATIO
 
 MIDDLEWARE = "server.middleware.PruneMiddleware"
-DEMO_NAME = "tiny-llava"
-# The demo is tiny: float32 and eager mode run anywhere, CPU included.
+DEFAULT_NAME = shapes_llava.NAME
+# The embedded models are tiny: float32 and eager mode run anywhere, CPU included.
 # fmt: off
 DEMO_ARGS = [
     "--dtype", "float32",
     "--enforce-eager",
     "--max-model-len", "2048",
-    "--served-model-name", DEMO_NAME,
 ]
 # fmt: on
 
@@ -73,7 +75,8 @@ def serve(argv: list[str]) -> None:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     if not _has_model(argv):
-        argv = [str(build_tiny_llava()), *DEMO_ARGS, *argv]
+        model = shapes_llava.weights_folder()
+        argv = [str(model), *DEMO_ARGS, "--served-model-name", DEFAULT_NAME, *argv]
 
     cli_env_setup()
     parser = make_arg_parser(

@@ -23,9 +23,10 @@ import requests
 from openai import OpenAI
 
 from loadtests.local_server import wait_healthy
-from server.cli import DEMO_ARGS, DEMO_NAME
+from server.cli import DEMO_ARGS
 from vllm_prune.demo_model import build_tiny_llava
 
+TINY_NAME = "tiny-llava"  # the session servers' model: random weights, real token counts
 BLOCK_SIZE = 32  # the smallest KV block the CPU attention backend takes (default 128)
 TRACE_FILE = "prune-trace.jsonl"  # beside the server logs: what the servers kept (VLLM_PRUNE_TRACE)
 
@@ -115,7 +116,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     """Our server (pooling 0.75 by default) and plain vLLM on the demo LLaVA."""
     root = tmp_path_factory.mktemp("servers")
     model = str(build_tiny_llava(root / "tiny-llava"))
-    common = [*DEMO_ARGS, "--block-size", str(BLOCK_SIZE)]
+    common = [*DEMO_ARGS, "--served-model-name", TINY_NAME, "--block-size", str(BLOCK_SIZE)]
     commands = {
         "pruned": pruned_command(
             model, *common, "--prune-default", "pooling", "--prune-ratio", "0.75"
@@ -138,4 +139,4 @@ def plain_server(servers: dict[str, Server]) -> Server:
 
 @pytest.fixture(scope="session")
 def model_name() -> str:
-    return DEMO_NAME
+    return TINY_NAME

@@ -22,12 +22,14 @@ from vllm_prune.train_shapes import (
     GRID,
     IGNORE,
     IMAGE_HEAD,
+    MIN_COVER,
     QUESTION_HEAD,
     Encoder,
     asked_in,
     every_template_question,
     focus_row,
     forward,
+    grid_positions,
     kind,
     patch_targets,
 )
@@ -147,17 +149,29 @@ def test_patch_targets_follow_the_object_map() -> None:
     for obj_index, obj in enumerate(objects):
         x, y = (obj.box[0] + obj.box[2]) // 2, (obj.box[1] + obj.box[3]) // 2
         assert centre[(y // 14) * GRID + x // 14] == kind(obj)
-        covered = {
-            int(p)
-            for p in range(GRID * GRID)
-            if (
-                ids[(p // GRID) * 14 : (p // GRID + 1) * 14, (p % GRID) * 14 : (p % GRID + 1) * 14]
-                == obj_index + 1
-            ).sum()
-            >= 16
-        }
+        pixels = [
+            int((ids[r * 14 : (r + 1) * 14, c * 14 : (c + 1) * 14] == obj_index + 1).sum())
+            for r in range(GRID)
+            for c in range(GRID)
+        ]
+        covered = {p for p, n in enumerate(pixels) if n >= MIN_COVER}
+        grazed = {p for p, n in enumerate(pixels) if 0 < n < MIN_COVER}
         assert covered and all(content[p] == kind(obj) for p in covered)
+        assert all(content[p] == 0 for p in grazed)
     assert (centre > 0).sum() == len(objects)
+
+
+def test_tower_positions_start_near_alike_for_neighbours() -> None:
+    """The tower's starting position embeddings: a patch is more like its neighbour than
+    like a patch six away, along rows and along columns (so attending to neighbours is
+    easy from the first step)."""
+    positions = grid_positions(128)
+    assert positions.shape == (GRID * GRID, 128)
+    similarity = positions @ positions.T
+    for r, c in ((0, 0), (11, 12), (17, 5)):
+        here = r * GRID + c
+        assert similarity[here, here + 1] > similarity[here, here + 6]  # along the row
+        assert similarity[here, here + GRID] > similarity[here, here + 6 * GRID]  # column
 
 
 def test_focus_is_where_the_answer_is() -> None:

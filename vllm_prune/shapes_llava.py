@@ -1,13 +1,12 @@
-"""``shapes-llava``: a small LLaVA-1.5 to be trained in this repo on ``shapes``.
+"""``shapes-llava``: a small LLaVA-1.5 trained in this repo on ``shapes``, shipped as
+package data and served by ``make serve`` when no model is named.
 
 It has LLaVA-1.5's geometry (336 px images, 14 px patches, 576 visual tokens on a
 24 x 24 grid, a CLIP tower, a two-layer GELU projector, a Llama LLM) at a size a
-2-core CPU trains in under 30 minutes (``python -m vllm_prune.train_shapes``). The goal
-is a model that answers the synthetic ``shapes`` questions (existence, colour, count,
-location) well above chance, so pruning's effect on accuracy can be measured here with
-real weights, and that ``make serve`` then serves by default. Not there yet: the
-recipe does not reach those accuracies within the budget (issue 4's notes), so
-nothing is shipped and ``make serve`` still serves the random-weight ``tiny-llava``.
+2-core CPU trains in about 30 minutes (``python -m vllm_prune.train_shapes``). It
+answers the synthetic ``shapes`` questions (existence, colour, count, location) well
+above chance (``tests/test_shapes_model.py`` holds the floors), so pruning's effect on
+accuracy can be measured here with real weights.
 
 The folder is written in the checkpoint layout vLLM 0.32 loads (``checkpoint_name``:
 transformers 5 names LLaVA weights differently). Text is a lower-cased word-level
@@ -38,6 +37,16 @@ FOLDER = Path(__file__).parent / "assets" / NAME
 WEIGHTS = "model.safetensors"
 # The tower's last layer feeds the projector: no unused layer to train or ship.
 VISION_FEATURE_LAYER = -1
+
+
+def weights_folder() -> Path:
+    """The shipped checkpoint, or a clear error where the package was installed without it."""
+    if not (FOLDER / WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"{FOLDER / WEIGHTS} is missing: install vllm-prune with its package data "
+            "(pip install .), or train it with python -m vllm_prune.train_shapes"
+        )
+    return FOLDER
 
 
 def vocabulary() -> list[str]:
