@@ -30,8 +30,11 @@ from vllm_prune.train_shapes import (
     focus_row,
     forward,
     grid_positions,
+    kept_focus,
     kind,
+    method_reducer,
     patch_targets,
+    random_subsets,
 )
 
 
@@ -57,6 +60,76 @@ def test_shared_prefix_forward_equals_transformers_on_full_prompts(encoder: Enco
         for row in (0, 5, len(batch.types) - 1):
             full = full_prompt(model, encoder, batch, row).logits[0, -batch.suffix.shape[1] :]
             torch.testing.assert_close(shared[row], full, atol=1e-4, rtol=1e-4)
+
+
+def pruned_prompt(model, batch, row: int, image: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """transformers' LLM on question ``row`` as one whole prompt whose image is ``image``
+    (the kept image tokens), positions numbered on without gaps as the server does."""
+    embed = model.model.language_model.embed_tokens
+    prompt = torch.cat([embed(batch.prefix), image, embed(batch.suffix[row])])
+    hidden = model.model.language_model(inputs_embeds=prompt[None]).last_hidden_state
+    return model.lm_head(hidden)[0, -batch.suffix.shape[1] :]
+
+
+@pytest.mark.parametrize("pruning", ["pooling", "random_subsets"])
+def test_pruned_forward_equals_transformers_on_pruned_prompts(
+    encoder: Encoder, pruning: str
+) -> None:
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(shapes_llava.build_config(encoder.tokenizer.get_vocab()))
+    model.eval()
+    batch = encoder.batch("train", [3, 4], every_question=True)
+    if pruning == "pooling":
+        reduce = method_reducer("pooling", 0.75)
+    else:
+        reduce = random_subsets(100, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        vision = model.model.vision_tower(batch.pixels).last_hidden_state[:, 1:]
+        images, kept = reduce(model.model.multi_modal_projector(vision))
+        if pruning == "random_subsets":  # the same draw again inside forward
+            reduce = random_subsets(100, torch.Generator().manual_seed(0))
+        outputs = forward(model, batch, reduce)
+        assert torch.equal(outputs.kept, kept) and kept.shape[1] in (144, 100)
+        for row in (0, 5, len(batch.types) - 1):
+            image = images[batch.image_of_row[row]]
+            expected = pruned_prompt(model, batch, row, image)
+            torch.testing.assert_close(outputs.logits[row], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_random_subsets_draw_afresh_per_image_in_raster_order() -> None:
+    image = torch.arange(2 * 576 * 3, dtype=torch.float32).view(2, 576, 3)
+    features, kept = random_subsets(50, torch.Generator().manual_seed(1))(image)
+    assert features.shape == (2, 50, 3) and kept.shape == (2, 50)
+    for one in range(2):
+        assert torch.equal(kept[one], kept[one].unique())  # distinct, ascending
+        assert torch.equal(features[one], image[one, kept[one]])
+    assert not torch.equal(kept[0], kept[1])
+
+
+def test_method_reducer_is_the_methods_own_choice_and_refuses_model_signals() -> None:
+    image = torch.randn(2, 576, 8)
+    features, kept = method_reducer("divprune", 0.889)(image)
+    from vllm_prune.methods.base import Context
+    from vllm_prune.methods.registry import get_method
+
+    for one in range(2):
+        expected = get_method("divprune").reduce(image[one], (GRID, GRID), 64, Context())
+        assert torch.equal(kept[one], expected.indices)
+        assert torch.equal(features[one], expected.features)
+    with pytest.raises(ValueError, match="fastv needs model signals"):
+        method_reducer("fastv", 0.75)
+
+
+def test_kept_focus_follows_the_kept_tokens() -> None:
+    text = 2
+    focus = torch.zeros(2, text + GRID * GRID)
+    focus[0, text + 10] = focus[0, text + 20] = 0.5  # an object on patches 10 and 20
+    focus[1, text + 30] = 1.0  # one on patch 30
+    kept = torch.tensor([[5, 10, 40]])  # patch 20 and 30 dropped
+    rows = kept_focus(focus, kept, torch.tensor([0, 0]))
+    assert rows.shape == (2, text + 3)
+    torch.testing.assert_close(rows[0], torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0]))
+    assert rows[1].sum() == 0  # its object dropped: no target, not a made-up one
 
 
 def test_focus_heads_attention_equals_transformers_eager_attention(encoder: Encoder) -> None:

@@ -3,7 +3,7 @@ package data and served by ``make serve`` when no model is named.
 
 It has LLaVA-1.5's geometry (336 px images, 14 px patches, 576 visual tokens on a
 24 x 24 grid, a CLIP tower, a two-layer GELU projector, a Llama LLM) at a size a
-2-core CPU trains in about 30 minutes (``python -m vllm_prune.train_shapes``). It
+2-core CPU trains in under 30 minutes (``python -m vllm_prune.train_shapes``). It
 answers the synthetic ``shapes`` questions (existence, colour, count, location) well
 above chance (``tests/test_shapes_model.py`` holds the floors), so pruning's effect on
 accuracy can be measured here with real weights.
