@@ -91,9 +91,9 @@ def main() -> None:
         # fmt: on
         if code != 0:
             raise SystemExit(code)
+        keep = keep_count(VISUAL_TOKENS, ratio)  # the evaluated images' lines only
+        at_ratio = lines_keeping(trace, keep, out / f"trace-keep{keep}.jsonl")
         overlay_requests(server.url, args.model, out / "overlay-image.png", ratio)
-    keep = keep_count(VISUAL_TOKENS, ratio)
-    at_ratio = lines_keeping(trace, keep, out / f"trace-keep{keep}.jsonl")
     # fmt: off
     analyze_main([
         "positions", "--trace", str(at_ratio), "--methods", "random,pooling,fastv,dart,cls_attention",
