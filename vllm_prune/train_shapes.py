@@ -87,6 +87,7 @@ from vllm_prune.shapes_llava import (
     load,
     save,
 )
+from vllm_prune.spec import METHOD_FIELD, RATIO_FIELD, PruneSpec
 
 IGNORE = -100
 
@@ -345,15 +346,18 @@ def random_subsets(keep: int, generator: torch.Generator) -> Reducer:
 
 
 def method_reducer(name: str, ratio: float) -> Reducer:
-    """A pruning method of ``vllm_prune.methods`` that needs no model signals, with the
-    server's keep count: what the served model sees under it, for ``evaluate``."""
+    """A pruning method of ``vllm_prune.methods`` that needs no model signals, as a
+    request's prune fields set it up on the server (keep count, parameter defaults):
+    what the served model sees under it, for ``evaluate``."""
     method = get_method(name)
     if method.needs:
         raise ValueError(f"{name} needs model signals ({', '.join(sorted(method.needs))})")
-    keep = max(1, round(GRID * GRID * (1.0 - ratio)))
+    spec = PruneSpec.from_fields({METHOD_FIELD: name, RATIO_FIELD: ratio})
+    assert spec is not None
+    keep, context = spec.keep_for(GRID * GRID), Context(params=dict(spec.params))
 
     def reduce(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [method.reduce(one, (GRID, GRID), keep, Context()) for one in image]
+        parts = [method.reduce(one, (GRID, GRID), keep, context) for one in image]
         return torch.stack([p.features for p in parts]), torch.stack([p.indices for p in parts])
 
     return reduce
