@@ -13,7 +13,6 @@ each method's newest trace line, so those requests go last).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from loadtests.local_server import local_server
 from vllm_prune.eval.analyze import keep_count
 from vllm_prune.eval.analyze import main as analyze_main
 from vllm_prune.eval.cli import main as eval_main
+from vllm_prune.eval.client import data_url
 from vllm_prune.eval.sample import SHORT_ANSWER
 from vllm_prune.eval.shapes import image_items, png_bytes
 from vllm_prune.methods.registry import method_names
@@ -38,7 +38,7 @@ def overlay_requests(url: str, model: str, image_path: Path, ratio: float) -> No
     the like choose by the question)."""
     items = image_items("test", OVERLAY_IMAGE)
     items[0].image.save(image_path)
-    data = "data:image/png;base64," + base64.b64encode(png_bytes(items[0].image)).decode()
+    data = data_url(png_bytes(items[0].image))
     question = next(item for item in items if item.type == "location").question
     client = OpenAI(base_url=f"{url}/v1", api_key="unused")
     for method in OVERLAY_METHODS:

@@ -648,13 +648,13 @@ def train(args: argparse.Namespace) -> LlavaForConditionalGeneration:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     encoder = Encoder()
-    config = build_config(encoder.tokenizer.get_vocab())
-    model = LlavaForConditionalGeneration(config)
-    with torch.no_grad():
-        positions = model.model.vision_tower.embeddings.position_embedding.weight
-        positions[1:] = grid_positions(positions.shape[1])  # row 0 is [CLS]'s
     if args.init is not None:
         model = load(args.init)
+    else:
+        model = LlavaForConditionalGeneration(build_config(encoder.tokenizer.get_vocab()))
+        with torch.no_grad():
+            positions = model.model.vision_tower.embeddings.position_embedding.weight
+            positions[1:] = grid_positions(positions.shape[1])  # row 0 is [CLS]'s
     model.train()
     heads = PatchHeads(model.config.vision_config.hidden_size)
     probes = Probes(model.config.text_config.hidden_size, model.config.text_config.vocab_size)
