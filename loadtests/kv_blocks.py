@@ -2,7 +2,7 @@
 
 Against a running server (``make serve``, or any vllm-prune deployment):
 
-    .venv/bin/python loadtests/kv_blocks.py --url http://127.0.0.1:8000 --model tiny-llava
+    .venv/bin/python -m loadtests.kv_blocks --url http://127.0.0.1:8000 --model tiny-llava
 
 For each setting it sends a fresh image prompt twice and reads
 ``usage.prompt_tokens``, the KV tokens vLLM computed at prefill
@@ -22,7 +22,7 @@ import time
 
 from openai import OpenAI
 
-from vllm_prune.client_utils import image_messages, measure_kv
+from loadtests.probe import image_messages, measure_kv
 
 SETTINGS = {
     "none": {"prune": "none"},

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from vllm_prune.client_utils import metric_labels
+from loadtests.probe import metric_labels
 
 STARTUP_TIMEOUT_S = 420
 DEFAULT_BLOCK_SIZE = 32  # the smallest KV block the CPU attention backend takes
@@ -89,7 +89,7 @@ def local_server(
     """``vllm-prune serve [model] args`` on a loopback port until the block ends (``env``:
     added to this process's environment)."""
     port = free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", *([model] if model else []), *args]
+    command = [sys.executable, "-m", "vllm_prune.cli", "serve", *([model] if model else []), *args]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     env = dict(os.environ, **(env or {}))
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -26,7 +26,7 @@ from vllm_prune.eval.client import data_url
 from vllm_prune.eval.sample import SHORT_ANSWER
 from vllm_prune.eval.shapes import image_items, png_bytes
 from vllm_prune.methods.registry import method_names
-from vllm_prune.trace import ENV
+from vllm_prune.observability.trace import ENV
 
 OVERLAY_METHODS = ("random", "pooling", "dart", "fastv", "cdprune")
 OVERLAY_IMAGE = 108  # a test image with six objects, three of them small

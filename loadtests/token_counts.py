@@ -1,6 +1,6 @@
 """Visual tokens at each stage, read back from a running server's own metrics.
 
-    .venv/bin/python loadtests/token_counts.py --url http://127.0.0.1:8000 \\
+    .venv/bin/python -m loadtests.token_counts --url http://127.0.0.1:8000 \\
         --model tiny-llava --size 672x672 --size 336x336
 
 For each image size and setting (none, pooling 0.75, pooling 0.889) it sends one
@@ -17,7 +17,7 @@ import argparse
 import requests
 from openai import OpenAI
 
-from vllm_prune.client_utils import image_messages, metric
+from loadtests.probe import image_messages, metric
 
 SETTINGS = (
     ("none", {"prune": "none"}),

@@ -22,9 +22,9 @@ import pytest
 import requests
 from openai import OpenAI
 
+from devtools.tiny_llava import build_tiny_llava
 from loadtests.local_server import wait_healthy
-from server.cli import DEMO_ARGS
-from vllm_prune.demo_model import build_tiny_llava
+from vllm_prune.demo import SERVE_ARGS as DEMO_ARGS
 
 TINY_NAME = "tiny-llava"  # the session servers' model: random weights, real token counts
 BLOCK_SIZE = 32  # the smallest KV block the CPU attention backend takes (default 128)
@@ -80,7 +80,7 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
 
 
 def pruned_command(model: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "server.cli", "serve", model, *args]
+    return [sys.executable, "-m", "vllm_prune.cli", "serve", model, *args]
 
 
 def plain_command(model: str, *args: str) -> list[str]:

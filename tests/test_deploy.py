@@ -255,16 +255,14 @@ def server_command_lines() -> dict[str, list[str]]:
 # Parses the argument lists (JSON on stdin) the way `vllm-prune serve` does.
 PARSE_SERVE_ARGS = """
 import json, sys
-from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-from server.cli import add_prune_args
+from vllm_prune.integration.compat import serve_cli
+from vllm_prune.server.serve import serve_parser
 
-parser = make_arg_parser(FlexibleArgumentParser(prog="vllm-prune serve"))
-add_prune_args(parser)
+parser = serve_parser()
 parsed = {}
 for name, argv in json.load(sys.stdin).items():
     args = parser.parse_args(argv)
-    validate_parsed_serve_args(args)
+    serve_cli().validate_parsed_serve_args(args)
     parsed[name] = {key: getattr(args, key) for key in (
         "model_tag", "port", "prune_default", "prune_ratio", "tensor_parallel_size",
         "pipeline_parallel_size", "distributed_executor_backend")}

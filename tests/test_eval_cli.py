@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from loadtests.probe import metric
 from tests.conftest import Server, free_port
-from vllm_prune.client_utils import metric
 from vllm_prune.eval.analyze import count_positions
 from vllm_prune.eval.analyze import main as analyze_main
 from vllm_prune.eval.benchmarks import load_benchmark, score_benchmark
@@ -61,10 +61,10 @@ def _lines(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def first_run(server: Server, model_name: str, run_dir: Path) -> subprocess.CompletedProcess:
-    """The whole grid once, through the installed command's dispatch (``server.cli eval``)."""
+    """The whole grid once, through the installed command's dispatch (``vllm_prune.cli eval``)."""
     before = _requests(server)
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "eval", *_args(server.url, model_name, run_dir)],
+        [sys.executable, "-m", "vllm_prune.cli", "eval", *_args(server.url, model_name, run_dir)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -13,9 +13,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from vllm_prune.client_utils import image_messages, noise_image_data_url
+from devtools.tiny_families import build_tiny_llava_next, build_tiny_qwen2_vl
+from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune.methods import method_names
-from vllm_prune.tiny_models import build_tiny_llava_next, build_tiny_qwen2_vl
 
 from .conftest import BLOCK_SIZE, Server, plain_command, pruned_command, running
 

@@ -16,11 +16,11 @@ from loadtests import kv_capacity, sweep
 from loadtests.bench import Workload, bench_argv, latency_percentiles, summarize_result
 from loadtests.engine_log import Iteration, LogTail, parse_iterations
 from loadtests.local_server import KvConfig, kv_config
+from loadtests.probe import metric
 from loadtests.report import COLUMNS, Row, markdown_table
 from loadtests.scrape import Sample, parse_counters, parse_sample, sample_sums, summarize
-from server.cli import DEMO_ARGS
 from tests.conftest import Server
-from vllm_prune.client_utils import metric
+from vllm_prune.demo import SERVE_ARGS as DEMO_ARGS
 
 VISUAL = 576  # the demo LLaVA at 336 px, at any image size (resized to 336)
 KEPT = {"none": 576, "pooling-0.75": 144}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
-from vllm_prune.models.qwen2_vl import grid_offsets, pruned_mrope_positions
+from vllm_prune.integration.qwen2_vl import grid_offsets, pruned_mrope_positions
 
 
 def vllm_positions(length: int, grids: list[tuple[int, int, int, int, float]]):

@@ -19,7 +19,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from vllm_prune.client_utils import image_messages
+from loadtests.probe import image_messages
 
 from .conftest import Server, free_port, stop
 from .test_deploy import (

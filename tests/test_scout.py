@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_prune.demo_model import build_tiny_llava
-from vllm_prune.models.scout import scout
+from devtools.tiny_llava import build_tiny_llava
+from vllm_prune.signals.scout import scout
 
 from .conftest import free_port
 

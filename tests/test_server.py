@@ -14,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from vllm_prune.client_utils import image_messages, measure_kv, metric
+from loadtests.probe import image_messages, measure_kv, metric
 from vllm_prune.methods import method_names
 
 from .conftest import BLOCK_SIZE, Server

@@ -21,14 +21,14 @@ import pytest
 import requests
 import torch
 
+from devtools import shapes_llava
+from devtools.train_shapes import IGNORE, Encoder, forward, method_reducer
 from tests.conftest import BLOCK_SIZE, Server, running
-from vllm_prune import shapes_llava
 from vllm_prune.eval.benchmarks import load_benchmark
 from vllm_prune.eval.cli import main as eval_main
 from vllm_prune.eval.client import data_url, messages
 from vllm_prune.eval.sample import SHORT_ANSWER
 from vllm_prune.eval.shapes import image_seed, make_scene, png_bytes, render, write_split
-from vllm_prune.train_shapes import IGNORE, Encoder, forward, method_reducer
 
 FLOORS = {"existence": 0.90, "color": 0.70, "count": 0.70, "location": 0.70}
 FLOOR_IMAGES = 100  # test images 0-99: 100 questions of each type
@@ -40,7 +40,7 @@ SIZE_CAP = 20 * 2**20
 def shapes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``vllm-prune serve`` with no model: the embedded default."""
     root = tmp_path_factory.mktemp("shapes-llava")
-    command = [sys.executable, "-m", "server.cli", "serve", "--block-size", str(BLOCK_SIZE)]
+    command = [sys.executable, "-m", "vllm_prune.cli", "serve", "--block-size", str(BLOCK_SIZE)]
     with running(root, {"default": command}) as started:
         yield started["default"]
 

@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
+from loadtests.probe import image_messages, noise_image_data_url
 from tests.conftest import TRACE_FILE, Server
-from vllm_prune import trace
-from vllm_prune.client_utils import image_messages, noise_image_data_url
 from vllm_prune.eval.analyze import main as analyze_main
 from vllm_prune.eval.analyze import newest_lines, trace_positions
 from vllm_prune.methods import Context, get_method
-from vllm_prune.trace import TraceError, TraceLine, read_trace
+from vllm_prune.observability import trace
+from vllm_prune.observability.trace import TraceError, TraceLine, read_trace
 
 GRID = (24, 24)  # the demo LLaVA: 336 px, 14 px patches
 N = GRID[0] * GRID[1]
@@ -99,13 +99,13 @@ def test_record_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_reduce_plan_records_each_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The one hook every family goes through (LLaVA-NeXT passes its grid part)."""
-    from vllm_prune.models import fields
+    from vllm_prune.plan import PrunePlan, reduce_plan
 
     path = tmp_path / "trace.jsonl"
     monkeypatch.setenv(trace.ENV, str(path))
-    plan = fields.PrunePlan("random", 5, {"prune_seed": 1}, torch.empty(0, dtype=torch.long))
+    plan = PrunePlan("random", 5, {"prune_seed": 1}, torch.empty(0, dtype=torch.long))
     features = torch.randn(12, 3)
-    reduced = fields.reduce_plan(features, (3, 4), plan, part="grid")
+    reduced = reduce_plan(features, (3, 4), plan, part="grid")
     (line,) = read_trace(path)
     assert line.part == "grid" and line.keep == 5 and line.tokens == 12 and line.grid == (3, 4)
     assert line.indices == tuple(reduced.indices.tolist())

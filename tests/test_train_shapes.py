@@ -1,4 +1,4 @@
-"""The training code of ``shapes-llava`` (``vllm_prune/train_shapes.py``), on a fresh model.
+"""The training code of ``shapes-llava`` (``devtools/train_shapes.py``), on a fresh model.
 
 Its forward pass shares each image's prefix between the image's questions; here it has
 to equal transformers' own ``LlavaForConditionalGeneration`` on the full prompts. The
@@ -15,10 +15,8 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from vllm_prune import shapes_llava
-from vllm_prune.eval import shapes
-from vllm_prune.eval.sample import SHORT_ANSWER
-from vllm_prune.train_shapes import (
+from devtools import shapes_llava
+from devtools.train_shapes import (
     GRID,
     IGNORE,
     IMAGE_HEAD,
@@ -36,6 +34,8 @@ from vllm_prune.train_shapes import (
     patch_targets,
     random_subsets,
 )
+from vllm_prune.eval import shapes
+from vllm_prune.eval.sample import SHORT_ANSWER
 
 
 @pytest.fixture(scope="module")

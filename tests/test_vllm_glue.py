@@ -7,7 +7,9 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from vllm_prune.models import fields
+from vllm_prune.integration import wire
+from vllm_prune.integration.processing import encode_fields, parse_spec
+from vllm_prune.plan import apply_plan, square_grid
 
 
 def test_plugin_entry_point_registers_our_llava():
@@ -43,16 +45,16 @@ def test_plugin_entry_point_registers_our_llava():
 def test_processor_count_and_model_rows_always_agree(spec):
     """What the processor promises (placeholders) is what the model returns (rows)."""
     counts = [576, 576]
-    encoded = fields.encode(fields.parse(spec), counts, text_ids=[5, 6])
+    encoded = wire.encode(parse_spec(spec), counts, text_ids=[5, 6])
     # What vLLM hands embed_multimodal: the batched fields, stacked.
     kwargs = {key: value for key, value in encoded.items()}
-    plans = fields.pop_plans(kwargs)
+    plans = wire.pop_plans(kwargs)
     assert kwargs == {}
     assert len(plans) == 2
-    for keep, plan in zip(encoded[fields.KEEP_KEY].tolist(), plans, strict=True):
-        rows = fields.apply_plan(
+    for keep, plan in zip(encoded[wire.KEEP_KEY].tolist(), plans, strict=True):
+        rows = apply_plan(
             torch.randn(576, 8),
-            fields.square_grid(576),
+            square_grid(576),
             plan,
             cls_attention=torch.rand(576).softmax(0),
             vision_keys=torch.randn(576, 4),
@@ -73,7 +75,7 @@ def test_unknown_method_in_the_processor_is_a_validation_error():
     from vllm.exceptions import VLLMValidationError
 
     with pytest.raises(VLLMValidationError) as caught:
-        fields.parse({"prune": "nope"})
+        parse_spec({"prune": "nope"})
     assert caught.value.parameter == "prune"
 
 
@@ -81,7 +83,7 @@ def test_cls_attention_is_the_softmax_row_of_the_cls_query():
     """The hook's [CLS] row equals the full attention map's first row, averaged over heads."""
     from types import SimpleNamespace
 
-    from vllm_prune.models.vision_attention import capture_cls_attention
+    from vllm_prune.signals.cls_attention import capture_cls_attention
 
     batch, tokens, heads, head_dim = 2, 5, 2, 4
     qkv_proj = torch.nn.Linear(heads * head_dim, 3 * heads * head_dim)
@@ -104,5 +106,5 @@ def test_bad_spec_becomes_vllms_validation_error_naming_the_field():
     from vllm.exceptions import VLLMValidationError
 
     with pytest.raises(VLLMValidationError) as caught:
-        fields.encode(fields.parse({"prune": "pooling", "prune_keep": 600}), [576])
+        encode_fields(parse_spec({"prune": "pooling", "prune_keep": 600}), [576], [], [576])
     assert caught.value.parameter == "prune_keep"

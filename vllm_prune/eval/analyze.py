@@ -50,7 +50,7 @@ from PIL import Image
 
 from vllm_prune.eval.sample import image_bytes
 from vllm_prune.methods import Context, get_method, method_names
-from vllm_prune.trace import ENV, TraceError, TraceLine, read_trace
+from vllm_prune.observability.trace import ENV, TraceError, TraceLine, read_trace
 
 IMAGE_SIZE, PATCH = 336, 14  # LLaVA-1.5: CLIP ViT-L/14 at 336 px
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)

@@ -27,7 +27,7 @@ from .base import (
     keep_top,
     require,
 )
-from .fastv import LAYER_PARAM
+from .params import LAYER_PARAM
 from .registry import register
 
 DEFAULT_ALPHA = 0.5

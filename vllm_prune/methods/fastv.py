@@ -15,18 +15,9 @@ chat template's last token.
 
 from __future__ import annotations
 
-from .base import SCOUT, TEXT, Param, ScoreRanking
+from .base import SCOUT, TEXT, ScoreRanking
+from .params import LAYER_PARAM
 from .registry import register
-
-LAYER_FIELD = "prune_layer"
-LAYER_PARAM = Param(
-    name=LAYER_FIELD,
-    kind=int,
-    default=2,
-    minimum=1,
-    maximum=128,
-    description="K: scores come from attention in LLM layer K - 1 (FastV's K).",
-)
 
 
 @register

@@ -8,7 +8,7 @@ sequence). Same adaptation as ``fastv``: scores from the scout pass.
 from __future__ import annotations
 
 from .base import SCOUT, TEXT, ScoreRanking
-from .fastv import LAYER_PARAM
+from .params import LAYER_PARAM
 from .registry import register
 
 

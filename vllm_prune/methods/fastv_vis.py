@@ -12,7 +12,7 @@ whatever is asked.
 from __future__ import annotations
 
 from .base import SCOUT, ScoreRanking
-from .fastv import LAYER_PARAM
+from .params import LAYER_PARAM
 from .registry import register
 
 

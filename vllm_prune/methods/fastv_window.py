@@ -25,7 +25,7 @@ from .base import (
     require,
     select_rows,
 )
-from .fastv import LAYER_PARAM
+from .params import LAYER_PARAM
 from .registry import register
 
 DEFAULT_WINDOW = 4

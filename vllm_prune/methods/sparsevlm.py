@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .base import SCOUT, TEXT, Context, PruneMethod, Reduced, check_inputs, require
-from .fastv import LAYER_PARAM
+from .params import LAYER_PARAM
 from .registry import register
 
 RECYCLE_SHARE = 0.3  # the source's "top 30%" of deleted tokens

@@ -6,7 +6,7 @@ runs, validates what can only be checked against the model (layers, text, the
 vision tower), stores the per-image fields and records the metrics. The family
 says how many visual tokens vLLM gives each image (``_visual_tokens``), how many
 patches there were before any training-aware merging (``_patches``), and emits
-``fields.num_placeholders`` tokens per image in its own ``_get_prompt_updates``.
+``wire.num_placeholders`` tokens per image in its own ``_get_prompt_updates``.
 """
 
 from __future__ import annotations
@@ -17,19 +17,50 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from transformers import BatchFeature
+from vllm.exceptions import VLLMValidationError
 from vllm.inputs.engine import MultiModalHashes, MultiModalInput
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
 
-from .. import metrics
 from ..methods import get_method
 from ..methods.base import SCOUT, VISION_ATTENTION
-from ..methods.fastv import LAYER_FIELD
-from ..spec import BUDGET_FIELD, METHOD_FIELD, PruneSpec, needs_text, prune_field_names
-from . import fields
+from ..methods.params import LAYER_FIELD
+from ..observability import metrics
+from ..spec import (
+    BUDGET_FIELD,
+    METHOD_FIELD,
+    PruneSpec,
+    PruneSpecError,
+    needs_text,
+    prune_field_names,
+)
+from . import wire
 
 logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is printed
+
+
+def refuse(field: str, message: str) -> VLLMValidationError:
+    """vLLM's own validation error, which its server turns into an HTTP 400 naming the field."""
+    return VLLMValidationError(message, parameter=field)
+
+
+def parse_spec(hf_kwargs: Mapping[str, object]) -> PruneSpec:
+    """The request's prune spec (``none`` when it names no method)."""
+    try:
+        return PruneSpec.from_fields(hf_kwargs) or PruneSpec(method="none")
+    except PruneSpecError as err:
+        raise refuse(err.field, str(err)) from err
+
+
+def encode_fields(
+    spec: PruneSpec, tokens: list[int], text_ids: list[int], patches: list[int]
+) -> dict[str, object]:
+    """``wire.encode``, with a spec that does not fit the images refused as a 400."""
+    try:
+        return wire.encode(spec, tokens, text_ids, patches)
+    except PruneSpecError as err:
+        raise refuse(err.field, str(err)) from err
 
 
 class PruneProcessorMixin:
@@ -68,7 +99,7 @@ class PruneProcessorMixin:
     def _apply_hf_processor_main(
         self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
-        spec = fields.parse(hf_kwargs)
+        spec = parse_spec(hf_kwargs)
         has_images = "image" in mm_items and self._images(mm_items).get_count() > 0
         if has_images:
             self._check_supported(spec.method, mm_items)
@@ -78,7 +109,7 @@ class PruneProcessorMixin:
         if has_images:
             tokens = self._visual_tokens(mm_items, processed)
             processed.update(
-                fields.encode(spec, tokens, text_ids, self._patches(processed, tokens))
+                encode_fields(spec, tokens, text_ids, self._patches(processed, tokens))
             )
         return processed
 
@@ -89,7 +120,7 @@ class PruneProcessorMixin:
             layer = spec.params.get(LAYER_FIELD)
             layers = info.get_hf_config().get_text_config().num_hidden_layers
             if layer is not None and layer > layers:
-                raise fields.refuse(
+                raise refuse(
                     LAYER_FIELD,
                     f"'{LAYER_FIELD}' must be at most {layers} for this model; got {layer}",
                 )
@@ -97,7 +128,7 @@ class PruneProcessorMixin:
             return []
         ids = info.get_tokenizer().encode(spec.text or "", add_special_tokens=False)
         if not ids:
-            raise fields.refuse(
+            raise refuse(
                 METHOD_FIELD,
                 f"'{spec.method}' scores visual tokens against the question, and the last "
                 "user message has no text",
@@ -110,11 +141,11 @@ class PruneProcessorMixin:
             return
         refusal = self._vision_attention_refusal()
         if refusal is not None:
-            raise fields.refuse(
+            raise refuse(
                 METHOD_FIELD, f"'{method}' reads the vision tower's [CLS] attention: {refusal}"
             )
         if isinstance(self._images(mm_items), ImageEmbeddingItems):
-            raise fields.refuse(
+            raise refuse(
                 METHOD_FIELD,
                 f"'{method}' reads the vision tower's attention, so it cannot prune "
                 "precomputed image embeddings; send the image itself",
@@ -124,7 +155,7 @@ class PruneProcessorMixin:
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
         config = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))  # type: ignore[misc]
-        config.update(fields.field_config("image"))
+        config.update(wire.field_config("image"))
         return config
 
     def apply(self, inputs: ProcessorInputs, timing_ctx: TimingContext) -> MultiModalInput:
@@ -145,7 +176,7 @@ class PruneProcessorMixin:
         self._record(str(method), counts)  # type: ignore[arg-type]
         return result
 
-    def _record(self, method: str, counts: list[fields.Counts]) -> None:
+    def _record(self, method: str, counts: list[wire.Counts]) -> None:
         model_config = self.info.ctx.model_config  # type: ignore[attr-defined]
         metrics.record_prompt(
             method=method,
@@ -182,11 +213,11 @@ class _CountsByHash:
 
     def __init__(self, size: int = 65536) -> None:
         self.size = size
-        self.entries: OrderedDict[str, fields.Counts] = OrderedDict()
+        self.entries: OrderedDict[str, wire.Counts] = OrderedDict()
 
-    def remember(self, key: str, item: Mapping[str, object] | None) -> fields.Counts | None:
+    def remember(self, key: str, item: Mapping[str, object] | None) -> wire.Counts | None:
         if item is not None:
-            self.entries[key] = fields.item_counts(item)
+            self.entries[key] = wire.item_counts(item)
             if len(self.entries) > self.size:
                 self.entries.popitem(last=False)
         found = self.entries.get(key)

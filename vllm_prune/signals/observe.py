@@ -12,10 +12,10 @@ from torch import nn
 
 from ..methods import get_method
 from ..methods.base import SCOUT, TEXT
-from ..methods.fastv import LAYER_FIELD
-from .fields import PrunePlan
+from ..methods.params import LAYER_FIELD
+from ..plan import PrunePlan
+from .cls_attention import ClsAttention
 from .scout import scout
-from .vision_attention import ClsAttention
 
 # Context fields that hold one entry per visual token, and the dimension it is on.
 PER_TOKEN = {

@@ -1,6 +1,6 @@
-"""Train ``shapes-llava`` (``vllm_prune/shapes_llava.py``) on the ``shapes`` train split.
+"""Train ``shapes-llava`` (``devtools/shapes_llava.py``) on the ``shapes`` train split.
 
-    .venv/bin/python -m vllm_prune.train_shapes     # writes vllm_prune/assets/shapes-llava
+    .venv/bin/python -m devtools.train_shapes     # writes vllm_prune/assets/shapes-llava
 
 Plain PyTorch on transformers' ``LlavaForConditionalGeneration``, seeded; 3000 steps of
 4 train images (about 0.6 s a step on these 2 CPU cores, less when tokens are dropped:
@@ -74,12 +74,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache, LlavaForConditionalGeneration
 
-from vllm_prune.demo_model import IMAGE_SIZE, IMAGE_TOKEN, PATCH_SIZE
-from vllm_prune.eval import shapes
-from vllm_prune.eval.sample import SHORT_ANSWER
-from vllm_prune.methods.base import Context
-from vllm_prune.methods.registry import get_method
-from vllm_prune.shapes_llava import (
+from devtools.shapes_llava import (
     FOLDER,
     build_config,
     build_processor,
@@ -87,6 +82,11 @@ from vllm_prune.shapes_llava import (
     load,
     save,
 )
+from devtools.tiny_llava import IMAGE_SIZE, IMAGE_TOKEN, PATCH_SIZE
+from vllm_prune.eval import shapes
+from vllm_prune.eval.sample import SHORT_ANSWER
+from vllm_prune.methods.base import Context
+from vllm_prune.methods.registry import get_method
 from vllm_prune.spec import METHOD_FIELD, RATIO_FIELD, PruneSpec
 
 IGNORE = -100

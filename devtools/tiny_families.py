@@ -1,6 +1,6 @@
 """Tiny Qwen2-VL, Qwen2.5-VL and LLaVA-NeXT checkpoints built offline, seeded random weights.
 
-Like the LLaVA demo model (``demo_model``): the real geometry of each family
+Like the tiny LLaVA (``tiny_llava``): the real geometry of each family
 (14 px patches, Qwen's 2 x 2 merger and M-RoPE, LLaVA-NeXT's anyres crops and
 newline tokens) around a 2-layer LLM, written in the layout vLLM 0.32 loads.
 Used by the tests, and by anyone who wants to try a family without a download.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .demo_model import WORDS, word_tokenizer, write_random_weights
+from .tiny_llava import WORDS, word_tokenizer, write_random_weights
 
 QWEN_SPECIAL = [
     "<unk>",
@@ -118,7 +118,7 @@ def build_tiny_llava_next(path: Path) -> Path:
         LlavaNextProcessor,
     )
 
-    from .demo_model import (
+    from .tiny_llava import (
         CHAT_TEMPLATE,
         IMAGE_SIZE,
         IMAGE_TOKEN,

@@ -37,10 +37,11 @@ from vllm.multimodal.processing import (
 )
 
 from ..methods.base import VISION_ATTENTION
-from . import fields
-from .observe import observe
+from ..plan import apply_plan, needs, square_grid
+from ..signals.cls_attention import ClsAttention, capture_cls_attention, per_image
+from ..signals.observe import observe
+from . import wire
 from .processing import PruneProcessorMixin
-from .vision_attention import ClsAttention, capture_cls_attention, per_image
 
 
 class PruneLlavaLikeProcessorMixin(PruneProcessorMixin):
@@ -65,7 +66,7 @@ class PruneLlavaLikeProcessorMixin(PruneProcessorMixin):
         image_token_id = self.info.get_hf_config().image_token_index  # type: ignore[attr-defined]
 
         def replacement(item_idx: int) -> list[int]:
-            return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
+            return [image_token_id] * wire.num_placeholders(out_mm_kwargs, item_idx)
 
         return [
             PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)
@@ -101,10 +102,10 @@ def _build_processor(
 )
 class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        plans = fields.pop_plans(kwargs)
+        plans = wire.pop_plans(kwargs)
         if plans is None:
             return super().embed_multimodal(**kwargs)
-        if not fields.needs(plans, VISION_ATTENTION):
+        if not needs(plans, VISION_ATTENTION):
             embeddings = super().embed_multimodal(**kwargs)
             vision: list[ClsAttention | None] = [None] * len(plans)
         else:
@@ -115,8 +116,6 @@ class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             vision = list(per_image(captured, [image.shape[0] for image in embeddings]))
         llm = self.language_model.model
         return [
-            fields.apply_plan(
-                image, fields.square_grid(image.shape[0]), plan, **observe(llm, image, plan, seen)
-            )
+            apply_plan(image, square_grid(image.shape[0]), plan, **observe(llm, image, plan, seen))
             for image, plan, seen in zip(embeddings, plans, vision, strict=True)
         ]

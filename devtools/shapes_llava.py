@@ -1,9 +1,10 @@
-"""``shapes-llava``: a small LLaVA-1.5 trained in this repo on ``shapes``, shipped as
-package data and served by ``make serve`` when no model is named.
+"""``shapes-llava``: the definition of the demo model (``vllm_prune.demo``), a small
+LLaVA-1.5 trained in this repo on ``shapes``, shipped as package data and served by
+``make serve`` when no model is named.
 
 It has LLaVA-1.5's geometry (336 px images, 14 px patches, 576 visual tokens on a
 24 x 24 grid, a CLIP tower, a two-layer GELU projector, a Llama LLM) at a size a
-2-core CPU trains in under 30 minutes (``python -m vllm_prune.train_shapes``). It
+2-core CPU trains in under 30 minutes (``python -m devtools.train_shapes``). It
 answers the synthetic ``shapes`` questions (existence, colour, count, location) well
 above chance (``tests/test_shapes_model.py`` holds the floors), so pruning's effect on
 accuracy can be measured here with real weights.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vllm_prune.demo_model import (
+from devtools.tiny_llava import (
     CHAT_TEMPLATE,
     IMAGE_SIZE,
     IMAGE_TOKEN,
@@ -29,24 +30,13 @@ from vllm_prune.demo_model import (
     llava_processor,
     word_tokenizer,
 )
+from vllm_prune.demo import FOLDER, NAME, WEIGHTS
 from vllm_prune.eval import shapes
 from vllm_prune.eval.sample import SHORT_ANSWER
 
-NAME = "shapes-llava"
-FOLDER = Path(__file__).parent / "assets" / NAME
-WEIGHTS = "model.safetensors"
+__all__ = ["FOLDER", "NAME", "WEIGHTS", "build_config", "build_tokenizer", "load", "save"]
 # The tower's last layer feeds the projector: no unused layer to train or ship.
 VISION_FEATURE_LAYER = -1
-
-
-def weights_folder() -> Path:
-    """The shipped checkpoint, or a clear error where the package was installed without it."""
-    if not (FOLDER / WEIGHTS).is_file():
-        raise FileNotFoundError(
-            f"{FOLDER / WEIGHTS} is missing: install vllm-prune with its package data "
-            "(pip install .), or train it with python -m vllm_prune.train_shapes"
-        )
-    return FOLDER
 
 
 def vocabulary() -> list[str]:

@@ -4,7 +4,7 @@ The API never returns which tokens a method kept, and methods that read model si
 (FastV's scout attention, the vision tower's [CLS] attention, the question) cannot be
 replayed offline. So, when ``VLLM_PRUNE_TRACE`` names a file, the engine process appends
 one JSON line per pruned image (per grid part for LLaVA-NeXT), written where every
-family applies a method's result (``models.fields.reduce_plan``)::
+family applies a method's result (``plan.reduce_plan``)::
 
     {"method": "fastv", "keep": 144, "tokens": 576, "grid": [24, 24],
      "indices": [...], "merged": false}
@@ -30,12 +30,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .methods import Reduced
+from ..methods import Reduced
 
 ENV = "VLLM_PRUNE_TRACE"
 
@@ -140,14 +141,13 @@ def append(path: str, line: TraceLine) -> None:
         raise OSError(f"short write ({written} of {len(data)} bytes)")
 
 
-def _first_rank() -> bool:
-    """Tensor-parallel ranks all reduce the same images; one line each is enough."""
-    try:
-        from vllm.distributed import get_tensor_model_parallel_rank
+def _always() -> bool:
+    return True
 
-        return get_tensor_model_parallel_rank() == 0
-    except (ImportError, AssertionError, RuntimeError):  # no vLLM, or no TP group set up
-        return True
+
+# Tensor-parallel ranks all reduce the same images; one line each is enough. The
+# plugin sets this to vLLM's "am I tensor-parallel rank 0" (this module knows no vLLM).
+is_writer: Callable[[], bool] = _always
 
 
 def record(
@@ -163,7 +163,7 @@ def record(
     fail a request.
     """
     path = trace_path()
-    if path is None or reduced.indices.numel() == features.shape[0] or not _first_rank():
+    if path is None or reduced.indices.numel() == features.shape[0] or not is_writer():
         return
     indices = reduced.indices.to(torch.long)
     rows = features[indices.to(features.device)]

@@ -55,8 +55,9 @@ from vllm.multimodal.inputs import MultiModalFeatureSpec, MultiModalKwargsItems
 from vllm.multimodal.parse import MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
-from . import fields
-from .observe import observe
+from ..plan import PrunePlan, reduce_plan
+from ..signals.observe import observe
+from . import wire
 from .processing import PruneProcessorMixin
 
 POSITION_CHANNELS = 3  # (t, h, w) offset of each retained row inside its image grid
@@ -85,7 +86,7 @@ class PruneQwenProcessorMixin(PruneProcessorMixin):
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))  # type: ignore[misc]
 
         def replacement(item_idx: int) -> list[int]:
-            return [image_token_id] * fields.num_placeholders(out_mm_kwargs, item_idx)
+            return [image_token_id] * wire.num_placeholders(out_mm_kwargs, item_idx)
 
         for i, update in enumerate(updates):
             if update.modality == "image":
@@ -165,7 +166,7 @@ class PruneQwenModelMixin:
         return pruned_mrope_positions(input_tokens, images)
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        plans = fields.pop_plans(kwargs)
+        plans = wire.pop_plans(kwargs)
         if plans is None:
             return super().embed_multimodal(**kwargs)  # type: ignore[misc]
         # vLLM batches one modality per call: with prune fields, these are images.
@@ -181,13 +182,13 @@ class PruneQwenModelMixin:
                 out.append(image)  # unpruned: exactly what vLLM returns
                 continue
             found = observe(llm, image, plan, scout_positions=self._scout_positions(shape, plan))
-            reduced = fields.reduce_plan(image, shape, plan, **found)
+            reduced = reduce_plan(image, shape, plan, **found)
             offsets = grid_offsets(reduced.indices.to(image.device), shape[1])
             out.append(torch.cat([reduced.features, offsets.T.to(image.dtype)], dim=-1))
         return out
 
     @staticmethod
-    def _scout_positions(shape: tuple[int, int], plan: fields.PrunePlan) -> torch.Tensor:
+    def _scout_positions(shape: tuple[int, int], plan: PrunePlan) -> torch.Tensor:
         """The image at the start of the scout sequence, the question after its grid."""
         h, w = shape
         image = grid_offsets(torch.arange(h * w), w)

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vllm_prune import metrics
+from vllm_prune.observability import metrics
 from vllm_prune.spec import DEFAULT_RATIO, PruneSpecError
 
 from .methods_endpoint import METHODS_PATH, methods_document

@@ -1,4 +1,6 @@
-"""The embedded default model: a tiny LLaVA-1.5 built locally, random weights.
+"""``tiny-llava``: a tiny LLaVA-1.5 built locally with random weights, for tests.
+
+    python -m devtools.tiny_llava [DIR]     # default: ~/.cache/vllm-prune/tiny-llava
 
 No model hub is needed: the config, a word-level tokenizer, the image processor
 and seeded random weights (about 2 MB) are written to a folder vLLM serves as
@@ -185,4 +187,6 @@ def write_random_weights(  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    print(build_tiny_llava())
+    import sys
+
+    print(build_tiny_llava(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -39,9 +39,10 @@ from vllm.model_executor.models.llava_next import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from ..methods.base import proportional_quotas
-from . import fields
+from ..plan import PrunePlan, reduce_plan
+from ..signals.observe import observe, rows_of
+from . import wire
 from .llava import PruneLlavaLikeProcessorMixin
-from .observe import observe, rows_of
 
 PARTS = ("base", "grid")  # the grids of an image, as VLLM_PRUNE_TRACE names them
 
@@ -58,7 +59,7 @@ class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextM
 )
 class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        plans = fields.pop_plans(kwargs)
+        plans = wire.pop_plans(kwargs)
         embeddings = super().embed_multimodal(**kwargs)
         if plans is None:
             return embeddings
@@ -99,7 +100,7 @@ class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         self,
         image: torch.Tensor,
         grids: list[tuple[torch.Tensor, tuple[int, int]]],
-        plan: fields.PrunePlan,
+        plan: PrunePlan,
         llm: torch.nn.Module,
     ) -> torch.Tensor:
         candidates = torch.cat([rows for rows, _ in grids])
@@ -112,8 +113,8 @@ class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
             start += rows.numel()
             if keep == 0:
                 continue
-            sub_plan = fields.PrunePlan(plan.method, keep, plan.params, plan.text_ids)
-            reduced = fields.reduce_plan(
+            sub_plan = PrunePlan(plan.method, keep, plan.params, plan.text_ids)
+            reduced = reduce_plan(
                 visual[local], shape, sub_plan, part=part, **rows_of(found, local)
             )
             parts.append(reduced.features)

@@ -1,0 +1,429 @@
+"""The one boundary to vLLM's versions: the supported range, the shims, and the ledger.
+
+vllm-prune subclasses vLLM's processors and models and reads a few of their
+attributes, so it depends on names vLLM does not promise to keep. Everything
+that differs between the supported releases is decided here, and ``LEDGER``
+lists every vLLM name or behaviour the package relies on: why, and what
+changed between versions. ``python -m devtools.vllm_check 0.33.0`` (and
+``tests/test_vllm_versions.py``) check the ledger against the code (every vLLM
+import and every overridden method is listed) and against another release's
+own sources (every name still exists, every overridden method keeps its
+parameters, every attribute read is still set).
+
+The version gate: the plugin loads in every vLLM process, so outside the
+supported range it registers nothing and logs why (vLLM then serves every model
+unpruned, as without the plugin), and ``vllm-prune serve`` exits with the same
+message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+SUPPORTED = ">=0.32,<0.34"
+LOWEST = (0, 32)  # the first supported minor release
+BELOW = (0, 34)  # the first minor release not supported
+CHECKED = ("0.32.0", "0.33.0")  # 0.32.0 runs in CI; 0.33.0 is checked against its sources
+
+
+def minor_version(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a vLLM version string ("0.33.1", "0.32.0+cpu", "0.34.0rc1.dev3")."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def installed_version() -> str:
+    from vllm import __version__
+
+    return str(__version__)
+
+
+def version_refusal(version: str | None = None) -> str | None:
+    """Why this vLLM is not supported, or None when it is."""
+    version = installed_version() if version is None else version
+    minor = minor_version(version)
+    if minor is not None and LOWEST <= minor < BELOW:
+        return None
+    return (
+        f"vllm-prune supports vLLM {SUPPORTED} (checked: {', '.join(CHECKED)}); "
+        f"this is vLLM {version}"
+    )
+
+
+def serve_cli() -> Any:
+    """vLLM's ``serve`` command pieces, wherever this release keeps them.
+
+    0.33 moved ``make_arg_parser`` and ``validate_parsed_serve_args`` from
+    ``vllm.entrypoints.launchers.cli_args`` to ``vllm.entrypoints.common.cli_args``,
+    and ``cli_env_setup`` from ``vllm.entrypoints.serve.utils.api_utils`` to
+    ``vllm.entrypoints.common.startup``.
+    """
+    from types import SimpleNamespace
+
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    if minor_version(installed_version()) >= (0, 33):  # type: ignore[operator]
+        from vllm.entrypoints.common.cli_args import (
+            make_arg_parser,
+            validate_parsed_serve_args,
+        )
+        from vllm.entrypoints.common.startup import cli_env_setup
+    else:
+        from vllm.entrypoints.launchers.cli_args import (  # type: ignore[no-redef]
+            make_arg_parser,
+            validate_parsed_serve_args,
+        )
+        from vllm.entrypoints.serve.utils.api_utils import (  # type: ignore[no-redef]
+            cli_env_setup,
+        )
+    return SimpleNamespace(
+        ServeSubcommand=ServeSubcommand,
+        FlexibleArgumentParser=FlexibleArgumentParser,
+        make_arg_parser=make_arg_parser,
+        validate_parsed_serve_args=validate_parsed_serve_args,
+        cli_env_setup=cli_env_setup,
+    )
+
+
+def first_tensor_parallel_rank() -> bool:
+    """True outside a tensor-parallel group or on its rank 0 (who writes the trace)."""
+    try:
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        return get_tensor_model_parallel_rank() == 0
+    except (AssertionError, RuntimeError):  # no TP group set up (a test, a tool)
+        return True
+
+
+@dataclass(frozen=True)
+class Reliance:
+    """One thing vllm-prune relies on in vLLM.
+
+    ``target``: ``module:Name`` (an import), ``module:Class.method`` (an override),
+    ``module:Class.attribute`` (an attribute read), or a sentence (a behaviour).
+    ``versions``: the checked releases where it holds as written.
+    """
+
+    kind: str  # "import", "override", "attribute" or "behaviour"
+    target: str
+    why: str
+    versions: tuple[str, ...] = ("0.32", "0.33")
+    change: str = ""
+
+
+def _imports(module: str, names: str, why: str, **kw: Any) -> list[Reliance]:
+    return [Reliance("import", f"{module}:{name}", why, **kw) for name in names.split()]
+
+
+def _attributes(module_class: str, names: str, why: str) -> list[Reliance]:
+    return [Reliance("attribute", f"{module_class}.{name}", why) for name in names.split()]
+
+
+_MODELS = "vllm.model_executor.models"
+_PROCESSOR = "vllm.multimodal.processing.processor:BaseMultiModalProcessor"
+
+LEDGER: tuple[Reliance, ...] = (
+    # -- registration ----------------------------------------------------------------
+    *_imports(
+        "vllm",
+        "ModelRegistry",
+        "the plugin points each architecture name at our subclass (lazily, by import path)",
+    ),
+    *_imports("vllm", "__version__", "the version gate"),
+    *_imports(
+        "vllm.multimodal",
+        "MULTIMODAL_REGISTRY",
+        "each model subclass registers its pruning processor",
+    ),
+    # -- the processor side (API-server process) ---------------------------------------
+    *_imports(
+        "vllm.multimodal.processing",
+        "BaseDummyInputsBuilder BaseMultiModalProcessor PromptReplacement PromptUpdate "
+        "ProcessorInputs TimingContext",
+        "types of the processor methods we override; PromptReplacement emits `keep` "
+        "placeholders per image",
+    ),
+    *_imports(
+        "vllm.multimodal.parse",
+        "ImageEmbeddingItems ImageProcessorItems MultiModalDataItems",
+        "reading the request's images (or embeddings) and their sizes",
+    ),
+    *_imports(
+        "vllm.multimodal.inputs",
+        "MultiModalFieldConfig MultiModalKwargsItems MultiModalFeatureSpec",
+        "the per-image prune fields travel as batched multimodal fields; M-RoPE reads "
+        "each item's placeholder offset and length",
+    ),
+    *_imports(
+        "vllm.inputs.engine",
+        "MultiModalHashes MultiModalInput",
+        "types of `_get_mm_hashes` and `apply`",
+    ),
+    *_imports(
+        "vllm.exceptions",
+        "VLLMValidationError",
+        "a prune field that only the processor can check becomes vLLM's own 400 naming it",
+    ),
+    Reliance(
+        "override",
+        f"{_PROCESSOR}._apply_hf_processor_main",
+        "strip the prune fields before the Hugging Face processor, add the per-image fields",
+    ),
+    Reliance(
+        "override",
+        f"{_PROCESSOR}._get_mm_hashes",
+        "images pruned under one `prune_budget` get hashes of their own request",
+    ),
+    Reliance(
+        "override",
+        f"{_PROCESSOR}.apply",
+        "count patches / tokens / kept tokens per request for the metrics and the log line",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.llava:LlavaMultiModalProcessor._get_mm_fields_config",
+        "declare the prune fields (LLaVA, LLaVA-NeXT's base class)",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.llava_next:LlavaNextMultiModalProcessor._get_mm_fields_config",
+        "declare the prune fields (LLaVA-NeXT)",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.qwen2_vl:Qwen2VLMultiModalProcessor._get_mm_fields_config",
+        "declare the prune fields (Qwen2-VL)",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.qwen2_5_vl:Qwen2_5_VLMultiModalProcessor._get_mm_fields_config",
+        "declare the prune fields (Qwen2.5-VL)",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.llava:BaseLlavaMultiModalProcessor._get_prompt_updates",
+        "emit `keep` image tokens instead of N (LLaVA, LLaVA-NeXT)",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.qwen2_vl:Qwen2VLMultiModalProcessor._get_prompt_updates",
+        "emit `keep` image pads instead of N (Qwen2-VL)",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.qwen2_5_vl:Qwen2_5_VLMultiModalProcessor._get_prompt_updates",
+        "emit `keep` image pads instead of N (Qwen2.5-VL)",
+    ),
+    Reliance(
+        "attribute",
+        "vllm.multimodal.processing.processor:BaseMultiModalProcessor.info",
+        "the processing info: HF config, tokenizer, model config, vLLM's own token counts",
+    ),
+    # -- LLaVA-1.5 -------------------------------------------------------------------------
+    *_imports(
+        f"{_MODELS}.llava",
+        "LlavaDummyInputsBuilder LlavaForConditionalGeneration LlavaMultiModalProcessor "
+        "LlavaProcessingInfo _build_llava_or_pixtral_hf_info "
+        "_build_llava_or_pixtral_hf_processor",
+        "the LLaVA classes we subclass; the two private builders keep Pixtral-HF checkpoints "
+        "(same architecture name) on vLLM's own processor",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.llava:LlavaForConditionalGeneration.embed_multimodal",
+        "run the method on the projector output and return `keep` rows per image",
+    ),
+    *_attributes(
+        f"{_MODELS}.llava:LlavaForConditionalGeneration",
+        "vision_tower language_model",
+        "the [CLS] hook finds the tower's last built layer; the scout runs the LLM's layers",
+    ),
+    *_attributes(f"{_MODELS}.clip:CLIPVisionModel", "vision_model", "path to the tower's layers"),
+    *_attributes(f"{_MODELS}.clip:CLIPVisionTransformer", "encoder", "path to the layers"),
+    *_attributes(f"{_MODELS}.clip:CLIPEncoder", "layers", "the last built layer is selected"),
+    *_attributes(f"{_MODELS}.clip:CLIPEncoderLayer", "self_attn", "the hooked attention"),
+    *_attributes(
+        f"{_MODELS}.clip:CLIPAttention",
+        "qkv_proj num_heads_per_partition head_dim scale",
+        "the [CLS] row is computed from the fused QKV output (signals.cls_attention)",
+    ),
+    # -- LLaVA-NeXT ------------------------------------------------------------------------
+    *_imports(
+        f"{_MODELS}.llava_next",
+        "LlavaNextForConditionalGeneration LlavaNextMultiModalProcessor LlavaNextProcessingInfo",
+        "the LLaVA-NeXT classes we subclass",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.llava_next:LlavaNextForConditionalGeneration.embed_multimodal",
+        "prune the base image and the stitched anyres grid, newlines dropped",
+    ),
+    # -- Qwen2-VL, Qwen2.5-VL ----------------------------------------------------------------
+    *_imports("vllm.config", "VllmConfig", "the model constructor's argument"),
+    *_imports(f"{_MODELS}.interfaces", "MultiModalEmbeddings", "return type of `embed_multimodal`"),
+    *_imports(
+        f"{_MODELS}.qwen2_vl",
+        "Qwen2VLDummyInputsBuilder Qwen2VLForConditionalGeneration Qwen2VLMultiModalProcessor "
+        "Qwen2VLProcessingInfo",
+        "the Qwen2-VL classes we subclass",
+    ),
+    *_imports(
+        f"{_MODELS}.qwen2_5_vl",
+        "Qwen2_5_VLDummyInputsBuilder Qwen2_5_VLForConditionalGeneration "
+        "Qwen2_5_VLMultiModalProcessor Qwen2_5_VLProcessingInfo",
+        "the Qwen2.5-VL classes we subclass",
+    ),
+    *[
+        Reliance("override", f"{_MODELS}.{module}:{cls}.{method}", why)
+        for module, cls in (
+            ("qwen2_vl", "Qwen2VLForConditionalGeneration"),
+            ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+        )
+        for method, why in (
+            ("__init__", "refuse pipeline parallelism; the per-step position offsets"),
+            ("embed_multimodal", "prune each image; append the (t, h, w) offsets as 3 channels"),
+            (
+                "get_mrope_input_positions",
+                "a pruned image's placeholders at its base position, the text after it "
+                "where it would be unpruned",
+            ),
+            ("forward", "add the retained rows' offsets to this step's positions"),
+            (
+                "get_encoder_cudagraph_config",
+                "images off the encoder CUDA graphs (that path skips `embed_multimodal`)",
+            ),
+        )
+    ],
+    Reliance(
+        "override",
+        f"{_MODELS}.interfaces:SupportsMultiModal.embed_input_ids",
+        "strip the 3 offset channels and keep the offsets for `forward` (Qwen)",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen2_vl:Qwen2VLForConditionalGeneration",
+        "visual language_model config iter_mm_grid_thw",
+        "the merger size, the LLM's layers for the scout, each item's (t, h, w) grid",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration",
+        "visual language_model config iter_mm_grid_thw",
+        "as for Qwen2-VL",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen2_vl:Qwen2VisionTransformer", "spatial_merge_size", "TACR = merge^2"
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen2_5_vl:Qwen2_5_VisionTransformer", "spatial_merge_size", "as above"
+    ),
+    # -- the scout pass: vLLM's decoder layers, read by signals.scout ----------------------
+    *_attributes(
+        f"{_MODELS}.llama:LlamaModel", "embed_tokens layers", "the question's embeddings; layers"
+    ),
+    *_attributes(
+        f"{_MODELS}.llama:LlamaDecoderLayer",
+        "self_attn input_layernorm post_attention_layernorm mlp",
+        "the scout runs a decoder layer by hand",
+    ),
+    *_attributes(
+        f"{_MODELS}.llama:LlamaAttention",
+        "qkv_proj o_proj rotary_emb q_size kv_size num_heads num_kv_heads head_dim scaling",
+        "the scout's attention rows at layer K - 1",
+    ),
+    *_attributes(f"{_MODELS}.qwen2:Qwen2Model", "embed_tokens layers", "Qwen's LLM, as for Llama"),
+    *_attributes(
+        f"{_MODELS}.qwen2:Qwen2DecoderLayer",
+        "self_attn input_layernorm post_attention_layernorm mlp",
+        "as for Llama",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen2:Qwen2Attention",
+        "qkv_proj o_proj rotary_emb q_size kv_size num_heads num_kv_heads head_dim scaling",
+        "as for Llama",
+    ),
+    # -- the server ----------------------------------------------------------------------------
+    *_imports(
+        "vllm.entrypoints.cli.serve",
+        "ServeSubcommand",
+        "`vllm-prune serve` runs vLLM's own serve command",
+    ),
+    *_imports(
+        "vllm.utils.argparse_utils", "FlexibleArgumentParser", "vLLM's serve argument parser"
+    ),
+    *_imports(
+        "vllm.entrypoints.launchers.cli_args",
+        "make_arg_parser validate_parsed_serve_args",
+        "every `vllm serve` option, plus ours",
+        versions=("0.32",),
+        change="0.33: moved to vllm.entrypoints.common.cli_args",
+    ),
+    *_imports(
+        "vllm.entrypoints.common.cli_args",
+        "make_arg_parser validate_parsed_serve_args",
+        "as above",
+        versions=("0.33",),
+        change="new in 0.33 (was vllm.entrypoints.launchers.cli_args)",
+    ),
+    *_imports(
+        "vllm.entrypoints.serve.utils.api_utils",
+        "cli_env_setup",
+        "the environment `vllm serve` sets up before parsing",
+        versions=("0.32",),
+        change="0.33: moved to vllm.entrypoints.common.startup",
+    ),
+    *_imports(
+        "vllm.entrypoints.common.startup",
+        "cli_env_setup",
+        "as above",
+        versions=("0.33",),
+        change="new in 0.33 (was vllm.entrypoints.serve.utils.api_utils)",
+    ),
+    *_imports(
+        "vllm.distributed",
+        "get_tensor_model_parallel_rank",
+        "only tensor-parallel rank 0 writes the trace",
+    ),
+    # -- behaviour: not checkable from names; each is covered by a served test ----------
+    Reliance(
+        "behaviour",
+        "`--trust-request-mm-kwargs` passes a request's `mm_processor_kwargs` to "
+        "`_apply_hf_processor_main`, and they are part of the multimodal hash",
+        "the prune spec travels per request and caches never mix two settings",
+    ),
+    Reliance(
+        "behaviour",
+        "`--middleware` installs an ASGI middleware on vLLM's app; `app.state.args` "
+        "holds the parsed options",
+        "the middleware reads `--prune-default` / `--prune-ratio` from there",
+    ),
+    Reliance(
+        "behaviour",
+        "the processor cache hands back `None` for an item the engine already holds",
+        "a repeated image's counts come from our own cache (processing._CountsByHash)",
+    ),
+    Reliance(
+        "behaviour",
+        "vLLM unregisters Prometheus collectors whose name starts with `vllm:`",
+        "our metric names start with `vllm_prune_`",
+    ),
+    Reliance(
+        "behaviour",
+        "`recompute_mrope_positions` runs only with `--video-pruning-rate` > 0",
+        "so Qwen positions are carried as 3 extra embedding channels instead",
+    ),
+    Reliance(
+        "behaviour",
+        "vLLM rewrites the `positions` buffer from its per-request copy every step",
+        "Qwen's offsets are added to it in place, for the current step only",
+    ),
+    Reliance(
+        "behaviour",
+        "`get_mrope_input_positions` gets each item's `MultiModalFeatureSpec` with its "
+        "`data` (the grid sizes) still set",
+        "Qwen's pruned positions read the grid from it, as vLLM's own Qwen2-VL does",
+        change="0.33's Model Runner V2 sets `data` to None once positions are computed: "
+        "nothing of ours may read it later",
+    ),
+)

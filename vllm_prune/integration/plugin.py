@@ -1,0 +1,51 @@
+"""vLLM general plugin: swap in the pruning model classes and their processors.
+
+Runs in every vLLM process (API server, engine core, workers), so it must be
+idempotent and cheap: the model modules are registered by import path and
+loaded lazily by vLLM when the architecture is actually used. Outside the
+supported vLLM versions it registers nothing (one log line says why), so vLLM
+serves every model unpruned, exactly as without the plugin.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..observability import trace
+from . import compat
+
+logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is printed
+
+# Architecture name (as in config.json) -> our subclass, as "module:Class".
+OVERRIDES = {
+    "LlavaForConditionalGeneration": (
+        "vllm_prune.integration.llava:PruneLlavaForConditionalGeneration"
+    ),
+    "LlavaNextForConditionalGeneration": (
+        "vllm_prune.integration.llava_next:PruneLlavaNextForConditionalGeneration"
+    ),
+    "Qwen2VLForConditionalGeneration": (
+        "vllm_prune.integration.qwen2_vl:PruneQwen2VLForConditionalGeneration"
+    ),
+    "Qwen2_5_VLForConditionalGeneration": (
+        "vllm_prune.integration.qwen2_vl:PruneQwen2_5_VLForConditionalGeneration"
+    ),
+}
+
+_registered = False
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    refusal = compat.version_refusal()
+    if refusal is not None:
+        logger.warning("%s; pruning is off and every model is served unpruned", refusal)
+        return
+    from vllm import ModelRegistry
+
+    for architecture, target in OVERRIDES.items():
+        ModelRegistry.register_model(architecture, target)
+    trace.is_writer = compat.first_tensor_parallel_rank

@@ -1,0 +1,1 @@
+"""What pruning did, for operators: Prometheus metrics and the opt-in retained-index trace."""

@@ -1,0 +1,65 @@
+"""What the engine does to one image: its prune plan, and running it.
+
+The processor sends each image's method, ``keep``, parameters and question ids
+(``integration.wire``); the model decodes them into a ``PrunePlan`` and runs it
+here, on the image's features and what was measured for the method's needs
+(``signals``). Every family prunes through ``reduce_plan``, so this is also where
+``VLLM_PRUNE_TRACE`` records what was kept. Pure torch, no vLLM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .methods import Context, Reduced, get_method
+from .observability import trace
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What the model does to one image: which method, how many rows, which params."""
+
+    method: str
+    keep: int
+    params: dict[str, int | float]
+    text_ids: torch.Tensor  # [T], int64; empty unless the method needs text
+
+
+def square_grid(num_tokens: int) -> tuple[int, int]:
+    """The token grid of a square image; a 1 x N strip when N is not a square."""
+    side = math.isqrt(num_tokens)
+    return (side, side) if side * side == num_tokens else (1, num_tokens)
+
+
+def reduce_plan(
+    features: torch.Tensor,
+    grid: tuple[int, int],
+    plan: PrunePlan,
+    *,
+    part: str | None = None,
+    **observed: torch.Tensor,
+) -> Reduced:
+    """The ``plan.keep`` rows of one image's features and the tokens they stand for.
+
+    ``part``: which grid of the image this is, when it has several (LLaVA-NeXT).
+    ``observed``: what the model measured for the method's needs (``Context`` fields).
+    """
+    ctx = Context(params=dict(plan.params), **observed)
+    reduced = get_method(plan.method).reduce(features, grid, plan.keep, ctx)
+    trace.record(plan.method, features, grid, reduced, part=part)
+    return reduced
+
+
+def apply_plan(
+    features: torch.Tensor, grid: tuple[int, int], plan: PrunePlan, **observed: torch.Tensor
+) -> torch.Tensor:
+    """The ``plan.keep`` rows of one image's features that go to the LLM."""
+    return reduce_plan(features, grid, plan, **observed).features
+
+
+def needs(plans: Sequence[PrunePlan], need: str) -> bool:
+    return any(need in get_method(plan.method).needs for plan in plans)

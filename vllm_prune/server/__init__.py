@@ -1,0 +1,1 @@
+"""The server: ``vllm-prune serve`` (vLLM's own OpenAI server) and the prune middleware."""

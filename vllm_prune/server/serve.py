@@ -1,0 +1,85 @@
+"""``vllm-prune serve``: vLLM's own ``serve`` command with pruning switched on.
+
+``vllm-prune serve [MODEL] [vLLM serve options] [--prune-default M --prune-ratio R]``
+runs vLLM's ``serve`` (same options, same app) with the prune middleware installed
+and per-request ``mm_processor_kwargs`` enabled (the middleware lets only prune
+fields through). Without MODEL it serves the embedded ``shapes-llava``, a small
+LLaVA-1.5 trained in this repository on the synthetic ``shapes`` benchmark. It
+exits at once, saying why, on a vLLM outside the supported versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vllm_prune import demo
+from vllm_prune.integration import compat
+from vllm_prune.methods import method_names
+from vllm_prune.spec import DEFAULT_RATIO
+
+MIDDLEWARE = "vllm_prune.server.middleware.PruneMiddleware"
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"--prune-ratio must be in [0, 1), got {value}")
+    return value
+
+
+def add_prune_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("vllm-prune")
+    group.add_argument(
+        "--prune-default",
+        choices=method_names(),
+        default=None,
+        help="Prune method for requests that name none (default: no pruning).",
+    )
+    group.add_argument(
+        "--prune-ratio",
+        type=_ratio,
+        default=DEFAULT_RATIO,
+        help="Ratio for requests that name a method but neither prune_ratio "
+        f"nor prune_keep (default {DEFAULT_RATIO}).",
+    )
+
+
+def _has_model(argv: list[str]) -> bool:
+    if argv and not argv[0].startswith("-"):
+        return True
+    return any(a == "--model" or a.startswith("--model=") for a in argv)
+
+
+def serve_parser():  # type: ignore[no-untyped-def]
+    """vLLM's ``serve`` parser with the prune options added."""
+    cli = compat.serve_cli()
+    parser = cli.make_arg_parser(
+        cli.FlexibleArgumentParser(
+            prog="vllm-prune serve",
+            description="vLLM's OpenAI-compatible server with visual-token pruning.",
+        )
+    )
+    add_prune_args(parser)
+    return parser
+
+
+def serve(argv: list[str]) -> None:
+    refusal = compat.version_refusal()
+    if refusal is not None:
+        sys.exit(
+            f"vllm-prune serve: {refusal}. Install a supported vLLM "
+            f"(pip install 'vllm{compat.SUPPORTED}'), or serve without pruning with vllm serve."
+        )
+    if not _has_model(argv):
+        model = demo.weights_folder()
+        argv = [str(model), *demo.SERVE_ARGS, "--served-model-name", demo.NAME, *argv]
+
+    cli = compat.serve_cli()
+    cli.cli_env_setup()
+    args = serve_parser().parse_args(argv)
+    args.trust_request_mm_kwargs = True  # the middleware admits prune fields only
+    if MIDDLEWARE not in args.middleware:
+        args.middleware.append(MIDDLEWARE)
+    cli.validate_parsed_serve_args(args)
+    cli.ServeSubcommand.cmd(args)
