@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from server.request_fields import ServerDefaults, rewrite
 
+from vllm_prune.server.request_fields import ServerDefaults, rewrite
 from vllm_prune.spec import PruneSpecError
 
 CHAT = "/v1/chat/completions"
