@@ -7,6 +7,7 @@ plugin switched off: it is the reference for "pruning off changes nothing".
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -87,11 +88,84 @@ def plain_command(model: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *args]
 
 
+@dataclass(frozen=True)
+class Traced:
+    """A greedy answer with what the servers' trace gained while it was computed."""
+
+    prompt_tokens: int
+    text: str
+    top: list[dict[str, float]]  # per generated token: its top tokens' log-probabilities
+    kept: dict[tuple[int | None, str | None], tuple[int, ...]]  # (rank, part) -> indices
+
+
+def ask_traced(
+    server: Server, trace: Path, model: str, messages: list, extra: dict, *, new_connection=False
+) -> Traced:
+    """One request, and the trace lines it added (so: one request at a time per trace).
+
+    ``new_connection``: a client of its own, so the kernel picks the API server anew
+    where several share the port.
+    """
+    before = trace.stat().st_size if trace.exists() else 0
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    response = (client if new_connection else server.client).chat.completions.create(
+        model=model,
+        messages=messages,
+        max_tokens=3,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=5,
+        extra_body=extra,
+    )
+    lines = []
+    if trace.exists():
+        with trace.open("rb") as handle:
+            handle.seek(before)
+            lines = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+    if new_connection:
+        client.close()
+    kept = {(line.get("rank"), line.get("part")): tuple(line["indices"]) for line in lines}
+    assert len(kept) == len(lines), lines  # one line per rank and part
+    return Traced(
+        prompt_tokens=response.usage.prompt_tokens,
+        text=response.choices[0].message.content,
+        top=[
+            {t.token: t.logprob for t in token.top_logprobs}
+            for token in response.choices[0].logprobs.content
+        ],
+        kept=kept,
+    )
+
+
+def assert_same_on_two_ranks(one: Traced, two: Traced, tolerance: float) -> None:
+    """``two`` (tensor parallel, 2 ranks) kept on each rank what ``one`` kept, and answered
+    alike: the same tokens, log-probabilities within ``tolerance`` (two ranks add the
+    row-parallel layers' halves in another order)."""
+    assert two.prompt_tokens == one.prompt_tokens
+    parts = {part for rank, part in one.kept}
+    assert all(rank is None for rank, _ in one.kept)
+    assert set(two.kept) == {(rank, part) for rank in (0, 1) for part in parts}
+    for part in parts:
+        assert two.kept[(0, part)] == two.kept[(1, part)] == one.kept[(None, part)], part
+    assert two.text == one.text
+    for mine, theirs in zip(two.top, one.top, strict=True):
+        assert set(mine) == set(theirs)
+        for token, logprob in theirs.items():
+            assert abs(mine[token] - logprob) <= tolerance, (token, mine[token], logprob)
+
+
+# vLLM's CPU build runs one rank per core set: two ranks on this machine's two cores.
+TWO_RANKS = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+
+
 @contextmanager
-def running(root: Path, commands: dict[str, list[str]]) -> Iterator[dict[str, Server]]:
+def running(
+    root: Path, commands: dict[str, list[str]], envs: dict[str, dict[str, str]] | None = None
+) -> Iterator[dict[str, Server]]:
     """Start servers at once (start-up dominates), wait for all, stop them at the end.
 
-    A name starting with ``plain`` runs with every vLLM plugin switched off.
+    A name starting with ``plain`` runs with every vLLM plugin switched off;
+    ``envs`` adds variables to a named server's environment.
     """
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -102,6 +176,7 @@ def running(root: Path, commands: dict[str, list[str]]) -> Iterator[dict[str, Se
         for name, command in commands.items():
             log = root / f"{name}.log"
             chosen = plain_env if name.startswith("plain") else env
+            chosen = {**chosen, **(envs or {}).get(name, {})}
             started[name] = (*_start(command, log, chosen), log)
         for process, url, log in started.values():
             wait_healthy(process, url, log)

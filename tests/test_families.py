@@ -1,8 +1,9 @@
 """Every model family end to end: LLaVA-NeXT, Qwen2-VL and Qwen2.5-VL.
 
 For each family a tiny checkpoint (seeded random weights, built offline) is
-served twice, by our server and by plain vLLM with every plugin off; the pair
-runs for this module's tests of that family, then stops.
+served three times: by our server, by our server on two tensor-parallel ranks, and
+by plain vLLM with every plugin off; the three run for this module's tests of that
+family, then stop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ from devtools.tiny_families import build_tiny_llava_next, build_tiny_qwen2_vl
 from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune.methods import method_names
 
-from .conftest import BLOCK_SIZE, Server, plain_command, pruned_command, running
+from .conftest import (
+    BLOCK_SIZE,
+    TRACE_FILE,
+    TWO_RANKS,
+    Server,
+    ask_traced,
+    assert_same_on_two_ranks,
+    plain_command,
+    pruned_command,
+    running,
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,9 @@ class Served:
     family: Family
     pruned: Server
     plain: Server
+    tp2: Server
     model: Path
+    trace: Path
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=lambda f: f.name)
@@ -56,9 +69,20 @@ def served(request, tmp_path_factory) -> Served:
     family: Family = request.param
     root: Path = tmp_path_factory.mktemp(family.name)
     model = str(family.build(root / "model"))  # type: ignore[operator]
-    commands = {"pruned": pruned_command(model, *ARGS), "plain": plain_command(model, *ARGS)}
-    with running(root, commands) as started:
-        yield Served(family, started["pruned"], started["plain"], Path(model))
+    commands = {
+        "pruned": pruned_command(model, *ARGS),
+        "plain": plain_command(model, *ARGS),
+        "tp2": pruned_command(model, *ARGS, "--tensor-parallel-size", "2"),
+    }
+    with running(root, commands, envs={"tp2": TWO_RANKS}) as started:
+        yield Served(
+            family,
+            started["pruned"],
+            started["plain"],
+            started["tp2"],
+            Path(model),
+            root / TRACE_FILE,
+        )
 
 
 def ask(server: Server, family: Family, extra: dict | None, question="what color is the square ?"):
@@ -113,6 +137,22 @@ def test_methods_the_family_cannot_run_are_refused_with_the_reason(served: Serve
         assert "[CLS]" in body["message"]
     # The server keeps serving.
     assert ask(served.pruned, served.family, {"prune": "pooling"}).usage.prompt_tokens > 0
+
+
+def test_two_tensor_parallel_ranks_keep_what_one_keeps(served: Served):
+    """Each rank's retained indices (per grid part) equal one rank's, and so does the answer.
+
+    Random weights give flatter log-probabilities than a trained model; two ranks still
+    move them in the last digits only.
+    """
+    family = served.family
+    messages = image_messages("what color is the square ?", seed=23, size=family.size)
+    for method in ["none", *RUNNABLE]:
+        extra = {"prune": method, "prune_ratio": 0.75}
+        one = ask_traced(served.pruned, served.trace, "tiny", messages, extra)
+        two = ask_traced(served.tp2, served.trace, "tiny", messages, extra)
+        assert bool(one.kept) == (method != "none"), method
+        assert_same_on_two_ranks(one, two, tolerance=1e-3)
 
 
 def images_message(sizes: list[tuple[int, int]], seeds: list[int]) -> list[dict]:

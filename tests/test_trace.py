@@ -90,6 +90,14 @@ def test_record_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("random", False, "base"),
     ]
     assert lines[1].indices == tuple(picked.indices.tolist()) and lines[1].grid == (2, 3)
+    assert all(x.rank is None for x in lines)  # one rank: no rank field
+
+    # Under tensor parallelism each rank writes its own line, naming its rank.
+    monkeypatch.setattr(trace, "rank", lambda: 1)
+    trace.record("random", features, (2, 3), picked)
+    assert json.loads(path.read_text().splitlines()[-1])["rank"] == 1
+    assert read_trace(path)[-1].rank == 1
+    monkeypatch.setattr(trace, "rank", lambda: None)
 
     # A path that cannot be written never fails the request: a warning, once.
     monkeypatch.setenv(trace.ENV, str(tmp_path / "no-such-folder" / "trace.jsonl"))

@@ -88,16 +88,6 @@ def serve_cli() -> Any:
     )
 
 
-def first_tensor_parallel_rank() -> bool:
-    """True outside a tensor-parallel group or on its rank 0 (who writes the trace)."""
-    try:
-        from vllm.distributed import get_tensor_model_parallel_rank
-
-        return get_tensor_model_parallel_rank() == 0
-    except (AssertionError, RuntimeError):  # no TP group set up (a test, a tool)
-        return True
-
-
 @dataclass(frozen=True)
 class Reliance:
     """One thing vllm-prune relies on in vLLM.
@@ -233,6 +223,11 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     Reliance(
         "override",
+        f"{_MODELS}.llava:LlavaForConditionalGeneration.__init__",
+        "refuse pipeline parallelism (integration.parallel)",
+    ),
+    Reliance(
+        "override",
         f"{_MODELS}.llava:LlavaForConditionalGeneration.embed_multimodal",
         "run the method on the projector output and return `keep` rows per image",
     ),
@@ -255,6 +250,11 @@ LEDGER: tuple[Reliance, ...] = (
         f"{_MODELS}.llava_next",
         "LlavaNextForConditionalGeneration LlavaNextMultiModalProcessor LlavaNextProcessingInfo",
         "the LLaVA-NeXT classes we subclass",
+    ),
+    Reliance(
+        "override",
+        f"{_MODELS}.llava_next:LlavaNextForConditionalGeneration.__init__",
+        "refuse pipeline parallelism (integration.parallel)",
     ),
     Reliance(
         "override",
@@ -383,7 +383,20 @@ LEDGER: tuple[Reliance, ...] = (
     *_imports(
         "vllm.distributed",
         "get_tensor_model_parallel_rank",
-        "only tensor-parallel rank 0 writes the trace",
+        "each trace line names its tensor-parallel rank",
+    ),
+    *_imports(
+        "vllm.distributed",
+        "get_tensor_model_parallel_world_size tensor_model_parallel_all_reduce",
+        "head means over every tensor-parallel rank's heads (integration.parallel)",
+    ),
+    *_attributes(
+        "vllm.config:VllmConfig", "parallel_config", "every family's constructor reads the layout"
+    ),
+    *_attributes(
+        "vllm.config:ParallelConfig",
+        "pipeline_parallel_size",
+        "pruning refuses pipeline stages (integration.parallel)",
     ),
     # -- behaviour: not checkable from names; each is covered by a served test ----------
     Reliance(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from transformers import BatchFeature, CLIPVisionConfig
+from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
@@ -41,6 +42,7 @@ from ..plan import apply_plan, needs, square_grid
 from ..signals.cls_attention import ClsAttention, capture_cls_attention, per_image
 from ..signals.observe import observe
 from . import wire
+from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .processing import PruneProcessorMixin
 
 
@@ -101,6 +103,10 @@ def _build_processor(
     dummy_inputs=LlavaDummyInputsBuilder,
 )
 class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = wire.pop_plans(kwargs)
         if plans is None:
@@ -111,11 +117,16 @@ class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         else:
             # The last layer vLLM builds is the selected feature layer.
             selected = self.vision_tower.vision_model.encoder.layers[-1].self_attn
-            with capture_cls_attention(selected) as captured:
+            with capture_cls_attention(selected, sum_over_tensor_parallel) as captured:
                 embeddings = super().embed_multimodal(**kwargs)
             vision = list(per_image(captured, [image.shape[0] for image in embeddings]))
         llm = self.language_model.model
         return [
-            apply_plan(image, square_grid(image.shape[0]), plan, **observe(llm, image, plan, seen))
+            apply_plan(
+                image,
+                square_grid(image.shape[0]),
+                plan,
+                **observe(llm, image, plan, seen, sum_over_ranks=sum_over_tensor_parallel),
+            )
             for image, plan, seen in zip(embeddings, plans, vision, strict=True)
         ]

@@ -29,6 +29,7 @@ from transformers.models.llava_next.modeling_llava_next import (
     get_anyres_image_grid_shape,
     unpad_image,
 )
+from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.model_executor.models.llava import LlavaDummyInputsBuilder
 from vllm.model_executor.models.llava_next import (
@@ -43,6 +44,7 @@ from ..plan import PrunePlan, reduce_plan
 from ..signals.observe import observe, rows_of
 from . import wire
 from .llava import PruneLlavaLikeProcessorMixin
+from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 
 PARTS = ("base", "grid")  # the grids of an image, as VLLM_PRUNE_TRACE names them
 
@@ -58,6 +60,10 @@ class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextM
     dummy_inputs=LlavaDummyInputsBuilder,
 )
 class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = wire.pop_plans(kwargs)
         embeddings = super().embed_multimodal(**kwargs)
@@ -105,7 +111,7 @@ class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
     ) -> torch.Tensor:
         candidates = torch.cat([rows for rows, _ in grids])
         visual = image[candidates.to(image.device)]
-        found = observe(llm, visual, plan)
+        found = observe(llm, visual, plan, sum_over_ranks=sum_over_tensor_parallel)
         keeps = proportional_quotas([rows.numel() for rows, _ in grids], plan.keep)
         parts, start = [], 0
         for part, (rows, shape), keep in zip(PARTS[: len(grids)], grids, keeps, strict=True):

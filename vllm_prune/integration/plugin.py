@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from ..observability import trace
-from . import compat
+from . import compat, parallel
 
 logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is printed
 
@@ -48,4 +48,4 @@ def register() -> None:
 
     for architecture, target in OVERRIDES.items():
         ModelRegistry.register_model(architecture, target)
-    trace.is_writer = compat.first_tensor_parallel_rank
+    trace.rank = parallel.tensor_parallel_rank

@@ -24,8 +24,8 @@ vLLM's own hook for this (``SupportsMultiModalPruning.recompute_mrope_positions`
 runs only when ``--video-pruning-rate`` > 0, which also turns on EVS for
 videos, so it is not used. Limits: the offsets travel from the first pipeline
 stage's embedding step to ``forward`` on the same rank, so pipeline parallelism
-(``--pipeline-parallel-size`` > 1) is refused; the vision encoder's CUDA graphs
-are turned off for images (their path skips ``embed_multimodal``).
+is refused (``parallel.refuse_pipeline_parallel``, as for every family); the vision
+encoder's CUDA graphs are turned off for images (their path skips ``embed_multimodal``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 from ..plan import PrunePlan, reduce_plan
 from ..signals.observe import observe
 from . import wire
+from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .processing import PruneProcessorMixin
 
 POSITION_CHANNELS = 3  # (t, h, w) offset of each retained row inside its image grid
@@ -147,12 +148,7 @@ class PruneQwenModelMixin:
     """Shared by both Qwen generations; ``self`` is also their vLLM model class."""
 
     def _init_pruning(self, vllm_config: VllmConfig) -> None:
-        if vllm_config.parallel_config.pipeline_parallel_size > 1:
-            raise ValueError(
-                "vllm-prune: pruning Qwen2-VL images keeps M-RoPE positions through the "
-                "first pipeline stage only; use --tensor-parallel-size instead of "
-                "--pipeline-parallel-size"
-            )
+        refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         self._position_offsets: torch.Tensor | None = None
 
     def get_mrope_input_positions(
@@ -181,7 +177,13 @@ class PruneQwenModelMixin:
             if plan.keep == image.shape[0]:
                 out.append(image)  # unpruned: exactly what vLLM returns
                 continue
-            found = observe(llm, image, plan, scout_positions=self._scout_positions(shape, plan))
+            found = observe(
+                llm,
+                image,
+                plan,
+                scout_positions=self._scout_positions(shape, plan),
+                sum_over_ranks=sum_over_tensor_parallel,
+            )
             reduced = reduce_plan(image, shape, plan, **found)
             offsets = grid_offsets(reduced.indices.to(image.device), shape[1])
             out.append(torch.cat([reduced.features, offsets.T.to(image.dtype)], dim=-1))

@@ -76,8 +76,8 @@ class CDPrune(PruneMethod):
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        text = F.normalize(require(ctx, "text_embeddings", self.name).float(), dim=-1)
-        visual = F.normalize(features.float(), dim=-1)
+        text = F.normalize(require(ctx, "text_embeddings", self.name).double(), dim=-1)
+        visual = F.normalize(features.double(), dim=-1)
         relevance = (visual @ text.T).mean(dim=-1)
         span = relevance.max() - relevance.min()
         relevance = (relevance - relevance.min()) / (span + 1e-6)

@@ -18,7 +18,9 @@ whole image at 336 px) or ``"part": "grid"`` (the stitched anyres crops, newline
 left out). Images that are not pruned (``keep == tokens``) write nothing. A line is
 written when the engine encodes an image, and vLLM's caches are keyed on the image and
 its prune fields (text-guided methods: the question too), so the same image asked again
-with the same setting writes no new line. With tensor parallelism only rank 0 writes.
+with the same setting writes no new line. With tensor parallelism every rank prunes
+the same images and writes its own lines, each with ``"rank": R`` (its tensor-parallel
+rank): the ranks must keep the same tokens, and the trace is how that is checked.
 
 Each line is one ``write`` on a file opened in append mode, so several engine
 processes can share a file without locks. Unset (the default), nothing happens.
@@ -59,6 +61,7 @@ class TraceLine:
     indices: tuple[int, ...]
     merged: bool = False
     part: str | None = None
+    rank: int | None = None  # the tensor-parallel rank that wrote it, with TP only
 
     def to_json(self) -> str:
         record: dict[str, object] = {
@@ -71,6 +74,8 @@ class TraceLine:
         }
         if self.part is not None:
             record["part"] = self.part
+        if self.rank is not None:
+            record["rank"] = self.rank
         return json.dumps(record, separators=(",", ":"))
 
     @classmethod
@@ -88,6 +93,7 @@ class TraceLine:
                 indices=tuple(int(i) for i in record["indices"]),
                 merged=bool(record.get("merged", False)),
                 part=None if record.get("part") is None else str(record["part"]),
+                rank=None if record.get("rank") is None else int(record["rank"]),
             )
         except KeyError as missing:
             raise ValueError(f"missing field {missing}") from None
@@ -141,13 +147,13 @@ def append(path: str, line: TraceLine) -> None:
         raise OSError(f"short write ({written} of {len(data)} bytes)")
 
 
-def _always() -> bool:
-    return True
+def _no_rank() -> int | None:
+    return None
 
 
-# Tensor-parallel ranks all reduce the same images; one line each is enough. The
-# plugin sets this to vLLM's "am I tensor-parallel rank 0" (this module knows no vLLM).
-is_writer: Callable[[], bool] = _always
+# This process's tensor-parallel rank (None without TP). The plugin sets it to vLLM's
+# (integration.parallel.tensor_parallel_rank); this module knows no vLLM.
+rank: Callable[[], int | None] = _no_rank
 
 
 def record(
@@ -163,7 +169,7 @@ def record(
     fail a request.
     """
     path = trace_path()
-    if path is None or reduced.indices.numel() == features.shape[0] or not is_writer():
+    if path is None or reduced.indices.numel() == features.shape[0]:
         return
     indices = reduced.indices.to(torch.long)
     rows = features[indices.to(features.device)]
@@ -175,6 +181,7 @@ def record(
         indices=tuple(indices.cpu().tolist()),
         merged=not torch.equal(rows, reduced.features),
         part=part,
+        rank=rank(),
     )
     try:
         append(path, line)

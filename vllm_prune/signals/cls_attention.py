@@ -15,19 +15,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .heads import SumOverRanks, mean_over_heads, one_rank
+
 
 @dataclass(frozen=True)
 class ClsAttention:
-    attention: torch.Tensor  # [B, S]: [CLS] attention to each token, mean over heads
-    keys: torch.Tensor  # [B, S, head_dim]: keys, mean over heads
+    attention: torch.Tensor  # [B, S]: [CLS] attention to each token, mean over all heads
+    keys: torch.Tensor  # [B, S, head_dim]: keys, mean over all heads
 
 
 @contextmanager
-def capture_cls_attention(attention_module: nn.Module) -> Iterator[list[ClsAttention]]:
+def capture_cls_attention(
+    attention_module: nn.Module, sum_over_ranks: SumOverRanks = one_rank
+) -> Iterator[list[ClsAttention]]:
     """While active, each forward of ``attention_module`` appends its [CLS] row.
 
     ``attention_module`` is a vLLM CLIP-style attention: ``qkv_proj`` returning
-    ``(qkv, bias)``, ``num_heads_per_partition``, ``head_dim`` and ``scale``.
+    ``(qkv, bias)``, ``num_heads_per_partition``, ``head_dim`` and ``scale``. With
+    tensor parallelism its heads are split over the ranks: ``sum_over_ranks`` sums
+    over them, so every rank gets the mean over all heads.
     """
     captured: list[ClsAttention] = []
 
@@ -42,7 +48,8 @@ def capture_cls_attention(attention_module: nn.Module) -> Iterator[list[ClsAtten
         query = query.view(batch, tokens, heads, head_dim)
         key = key.view(batch, tokens, heads, head_dim)
         logits = torch.einsum("bhd,bshd->bhs", query[:, 0], key) * attention_module.scale
-        captured.append(ClsAttention(logits.softmax(dim=-1).mean(dim=1), key.mean(dim=2)))
+        attention = mean_over_heads(logits.softmax(dim=-1), 1, sum_over_ranks)
+        captured.append(ClsAttention(attention, mean_over_heads(key, 2, sum_over_ranks)))
 
     handle = attention_module.qkv_proj.register_forward_hook(keep_cls_row)
     try:

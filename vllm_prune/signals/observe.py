@@ -15,6 +15,7 @@ from ..methods.base import SCOUT, TEXT
 from ..methods.params import LAYER_FIELD
 from ..plan import PrunePlan
 from .cls_attention import ClsAttention
+from .heads import SumOverRanks, one_rank
 from .scout import scout
 
 # Context fields that hold one entry per visual token, and the dimension it is on.
@@ -34,11 +35,13 @@ def observe(
     plan: PrunePlan,
     seen: ClsAttention | None = None,
     scout_positions: torch.Tensor | None = None,
+    sum_over_ranks: SumOverRanks = one_rank,
 ) -> dict[str, torch.Tensor]:
     """``llm``: the decoder (``embed_tokens``, ``layers``); ``features``: the image's rows.
 
     ``scout_positions``: rotary positions of the image's rows followed by the
-    question for the scout pass; by default 0 .. L - 1.
+    question for the scout pass; by default 0 .. L - 1. ``sum_over_ranks``: the
+    sum over the tensor-parallel group, which holds the scout's other heads.
     """
     needs = get_method(plan.method).needs
     observed: dict[str, torch.Tensor] = {}
@@ -49,7 +52,12 @@ def observe(
         observed["text_embeddings"] = text
         if SCOUT in needs:
             result = scout(
-                llm.layers, features, text, int(plan.params[LAYER_FIELD]), scout_positions
+                llm.layers,
+                features,
+                text,
+                int(plan.params[LAYER_FIELD]),
+                scout_positions,
+                sum_over_ranks,
             )
             found = {
                 "text_attention": result.text_attention,

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import SumOverRanks, mean_over_heads, one_rank
+
 
 @dataclass(frozen=True)
 class ScoutResult:
@@ -63,13 +65,15 @@ def scout(
     text: torch.Tensor,
     layer: int,
     positions: torch.Tensor | None = None,
+    sum_over_ranks: SumOverRanks = one_rank,
 ) -> ScoutResult:
     """Run layers 0 .. ``layer`` - 2 in full and read attention rows in layer ``layer`` - 1.
 
     ``visual`` [N, D] and ``text`` [T, D] are LLM input embeddings. T may be 0:
     the last visual token's row never sees the text (causal attention).
     ``positions``: rotary positions of the N + T tokens ([L], or [3, L] for
-    M-RoPE); by default 0 .. L - 1.
+    M-RoPE); by default 0 .. L - 1. ``sum_over_ranks``: the sum over the
+    tensor-parallel ranks that hold the other heads (``heads.mean_over_heads``).
     """
     n = visual.shape[0]
     hidden = torch.cat([visual, text.to(visual.dtype)])
@@ -84,7 +88,8 @@ def scout(
     rows = torch.cat([torch.arange(n, length), torch.tensor([n - 1])]).to(hidden.device)
     logits = (q[:, rows].float() @ k.float().transpose(-1, -2)) * target.self_attn.scaling
     causal = rows[:, None] < torch.arange(length, device=hidden.device)[None, :]
-    probabilities = logits.masked_fill(causal, float("-inf")).softmax(dim=-1).mean(dim=0)
+    per_head = logits.masked_fill(causal, float("-inf")).softmax(dim=-1)
+    probabilities = mean_over_heads(per_head, 0, sum_over_ranks)
     asked = length > n
     return ScoutResult(
         question_attention=probabilities[:-1, :n],
