@@ -303,8 +303,10 @@ def test_parallelism_matches_the_gpus(parsed_command_lines):
     worker = lws["workerTemplate"]["spec"]["containers"][0]
     multi = parsed_command_lines["k8s/multinode/leaderworkerset.yaml"]
     assert multi["distributed_executor_backend"] == "ray"
-    assert _gpus(leader) == _gpus(worker) == multi["tensor_parallel_size"]
-    assert multi["pipeline_parallel_size"] == lws["size"]
+    assert _gpus(leader) == _gpus(worker)
+    # One tensor-parallel group over the whole group's GPUs: vllm-prune refuses stages.
+    assert multi["tensor_parallel_size"] == lws["size"] * _gpus(leader)
+    assert multi["pipeline_parallel_size"] == single["pipeline_parallel_size"] == 1
 
 
 # --- Kubernetes -----------------------------------------------------------------------

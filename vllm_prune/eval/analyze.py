@@ -237,8 +237,16 @@ def parse_grid(text: str) -> tuple[int, int]:
 
 
 def select_lines(lines: Sequence[TraceLine], methods: Sequence[str] | None) -> list[TraceLine]:
-    """The lines of ``methods`` (all when None); an error when none is left."""
-    chosen = [line for line in lines if methods is None or line.method in methods]
+    """The lines of ``methods`` (all when None); an error when none is left.
+
+    One line per image: under tensor parallelism only rank 0's, since every rank
+    writes the same indices (``tests/test_parallel.py`` checks that they do).
+    """
+    chosen = [
+        line
+        for line in lines
+        if (line.rank or 0) == 0 and (methods is None or line.method in methods)
+    ]
     if not chosen:
         found = sorted({line.method for line in lines})
         raise AnalyzeError(

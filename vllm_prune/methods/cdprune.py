@@ -12,7 +12,12 @@ Adapted: the source measures relevance between CLIP image embeddings and the
 CLIP text encoder's embedding of the instruction (and negates it for
 LLaVA-1.5); LLaVA checkpoints carry no CLIP text tower, so here relevance is
 the cosine between the projector output and the question's LLM input
-embeddings, in the LLM's own input space, with no sign flip.
+embeddings, in the LLM's own input space, with no sign flip. The kernel and the
+greedy inference run in float64: once ``keep`` exceeds the features' rank (the
+gains are then zero up to rounding), float32's rounding picked the remaining tokens,
+so the last digits of the features (two tensor-parallel ranks add them in another
+order than one) changed the selection; in float64 they fall below the stopping
+floor and the rest is filled by quality, the same on any layout.
 """
 
 from __future__ import annotations
