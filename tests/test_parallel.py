@@ -91,7 +91,7 @@ def test_two_ranks_keep_the_tokens_and_give_the_answer_of_one(
         assert_same_on_two_ranks(one, two, LOGPROB_TOLERANCE)
 
 
-DP_METHODS = ("none", "pooling", "fastv", "cls_attention", "divprune")
+DP_METHODS = method_names()
 # Images of their own: tp1 has not seen them, so both servers trace each one.
 DP_ASKED = (
     (1_000_000_013, "Is there a red circle?"),
