@@ -16,8 +16,9 @@ import requests
 
 from loadtests.probe import image_messages, measure_kv, metric
 from vllm_prune.methods import method_names
+from vllm_prune.spec import MAX_QUESTION_TOKENS, MAX_TEXT_CHARS
 
-from .conftest import BLOCK_SIZE, Server
+from .conftest import BLOCK_SIZE, TRACE_FILE, Server, ask_traced
 
 N = 576  # LLaVA-1.5 at 336 px: a 24 x 24 grid of visual tokens
 KEEP = {0.75: 144, 0.889: 64}
@@ -188,6 +189,8 @@ BAD_REQUESTS = [
     ({"prune": "fastv", "prune_layer": 3}, "prune_layer", ["at most 2"]),
     ({"prune": "balanced", "prune_alpha": 1.5}, "prune_alpha", ["[0.0, 1.0]"]),
     ({"prune": "fastv", "prune_text": "x"}, "prune_text", ["set by the server"]),
+    ({"prune": "pooling", "prune_ration": 0.5}, "prune_ration", ["prune_ratio, "]),
+    ({"prune_method": "pooling"}, "prune_method", ["not a prune field", "prune_budget"]),
     ({"mm_processor_kwargs": {"do_resize": False}}, "mm_processor_kwargs", ["prune_ratio"]),
     ({"mm_processor_kwargs": {"prune": "pooling"}, "prune": "none"}, "prune", ["once"]),
     ({"media_io_kwargs": {"image": {"mode": "L"}}}, "media_io_kwargs", []),
@@ -355,3 +358,33 @@ def test_budget_over_two_images(server, model_name):
     assert spent.usage.prompt_tokens == unpruned - (2 * N - 200)  # 100 per image
     document = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()
     assert "prune_budget" in document["fields"]
+
+
+@pytest.mark.parametrize("messages", [5, "hello", {"role": "user"}, [3, None]])
+def test_messages_of_the_wrong_type_are_a_400_and_nothing_breaks(server, model_name, messages):
+    """The middleware passes what it cannot read to vLLM, whose validation names the field."""
+    body = {"model": model_name, "messages": messages, "prune": "pooling", "max_tokens": 2}
+    response = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert "messages" in response.text
+    assert chat(server, model_name, {"prune": "pooling"}).usage.prompt_tokens > 0
+
+
+def test_a_long_question_is_scored_by_its_end(server, model_name):
+    """Text-guided methods score against the question's last MAX_QUESTION_TOKENS tokens: a
+    longer one is served, with the same selection as its end alone (the trace shows it)."""
+    words = [f"w{i % 128}" for i in range(MAX_QUESTION_TOKENS + 200)]  # one token each
+    trace = server.log.parent / TRACE_FILE
+    extra = {"prune": "fastv", "prune_ratio": 0.75}
+    whole = ask_traced(server, trace, model_name, image_messages(" ".join(words), seed=5), extra)
+    tail = " ".join(words[-MAX_QUESTION_TOKENS:])
+    end = ask_traced(server, trace, model_name, image_messages(tail, seed=5), extra)
+    middle = " ".join(words[-MAX_QUESTION_TOKENS - 100 : -100])
+    other = ask_traced(server, trace, model_name, image_messages(middle, seed=5), extra)
+    assert whole.prompt_tokens == end.prompt_tokens + 200
+    assert whole.kept and whole.kept == end.kept
+    assert other.kept != end.kept  # the selection does follow the question
+    # Longer than the server's character bound: still served, never blamed on prune_text.
+    huge = "w1 " + "x" * (MAX_TEXT_CHARS + 10) + " what is in the image ?"
+    answer = chat(server, model_name, extra, image_messages(huge, seed=5))
+    assert answer.usage.prompt_tokens > 0

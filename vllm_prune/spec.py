@@ -25,7 +25,12 @@ BUDGET_FIELD = "prune_budget"
 # the request's last user message; inside mm_processor_kwargs it is part of the
 # multimodal hash, so one question's selection is never served to another.
 TEXT_FIELD = "prune_text"
+# How much of a long question text-guided methods score against: its end (where a
+# chat's question usually is). The server keeps the last MAX_TEXT_CHARS characters of
+# the last user message, the processor the last MAX_QUESTION_TOKENS of its tokens, so
+# a long question costs the scout pass a bounded sequence and is never refused.
 MAX_TEXT_CHARS = 16_384
+MAX_QUESTION_TOKENS = 512
 DEFAULT_RATIO = 0.75
 
 
@@ -44,6 +49,11 @@ def method_param_names() -> set[str]:
 def prune_field_names() -> set[str]:
     """Every request field that belongs to the prune spec."""
     return {METHOD_FIELD, RATIO_FIELD, KEEP_FIELD, BUDGET_FIELD, TEXT_FIELD} | method_param_names()
+
+
+def client_field_names() -> list[str]:
+    """The prune fields a client may send (``prune_text`` is the server's), sorted."""
+    return sorted(prune_field_names() - {TEXT_FIELD})
 
 
 def needs_text(method: str) -> bool:

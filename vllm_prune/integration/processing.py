@@ -29,6 +29,7 @@ from ..methods.params import LAYER_FIELD
 from ..observability import metrics
 from ..spec import (
     BUDGET_FIELD,
+    MAX_QUESTION_TOKENS,
     METHOD_FIELD,
     PruneSpec,
     PruneSpecError,
@@ -127,6 +128,7 @@ class PruneProcessorMixin:
         if not needs_text(spec.method):
             return []
         ids = info.get_tokenizer().encode(spec.text or "", add_special_tokens=False)
+        ids = ids[-MAX_QUESTION_TOKENS:]  # a long question: its end (spec.MAX_QUESTION_TOKENS)
         if not ids:
             raise refuse(
                 METHOD_FIELD,

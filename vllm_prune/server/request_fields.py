@@ -14,9 +14,12 @@ from typing import Any
 
 from vllm_prune.spec import (
     DEFAULT_RATIO,
+    MAX_TEXT_CHARS,
+    METHOD_FIELD,
     TEXT_FIELD,
     PruneSpec,
     PruneSpecError,
+    client_field_names,
     needs_text,
     prune_field_names,
 )
@@ -42,8 +45,14 @@ class Rewritten:
     method: str | None  # the prune method in force; None when there are no images
 
 
+def _messages(payload: dict[str, Any]) -> list[Any]:
+    """The chat messages, or none when ``messages`` is not a list (vLLM refuses that itself)."""
+    messages = payload.get("messages")
+    return messages if isinstance(messages, list) else []
+
+
 def has_images(payload: dict[str, Any]) -> bool:
-    for message in payload.get("messages") or []:
+    for message in _messages(payload):
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(
             isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES for part in content
@@ -54,7 +63,7 @@ def has_images(payload: dict[str, Any]) -> bool:
 
 def last_user_text(payload: dict[str, Any]) -> str:
     """The text of the last user message: the question text-guided methods score against."""
-    for message in reversed(payload.get("messages") or []):
+    for message in reversed(_messages(payload)):
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
@@ -70,6 +79,21 @@ def last_user_text(payload: dict[str, Any]) -> str:
             )
         return ""
     return ""
+
+
+def check_unknown_fields(payload: dict[str, Any]) -> None:
+    """A top-level field named like a prune field but not one is a typo, not a no-op."""
+    unknown = sorted(
+        k
+        for k in payload
+        if isinstance(k, str) and k.startswith(METHOD_FIELD) and k not in prune_field_names()
+    )
+    if unknown:
+        raise PruneSpecError(
+            unknown[0],
+            f"'{unknown[0]}' is not a prune field; the prune fields are "
+            f"{', '.join(client_field_names())}",
+        )
 
 
 def check_untrusted_kwargs(payload: dict[str, Any]) -> None:
@@ -92,6 +116,7 @@ def check_untrusted_kwargs(payload: dict[str, Any]) -> None:
 
 def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rewritten:
     """Validate the prune fields and place the spec where vLLM's processor reads it."""
+    check_unknown_fields(payload)
     check_untrusted_kwargs(payload)
     if path not in PRUNE_PATHS:
         # Prune fields sent in mm_processor_kwargs elsewhere are validated here
@@ -99,6 +124,13 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
         PruneSpec.from_fields(payload.get(MM_KWARGS) or {}, defaults.ratio)
         return Rewritten(payload, None)
 
+    messages = payload.get("messages")
+    if messages is not None and not (
+        isinstance(messages, list) and all(isinstance(m, dict) for m in messages)
+    ):
+        # vLLM answers some of these with a 400 that names no field ("'int' object is
+        # not iterable"); the shape is checked here, the rest stays vLLM's to validate.
+        raise PruneSpecError("messages", "'messages' must be a list of message objects")
     payload = dict(payload)
     in_mm_kwargs = dict(payload.pop(MM_KWARGS, None) or {})
     top_level = {k: payload.pop(k) for k in sorted(prune_field_names()) if k in payload}
@@ -121,6 +153,6 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
         return Rewritten(payload, None)  # prune fields are a no-op without images
     spec = spec or PruneSpec(method="none")
     if needs_text(spec.method):
-        spec = replace(spec, text=last_user_text(payload))
+        spec = replace(spec, text=last_user_text(payload)[-MAX_TEXT_CHARS:])
     payload[MM_KWARGS] = spec.to_fields()
     return Rewritten(payload, spec.method)
