@@ -388,3 +388,40 @@ def test_a_long_question_is_scored_by_its_end(server, model_name):
     huge = "w1 " + "x" * (MAX_TEXT_CHARS + 10) + " what is in the image ?"
     answer = chat(server, model_name, extra, image_messages(huge, seed=5))
     assert answer.usage.prompt_tokens > 0
+
+
+def test_the_responses_api_takes_the_same_fields_and_refusals(server, model_name):
+    """``/v1/responses`` reaches the same processor: one contract on both endpoints."""
+    image, question = image_messages(seed=9)[0]["content"]
+    items = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_image", "image_url": image["image_url"]["url"]},
+                {"type": "input_text", "text": question["text"]},
+            ],
+        }
+    ]
+
+    def input_tokens(extra: dict) -> int:
+        response = server.client.responses.create(
+            model=model_name, input=items, max_output_tokens=2, extra_body=extra
+        )
+        return response.usage.input_tokens
+
+    before = metric(server.metrics_text(), "vllm_prune_requests_total", method="fastv")
+    unpruned = input_tokens({"prune": "none"})
+    assert input_tokens({"prune": "pooling", "prune_ratio": 0.75}) == unpruned - (N - 144)
+    assert input_tokens({"prune": "fastv", "prune_keep": 9}) == unpruned - (N - 9)
+    assert input_tokens({}) == unpruned - (N - 144)  # the server's --prune-default
+    after = metric(server.metrics_text(), "vllm_prune_requests_total", method="fastv")
+    assert after - before == 1
+    for extra, field in (
+        ({"prune": "fastv", "prune_text": "x"}, "prune_text"),
+        ({"prune": "pooling", "prune_ration": 0.5}, "prune_ration"),
+        ({"prune": "pooling", "prune_ratio": 2}, "prune_ratio"),
+        ({"mm_processor_kwargs": {"do_resize": False}}, "mm_processor_kwargs"),
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:
+            input_tokens(extra)
+        assert f"'{field}'" in caught.value.body["message"], extra

@@ -26,8 +26,12 @@ from vllm_prune.spec import (
 
 MM_KWARGS = "mm_processor_kwargs"
 MEDIA_IO_KWARGS = "media_io_kwargs"
-# Endpoints whose top-level prune fields are moved into mm_processor_kwargs.
-PRUNE_PATHS = frozenset({"/v1/chat/completions"})
+CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
+# Endpoints that take images and whose top-level prune fields are moved into
+# mm_processor_kwargs: one contract for both (the same fields, refusals and metrics).
+PRUNE_PATHS = frozenset({CHAT_PATH, RESPONSES_PATH})
+TEXT_PART_TYPES = frozenset({"text", "input_text"})
 IMAGE_PART_TYPES = frozenset({"image_url", "image_pil", "image_embeds", "input_image"})
 
 
@@ -46,8 +50,8 @@ class Rewritten:
 
 
 def _messages(payload: dict[str, Any]) -> list[Any]:
-    """The chat messages, or none when ``messages`` is not a list (vLLM refuses that itself)."""
-    messages = payload.get("messages")
+    """The chat messages, or the Responses API's input items (none for a plain string)."""
+    messages = payload.get("messages", payload.get("input"))
     return messages if isinstance(messages, list) else []
 
 
@@ -74,7 +78,7 @@ def last_user_text(payload: dict[str, Any]) -> str:
                 part["text"]
                 for part in content
                 if isinstance(part, dict)
-                and part.get("type") == "text"
+                and part.get("type") in TEXT_PART_TYPES
                 and isinstance(part.get("text"), str)
             )
         return ""
@@ -124,7 +128,7 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
         PruneSpec.from_fields(payload.get(MM_KWARGS) or {}, defaults.ratio)
         return Rewritten(payload, None)
 
-    messages = payload.get("messages")
+    messages = payload.get("messages") if path == CHAT_PATH else None
     if messages is not None and not (
         isinstance(messages, list) and all(isinstance(m, dict) for m in messages)
     ):
