@@ -74,3 +74,25 @@ def test_other_endpoints_are_filtered_too():
         )
     out = rewrite({"prompt": "x", "prune": "pooling"}, "/v1/completions", ServerDefaults())
     assert out.payload == {"prompt": "x", "prune": "pooling"}
+
+
+def test_image_urls_are_checked_where_they_are():
+    def image(url: str) -> dict:
+        return {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "q"}, {"type": "image_url", "image_url": {"url": url}},
+        ]}]}  # fmt: skip
+
+    with pytest.raises(PruneSpecError) as caught:
+        rewrite(image("file:///tmp/x.png"), CHAT, ServerDefaults())
+    assert caught.value.field == "messages[0].content[1].image_url"
+    assert "--allowed-local-media-path" in str(caught.value)
+    # The operator's --allowed-local-media-path lets them through (vLLM checks the path).
+    allowed = rewrite(image("file:///tmp/x.png"), CHAT, ServerDefaults(local_files=True))
+    assert allowed.method == "none"
+    assert rewrite(image("https://example.com/x.png"), CHAT, ServerDefaults()).method == "none"
+    responses = {"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "gopher://x"},
+    ]}]}  # fmt: skip
+    with pytest.raises(PruneSpecError) as caught:
+        rewrite(responses, "/v1/responses", ServerDefaults())
+    assert caught.value.field == "input[0].content[0].image_url"

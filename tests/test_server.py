@@ -425,3 +425,23 @@ def test_the_responses_api_takes_the_same_fields_and_refusals(server, model_name
         with pytest.raises(openai.BadRequestError) as caught:
             input_tokens(extra)
         assert f"'{field}'" in caught.value.body["message"], extra
+
+
+@pytest.mark.parametrize(
+    ("url", "mentions"),
+    [
+        ("file:///etc/hostname", "--allowed-local-media-path"),
+        ("ftp://127.0.0.1/image.png", "http(s) URL"),
+        ("/etc/hostname", "http(s) URL"),
+    ],
+)
+def test_an_image_url_the_server_does_not_fetch_is_a_400_naming_the_part(
+    server, model_name, url, mentions
+):
+    messages = image_messages()
+    messages[0]["content"][0]["image_url"]["url"] = url
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(server, model_name, {"prune": "pooling"}, messages)
+    assert caught.value.body["param"] == "messages[0].content[0].image_url"
+    assert mentions in caught.value.body["message"]
+    assert chat(server, model_name, {"prune": "none"}).usage.prompt_tokens > 0

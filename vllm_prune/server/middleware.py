@@ -29,6 +29,7 @@ def _defaults(scope: Scope) -> ServerDefaults:
     return ServerDefaults(
         method=getattr(args, "prune_default", None),
         ratio=DEFAULT_RATIO if ratio is None else ratio,
+        local_files=bool(getattr(args, "allowed_local_media_path", "")),
     )
 
 

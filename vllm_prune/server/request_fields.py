@@ -37,10 +37,14 @@ IMAGE_PART_TYPES = frozenset({"image_url", "image_pil", "image_embeds", "input_i
 
 @dataclass(frozen=True)
 class ServerDefaults:
-    """``--prune-default`` / ``--prune-ratio``: applied when a request names no method."""
+    """``--prune-default`` / ``--prune-ratio``: applied when a request names no method.
+
+    ``local_files``: the operator allows ``file://`` images (``--allowed-local-media-path``).
+    """
 
     method: str | None = None
     ratio: float = DEFAULT_RATIO
+    local_files: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,43 @@ def last_user_text(payload: dict[str, Any]) -> str:
             )
         return ""
     return ""
+
+
+def _image_urls(payload: dict[str, Any], path: str) -> list[tuple[str, str]]:
+    """Each image part's URL with where it is, ``messages[0].content[1].image_url`` style."""
+    top = "messages" if path == CHAT_PATH else "input"
+    found = []
+    for i, message in enumerate(_messages(payload)):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(part, dict) or part.get("type") not in ("image_url", "input_image"):
+                continue
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if isinstance(url, str):
+                found.append((f"{top}[{i}].content[{j}].image_url", url))
+    return found
+
+
+def check_image_urls(payload: dict[str, Any], path: str, local_files: bool) -> None:
+    """Only data and http(s) images, and local files where the operator allowed them.
+
+    vLLM answers a ``file://`` URL on a server without ``--allowed-local-media-path``
+    with a 500 (a RuntimeError): a client mistake, so it is refused here.
+    """
+    for where, url in _image_urls(payload, path):
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme in ("data", "http", "https") or (scheme == "file" and local_files):
+            continue
+        if scheme == "file":
+            message = (
+                f"'{where}': this server does not read local files (the operator allows "
+                "them with --allowed-local-media-path); send the image as a data URL or an "
+                "http(s) URL"
+            )
+        else:
+            message = f"'{where}' must be a data URL or an http(s) URL; got {url[:40]!r}"
+        raise PruneSpecError(where, message)
 
 
 def check_unknown_fields(payload: dict[str, Any]) -> None:
@@ -135,6 +176,7 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
         # vLLM answers some of these with a 400 that names no field ("'int' object is
         # not iterable"); the shape is checked here, the rest stays vLLM's to validate.
         raise PruneSpecError("messages", "'messages' must be a list of message objects")
+    check_image_urls(payload, path, defaults.local_files)
     payload = dict(payload)
     in_mm_kwargs = dict(payload.pop(MM_KWARGS, None) or {})
     top_level = {k: payload.pop(k) for k in sorted(prune_field_names()) if k in payload}
