@@ -532,3 +532,24 @@ def test_compose_file():
     [provider] = load_yaml(DEPLOY / "grafana/provisioning/dashboards/vllm-prune.yml")["providers"]
     grafana_mounts = dict(m.split(":")[:2] for m in services["grafana"]["volumes"])
     assert grafana_mounts["./grafana/dashboards"] == provider["options"]["path"]
+
+
+def _api_key_source(container: dict) -> dict:
+    (entry,) = [e for e in container.get("env", []) if e["name"] == "VLLM_API_KEY"]
+    return entry["valueFrom"]["secretKeyRef"]
+
+
+def test_the_api_runs_with_a_key_from_a_secret():
+    """vLLM's --api-key (read from VLLM_API_KEY) on every server the files start; the
+    probes (/health) and Prometheus (/metrics) need no key, which tests/test_parallel.py
+    checks on a served key."""
+    deployment = manifest("Deployment", "vllm-prune")["spec"]["template"]["spec"]["containers"][0]
+    lws = manifest(LWS_KIND, "vllm-prune-multinode")["spec"]["leaderWorkerTemplate"]
+    leader = lws["leaderTemplate"]["spec"]["containers"][0]
+    for container in (deployment, leader):
+        ref = _api_key_source(container)
+        assert ref == {"name": "vllm-prune-api-key", "key": "api-key"}  # required: not optional
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["path"] == "/health"
+    compose = load_yaml(COMPOSE)["services"]["vllm-prune"]["environment"]
+    assert compose["VLLM_API_KEY"].startswith("${VLLM_API_KEY:?")  # no key, no start

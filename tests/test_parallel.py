@@ -8,7 +8,9 @@ the prompt tokens, the greedy answer with its top log-probabilities, and the
 retained indices of every rank (``VLLM_PRUNE_TRACE``; with TP each rank writes its
 own line) must agree. Methods that read attention average over all heads of all
 ranks (``signals.heads``); without that each rank kept its own tokens. Pipeline
-parallelism is refused at start (``integration.parallel``).
+parallelism is refused at start (``integration.parallel``). The one-rank server also
+runs with ``--api-key``, as the deploy files do, for the test that the prune middleware
+answers nothing on a guarded path before vLLM has checked the key.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from .conftest import (
     assert_same_on_two_ranks,
     free_port,
     running,
+    stop,
 )
 
+API_KEY = "unused"  # what the tests' clients send (conftest); tp1 requires it
 LAYOUTS = {
-    "tp1": [],
+    "tp1": ["--api-key", API_KEY],  # as the deploy files run: with an API key
     "tp2": ["--tensor-parallel-size", "2"],
     "dp2": ["--data-parallel-size", "2"],  # two engines; vLLM starts two API servers
 }
@@ -152,7 +156,38 @@ def test_pipeline_parallelism_is_refused_at_start_with_what_to_use(tmp_path: Pat
         "--pipeline-parallel-size", "2", "--port", str(free_port()),
     ]  # fmt: skip
     env = {**os.environ, **TWO_RANKS, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode != 0
-    assert "pruning does not run with --pipeline-parallel-size > 1" in done.stdout + done.stderr
-    assert "use --tensor-parallel-size instead" in done.stdout + done.stderr
+    log = tmp_path / "pp2.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            returncode = process.wait(timeout=600)
+        finally:
+            stop(process)  # the whole group: no engine or worker outlives the test
+    text = log.read_text(errors="replace")
+    assert returncode != 0
+    assert "pruning does not run with --pipeline-parallel-size > 1" in text
+    assert "use --tensor-parallel-size instead" in text
+
+
+def test_an_api_key_guards_the_prune_routes_and_leaves_probes_open(
+    layouts: tuple[dict[str, Server], Path],
+) -> None:
+    servers, _ = layouts
+    url = servers["tp1"].url
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    bad = {"model": "shapes-llava", "messages": [], "prune": "bogus"}
+    # Without the key, vLLM's 401 comes first: no prune validation, no method list.
+    assert requests.post(f"{url}/v1/chat/completions", json=bad, timeout=30).status_code == 401
+    assert requests.get(f"{url}/v1/prune/methods", timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer wrong"}
+    assert requests.get(f"{url}/v1/prune/methods", headers=wrong, timeout=30).status_code == 401
+    # With it, the middleware answers as usual.
+    done = requests.post(f"{url}/v1/chat/completions", json=bad, headers=key, timeout=30)
+    assert done.status_code == 400 and done.json()["error"]["param"] == "prune"
+    methods = requests.get(f"{url}/v1/prune/methods", headers=key, timeout=30)
+    assert methods.status_code == 200
+    # Probes and scraping need no key (the deploy files' health checks and Prometheus).
+    assert requests.get(f"{url}/health", timeout=30).status_code == 200
+    assert requests.get(f"{url}/metrics", timeout=30).status_code == 200

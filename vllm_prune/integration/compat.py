@@ -401,6 +401,13 @@ LEDGER: tuple[Reliance, ...] = (
     # -- behaviour: not checkable from names; each is covered by a served test ----------
     Reliance(
         "behaviour",
+        "`--api-key` (or VLLM_API_KEY) guards paths under /v1, /v2, /inference and /cohere "
+        "with a middleware that runs inside the ones `--middleware` adds",
+        "the prune middleware passes a request without the key straight on, so vLLM's "
+        "401 comes before any prune answer (server.middleware.GUARDED_PREFIXES)",
+    ),
+    Reliance(
+        "behaviour",
         "`--trust-request-mm-kwargs` passes a request's `mm_processor_kwargs` to "
         "`_apply_hf_processor_main`, and they are part of the multimodal hash",
         "the prune spec travels per request and caches never mix two settings",

@@ -10,7 +10,10 @@ streaming and chat templates stay vLLM's. It:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import secrets
 import time
 from typing import Any
 
@@ -30,6 +33,28 @@ def _defaults(scope: Scope) -> ServerDefaults:
         method=getattr(args, "prune_default", None),
         ratio=DEFAULT_RATIO if ratio is None else ratio,
         local_files=bool(getattr(args, "allowed_local_media_path", "")),
+    )
+
+
+# vLLM's --api-key guards these paths (its AuthenticationMiddleware), but it runs inside
+# this middleware: a request without the key must reach it before we answer anything.
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
+
+
+def _unauthorized(scope: Scope) -> bool:
+    """A guarded path without one of the server's API keys (none set: never)."""
+    args = getattr(getattr(scope.get("app"), "state", None), "args", None)
+    tokens = [t for t in (getattr(args, "api_key", None) or [os.environ.get("VLLM_API_KEY")]) if t]
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    if not tokens or not path.startswith(GUARDED_PREFIXES):
+        return False
+    headers = dict(scope.get("headers") or [])
+    scheme, _, sent = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer":
+        return True
+    sent_hash = hashlib.sha256(sent.encode()).digest()
+    return not any(
+        secrets.compare_digest(sent_hash, hashlib.sha256(t.encode()).digest()) for t in tokens
     )
 
 
@@ -76,8 +101,8 @@ class PruneMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or _unauthorized(scope):
+            await self.app(scope, receive, send)  # vLLM answers: 401 without the key
             return
         if scope["path"] == METHODS_PATH and scope["method"] == "GET":
             await _send_json(send, 200, methods_document(_defaults(scope)))
