@@ -7,7 +7,6 @@ plugin switched off: it is the reference for "pruning off changes nothing".
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -26,6 +25,7 @@ from openai import OpenAI
 from devtools.tiny_llava import build_tiny_llava
 from loadtests.local_server import wait_healthy
 from vllm_prune.demo import SERVE_ARGS as DEMO_ARGS
+from vllm_prune.observability.trace import TraceLine, read_trace
 
 TINY_NAME = "tiny-llava"  # the session servers' model: random weights, real token counts
 BLOCK_SIZE = 32  # the smallest KV block the CPU attention backend takes (default 128)
@@ -107,8 +107,12 @@ def ask_traced(
     where several share the port.
     """
     before = trace.stat().st_size if trace.exists() else 0
-    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-    response = (client if new_connection else server.client).chat.completions.create(
+    client = (
+        OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        if new_connection
+        else server.client
+    )
+    response = client.chat.completions.create(
         model=model,
         messages=messages,
         max_tokens=3,
@@ -117,14 +121,10 @@ def ask_traced(
         top_logprobs=5,
         extra_body=extra,
     )
-    lines = []
-    if trace.exists():
-        with trace.open("rb") as handle:
-            handle.seek(before)
-            lines = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
     if new_connection:
         client.close()
-    kept = {(line.get("rank"), line.get("part")): tuple(line["indices"]) for line in lines}
+    lines = trace_lines_since(trace, before)
+    kept = {(line.rank, line.part): line.indices for line in lines}
     assert len(kept) == len(lines), lines  # one line per rank and part
     return Traced(
         prompt_tokens=response.usage.prompt_tokens,
@@ -137,21 +137,35 @@ def ask_traced(
     )
 
 
-def assert_same_on_two_ranks(one: Traced, two: Traced, tolerance: float) -> None:
-    """``two`` (tensor parallel, 2 ranks) kept on each rank what ``one`` kept, and answered
-    alike: the same tokens, log-probabilities within ``tolerance`` (two ranks add the
-    row-parallel layers' halves in another order)."""
+def trace_lines_since(path: Path, start: int) -> list[TraceLine]:
+    """The trace lines written after byte ``start`` (read and checked as ``read_trace`` does)."""
+    if not path.exists():
+        return []
+    fresh = path.with_suffix(".new.jsonl")
+    fresh.write_bytes(path.read_bytes()[start:])
+    return read_trace(fresh)
+
+
+def assert_same_answer(one: Traced, two: Traced, tolerance: float) -> None:
+    """The same prompt tokens and greedy tokens, log-probabilities within ``tolerance``."""
     assert two.prompt_tokens == one.prompt_tokens
-    parts = {part for rank, part in one.kept}
-    assert all(rank is None for rank, _ in one.kept)
-    assert set(two.kept) == {(rank, part) for rank in (0, 1) for part in parts}
-    for part in parts:
-        assert two.kept[(0, part)] == two.kept[(1, part)] == one.kept[(None, part)], part
     assert two.text == one.text
     for mine, theirs in zip(two.top, one.top, strict=True):
         assert set(mine) == set(theirs)
         for token, logprob in theirs.items():
             assert abs(mine[token] - logprob) <= tolerance, (token, mine[token], logprob)
+
+
+def assert_same_on_two_ranks(one: Traced, two: Traced, tolerance: float) -> None:
+    """``two`` (tensor parallel, 2 ranks) kept on each rank what ``one`` kept, and answered
+    alike (``assert_same_answer``: two ranks add the row-parallel layers' halves in
+    another order)."""
+    parts = {part for rank, part in one.kept}
+    assert all(rank is None for rank, _ in one.kept)
+    assert set(two.kept) == {(rank, part) for rank in (0, 1) for part in parts}
+    for part in parts:
+        assert two.kept[(0, part)] == two.kept[(1, part)] == one.kept[(None, part)], part
+    assert_same_answer(one, two, tolerance)
 
 
 # vLLM's CPU build runs one rank per core set: two ranks on this machine's two cores.

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from loadtests.probe import image_messages, noise_image_data_url
-from tests.conftest import TRACE_FILE, Server
+from tests.conftest import TRACE_FILE, Server, trace_lines_since
 from vllm_prune.eval.analyze import main as analyze_main
 from vllm_prune.eval.analyze import newest_lines, trace_positions
 from vllm_prune.methods import Context, get_method
@@ -196,12 +196,6 @@ def test_trace_and_offline_options_do_not_mix(tmp_path: Path, capsys: pytest.Cap
 # -- end to end: what the server kept --------------------------------------------------------
 
 
-def _new_lines(path: Path, start: int) -> list[TraceLine]:
-    fresh = path.with_suffix(".new.jsonl")
-    fresh.write_bytes(path.read_bytes()[start:])
-    return read_trace(fresh)
-
-
 def test_server_records_what_it_kept(
     server: Server, model_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
@@ -220,7 +214,7 @@ def test_server_records_what_it_kept(
             temperature=0.0,
             extra_body=extra,
         )
-    lines = _new_lines(path, start)
+    lines = trace_lines_since(path, start)
     assert [(x.method, x.keep, x.tokens, x.grid) for x in lines] == [
         ("fastv", 144, N, GRID),  # one line per image: 576 -> 144
         ("pooling", 64, N, GRID),  # 576 -> 64

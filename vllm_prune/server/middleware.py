@@ -26,8 +26,13 @@ from .methods_endpoint import METHODS_PATH, methods_document
 from .request_fields import ServerDefaults, rewrite
 
 
+def _args(scope: Scope) -> Any:
+    """The server's parsed options (vLLM keeps them on ``app.state.args``), or None."""
+    return getattr(getattr(scope.get("app"), "state", None), "args", None)
+
+
 def _defaults(scope: Scope) -> ServerDefaults:
-    args = getattr(getattr(scope.get("app"), "state", None), "args", None)
+    args = _args(scope)
     ratio = getattr(args, "prune_ratio", None)
     return ServerDefaults(
         method=getattr(args, "prune_default", None),
@@ -43,8 +48,8 @@ GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
 
 def _unauthorized(scope: Scope) -> bool:
     """A guarded path without one of the server's API keys (none set: never)."""
-    args = getattr(getattr(scope.get("app"), "state", None), "args", None)
-    tokens = [t for t in (getattr(args, "api_key", None) or [os.environ.get("VLLM_API_KEY")]) if t]
+    keys = getattr(_args(scope), "api_key", None) or [os.environ.get("VLLM_API_KEY")]
+    tokens = [t for t in keys if t]
     path = scope["path"].removeprefix(scope.get("root_path", ""))
     if not tokens or not path.startswith(GUARDED_PREFIXES):
         return False

@@ -9,6 +9,7 @@ a client might send. Pure functions on dicts, no vLLM imports.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,14 +60,17 @@ def _messages(payload: dict[str, Any]) -> list[Any]:
     return messages if isinstance(messages, list) else []
 
 
-def has_images(payload: dict[str, Any]) -> bool:
-    for message in _messages(payload):
+def _content_parts(payload: dict[str, Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(message index, part index, part) of every object part of a list content."""
+    for i, message in enumerate(_messages(payload)):
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES for part in content
-        ):
-            return True
-    return False
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict):
+                yield i, j, part
+
+
+def has_images(payload: dict[str, Any]) -> bool:
+    return any(part.get("type") in IMAGE_PART_TYPES for _, _, part in _content_parts(payload))
 
 
 def last_user_text(payload: dict[str, Any]) -> str:
@@ -93,15 +97,13 @@ def _image_urls(payload: dict[str, Any], path: str) -> list[tuple[str, str]]:
     """Each image part's URL with where it is, ``messages[0].content[1].image_url`` style."""
     top = "messages" if path == CHAT_PATH else "input"
     found = []
-    for i, message in enumerate(_messages(payload)):
-        content = message.get("content") if isinstance(message, dict) else None
-        for j, part in enumerate(content if isinstance(content, list) else []):
-            if not isinstance(part, dict) or part.get("type") not in ("image_url", "input_image"):
-                continue
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if isinstance(url, str):
-                found.append((f"{top}[{i}].content[{j}].image_url", url))
+    for i, j, part in _content_parts(payload):
+        if part.get("type") not in ("image_url", "input_image"):
+            continue
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if isinstance(url, str):
+            found.append((f"{top}[{i}].content[{j}].image_url", url))
     return found
 
 
