@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv
+.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv soak fuzz
 
 install: $(STAMP)
 
@@ -77,6 +77,20 @@ loadtest: $(STAMP)
 loadtest-kv: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.kv_capacity \
 	    $(if $(MODEL),--serve-model $(MODEL)) --out $(LOADTEST_OUT)/kv_capacity $(KV_ARGS)
+
+# 10,000 mixed requests (pruned, unpruned, streams, dropped streams, bad input) against a
+# local server of its own: 5xx, memory of every server process, requests left running.
+SOAK_ARGS ?=
+soak: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.soak \
+	    $(if $(MODEL),--serve-model $(MODEL)) --out $(LOADTEST_OUT)/soak $(SOAK_ARGS)
+
+# The request-body fuzzing of tests/test_hostile.py with new random examples, more of them.
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} VLLM_PRUNE_FUZZ_RANDOM=1 \
+	    VLLM_PRUNE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -v \
+	    tests/test_hostile.py -k fuzzed
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -8,6 +8,9 @@
 #   VLLM_PRUNE_PORT     --port (default 8000); the image's health check reads it too
 #   VLLM_PRUNE_ARGS     more `vllm serve` options, split on whitespace
 #   VLLM_PRUNE_DRY_RUN  1 prints the command instead of running it
+#   VLLM_API_KEY        vLLM's --api-key, the key clients send (Authorization: Bearer);
+#                       required: the container refuses to start without it (or
+#                       --api-key among the arguments) unless VLLM_PRUNE_NO_API_KEY=1
 #
 # Container arguments (CMD, compose `command`, Kubernetes `args`) come last, so
 # they override the environment (vLLM's parser keeps an option's last value); a
@@ -34,6 +37,19 @@ fi
 # Split on spaces and newlines (a YAML block may span lines); no glob expansion.
 read -r -d '' -a extra <<<"${VLLM_PRUNE_ARGS:-}" || true  # 1 at the end of input
 args+=("${extra[@]}" "$@")
+
+# An image that listens on 0.0.0.0 serves nobody's API without a key by accident.
+has_key=${VLLM_API_KEY:+1}
+for arg in "${args[@]}"; do
+    if [[ $arg == --api-key || $arg == --api-key=* ]]; then
+        has_key=1
+    fi
+done
+if [[ -z $has_key && ${VLLM_PRUNE_NO_API_KEY:-0} != 1 ]]; then
+    echo "vllm-prune: set VLLM_API_KEY (the key clients must send as 'Authorization: Bearer ...')," \
+        "or VLLM_PRUNE_NO_API_KEY=1 to serve the API without a key" >&2
+    exit 2
+fi
 
 if [[ ${VLLM_PRUNE_DRY_RUN:-0} == 1 ]]; then
     printf '%q ' vllm-prune serve "${args[@]}"

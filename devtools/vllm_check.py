@@ -33,10 +33,12 @@ from vllm_prune.integration import compat
 
 PACKAGE = Path(vllm_prune.__file__).parent
 # The modules whose classes subclass vLLM's (imported to walk their MRO).
-FAMILY_MODULES = (
+# The modules whose classes subclass vLLM's (their overrides must be in the ledger).
+SUBCLASSING_MODULES = (
     "vllm_prune.integration.llava",
     "vllm_prune.integration.llava_next",
     "vllm_prune.integration.qwen2_vl",
+    "vllm_prune.integration.media",
 )
 
 
@@ -120,7 +122,7 @@ def _is_vllms(cls: type) -> bool:
 def code_overrides() -> dict[str, list[str]]:
     """``module:Class.method`` of every vLLM method our classes override -> our classes."""
     found: dict[str, list[str]] = {}
-    for name in FAMILY_MODULES:
+    for name in SUBCLASSING_MODULES:
         module = importlib.import_module(name)
         for cls in vars(module).values():
             if not (inspect.isclass(cls) and _is_ours(cls) and any(map(_is_vllms, cls.__mro__))):

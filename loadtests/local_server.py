@@ -32,6 +32,7 @@ DEFAULT_BLOCK_SIZE = 32  # the smallest KV block the CPU attention backend takes
 class LocalServer:
     url: str
     log: Path
+    pid: int  # the server's main process (its engine and workers are its children)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def local_server(
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         wait_healthy(process, url, log)
-        yield LocalServer(url=url, log=log)
+        yield LocalServer(url=url, log=log, pid=process.pid)
     finally:
         _stop(process)
         if previous is not None:

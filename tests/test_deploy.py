@@ -176,10 +176,16 @@ def test_shellcheck_entrypoint():
     assert_ok(run(tool("shellcheck"), "--severity=style", str(ENTRYPOINT)))
 
 
-def entrypoint_argv(env: dict[str, str], *args: str) -> list[str]:
-    """The `vllm-prune serve` arguments the entrypoint builds (its dry-run mode)."""
+def run_entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """The entrypoint in its dry-run mode, in an environment of ``env`` only."""
     clean = {"PATH": os.environ["PATH"], "VLLM_PRUNE_DRY_RUN": "1", **env}
-    result = run("bash", str(ENTRYPOINT), *args, env=clean)
+    return run("bash", str(ENTRYPOINT), *args, env=clean)
+
+
+def entrypoint_argv(env: dict[str, str], *args: str) -> list[str]:
+    """The `vllm-prune serve` arguments the entrypoint builds; the API key (a Secret's
+    in the manifests) is in the environment, as every deployment file sets it."""
+    result = run_entrypoint({"VLLM_API_KEY": "from-a-secret", **env}, *args)
     assert_ok(result)
     words = shlex.split(result.stdout)
     assert words[:2] == ["vllm-prune", "serve"]
@@ -216,6 +222,20 @@ def test_entrypoint_arguments_override_the_environment():
 
 def test_entrypoint_without_a_model_serves_the_demo():
     assert entrypoint_argv({}) == ["--host", "0.0.0.0", "--port", "8000"]
+
+
+def test_entrypoint_refuses_to_serve_without_an_api_key():
+    refused = run_entrypoint({})
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "set VLLM_API_KEY" in refused.stderr and "VLLM_PRUNE_NO_API_KEY=1" in refused.stderr
+    for env, args in (
+        ({"VLLM_PRUNE_NO_API_KEY": "1"}, ()),  # the operator's explicit choice
+        ({}, ("--api-key", "k")),
+        ({}, ("--api-key=k",)),
+    ):
+        started = run_entrypoint(env, *args)
+        assert_ok(started)
+        assert started.stdout.startswith("vllm-prune serve "), (env, args)
 
 
 def _env(container: dict) -> dict[str, str]:

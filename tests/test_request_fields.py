@@ -96,3 +96,49 @@ def test_image_urls_are_checked_where_they_are():
     with pytest.raises(PruneSpecError) as caught:
         rewrite(responses, "/v1/responses", ServerDefaults())
     assert caught.value.field == "input[0].content[0].image_url"
+
+
+def test_sagemaker_invocations_are_chat_completions():
+    out = rewrite(body(prune="pooling"), "/invocations", ServerDefaults())
+    assert out.method == "pooling" and out.payload["mm_processor_kwargs"]["prune"] == "pooling"
+
+
+def test_a_batch_of_conversations_shares_one_setting():
+    conversation = body()["messages"]
+    batch = {"model": "m", "messages": [conversation, conversation], "prune": "random"}
+    out = rewrite(batch, "/v1/chat/completions/batch", ServerDefaults())
+    assert out.method == "random" and "prune" not in out.payload
+    with pytest.raises(PruneSpecError, match="share one prune setting"):
+        rewrite({**batch, "prune": "fastv"}, "/v1/chat/completions/batch", ServerDefaults())
+    with pytest.raises(PruneSpecError) as caught:
+        rewrite(
+            {**batch, "messages": [conversation, 3]}, "/v1/chat/completions/batch", ServerDefaults()
+        )
+    assert caught.value.field == "messages"
+    bad_url = [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x:y"}}]}]]
+    with pytest.raises(PruneSpecError) as caught:
+        rewrite(
+            {"messages": [conversation, *bad_url]},
+            "/v1/chat/completions/batch",
+            ServerDefaults(),
+        )
+    assert caught.value.field == "messages[1][0].content[0].image_url"
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_the_anthropic_api_refuses_prune_fields(path):
+    with pytest.raises(PruneSpecError, match="served unpruned") as caught:
+        rewrite({"messages": [], "prune": "pooling"}, path, ServerDefaults())
+    assert caught.value.field == "prune"
+    with pytest.raises(PruneSpecError):
+        rewrite({"messages": [], "mm_processor_kwargs": {"prune_keep": 3}}, path, ServerDefaults())
+    assert rewrite({"messages": []}, path, ServerDefaults(method="pooling")).method is None
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/v1/completions", "/v1/responses"])
+def test_prune_text_is_refused_on_every_path(path):
+    with pytest.raises(PruneSpecError) as caught:
+        rewrite(
+            {"mm_processor_kwargs": {"prune": "fastv", "prune_text": "x"}}, path, ServerDefaults()
+        )
+    assert caught.value.field == "prune_text"

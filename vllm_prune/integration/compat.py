@@ -159,6 +159,80 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     Reliance(
         "override",
+        f"{_PROCESSOR}._maybe_apply_prompt_updates",
+        "an image the chat template did not render is a 400 naming `messages`, not a 500",
+    ),
+    Reliance(
+        "attribute",
+        "vllm.multimodal.processing:ProcessorInputs.cache",
+        "the API server's processor cache, whose entries of a refused request are dropped",
+    ),
+    Reliance(
+        "behaviour",
+        "the prompt-update step asserts 'Failed to apply prompt replacement' when the prompt "
+        "has no placeholder for an item, after the item entered the processor cache; "
+        "`invalidate` drops an item from that cache",
+        "only that assertion becomes the 400 (processing.UNPLACED); invalidating the items "
+        "keeps the next request with the same image from a P0/P1 cache-drift 500",
+    ),
+    # -- media fetching (API-server process) ---------------------------------------------
+    *_imports(
+        "vllm.multimodal.media",
+        "MEDIA_CONNECTOR_REGISTRY MediaConnector",
+        "the guarded connector (integration.media) is registered by name and subclasses vLLM's",
+    ),
+    *_imports(
+        "vllm.connections",
+        "HTTPConnection",
+        "its aiohttp session gets a socket factory that refuses internal addresses",
+    ),
+    *_imports(
+        "vllm.exceptions",
+        "GracefulHTTPError VLLMUnprocessableEntityError",
+        "a missed fetch deadline is a 504, an unfetchable image URL a 422 naming `image_url`",
+    ),
+    Reliance(
+        "override",
+        "vllm.multimodal.media.connector:MediaConnector.__init__",
+        "every connector vLLM makes shares the guarded HTTP connection (`connection`)",
+        versions=("0.32",),
+        change="0.33 adds the keyword-only `decoded_budget` and `download_budget`; ours "
+        "passes every argument on (*args, **kwargs), so it holds on both",
+    ),
+    Reliance(
+        "override",
+        "vllm.connections:HTTPConnection.__init__",
+        "the internal addresses the guarded connection may reach (the proxies')",
+    ),
+    Reliance(
+        "override",
+        "vllm.multimodal.media.connector:MediaConnector.load_from_url_async",
+        "the address check, one deadline per URL, fetch errors as client errors",
+    ),
+    Reliance(
+        "override",
+        "vllm.multimodal.media.connector:MediaConnector.load_from_url",
+        "the host-name check on the synchronous path (offline `LLM.chat`)",
+    ),
+    Reliance(
+        "override",
+        "vllm.connections:HTTPConnection.get_async_client",
+        "the session with the guarded socket factory",
+    ),
+    Reliance(
+        "attribute",
+        "vllm.connections:HTTPConnection._async_client",
+        "the session `get_async_client` creates once and reuses",
+    ),
+    Reliance(
+        "behaviour",
+        "the chat parsers load the connector named by VLLM_MEDIA_CONNECTOR from "
+        "MEDIA_CONNECTOR_REGISTRY; ImageMediaIO refuses more than VLLM_MAX_IMAGE_PIXELS "
+        "pixels from the header, before decoding",
+        "`vllm-prune serve` sets both (--max-image-pixels) for every API-server process",
+    ),
+    Reliance(
+        "override",
         f"{_PROCESSOR}._apply_hf_processor_main",
         "strip the prune fields before the Hugging Face processor, add the per-image fields",
     ),

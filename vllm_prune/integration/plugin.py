@@ -46,6 +46,8 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
+    from . import media  # noqa: F401  registers the guarded media connector (vllm-prune serve)
+
     for architecture, target in OVERRIDES.items():
         ModelRegistry.register_model(architecture, target)
     trace.rank = parallel.tensor_parallel_rank

@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 from transformers import BatchFeature
 from vllm.exceptions import VLLMValidationError
@@ -44,6 +45,24 @@ logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is print
 def refuse(field: str, message: str) -> VLLMValidationError:
     """vLLM's own validation error, which its server turns into an HTTP 400 naming the field."""
     return VLLMValidationError(message, parameter=field)
+
+
+# vLLM's assertion when the prompt has no place for an item (the chat template did not
+# render the message that held it); its 500 is a client's mistake.
+UNPLACED = "Failed to apply prompt replacement"
+
+
+class UnplacedMediaError(VLLMValidationError):
+    """An image the rendered prompt has no place for; ``hashes``: the request's items."""
+
+    def __init__(self, hashes: MultiModalHashes) -> None:
+        super().__init__(
+            "an image is in a message that the chat template does not render (for example "
+            "a system or tool message), so the prompt has no place for it; send images in "
+            "user messages",
+            parameter="messages",
+        )
+        self.hashes = hashes
 
 
 def parse_spec(hf_kwargs: Mapping[str, object]) -> PruneSpec:
@@ -160,8 +179,25 @@ class PruneProcessorMixin:
         config.update(wire.field_config("image"))
         return config
 
+    def _maybe_apply_prompt_updates(self, mm_items: MultiModalDataItems, mm_res: Any) -> Any:
+        try:
+            return super()._maybe_apply_prompt_updates(mm_items, mm_res)  # type: ignore[misc]
+        except AssertionError as err:
+            if not str(err).startswith(UNPLACED):
+                raise
+            raise UnplacedMediaError(mm_res.hashes) from err
+
     def apply(self, inputs: ProcessorInputs, timing_ctx: TimingContext) -> MultiModalInput:
-        result = super().apply(inputs, timing_ctx)  # type: ignore[misc]
+        try:
+            result = super().apply(inputs, timing_ctx)  # type: ignore[misc]
+        except UnplacedMediaError as err:
+            # The items are in the API server's cache but never reached the engine's: drop
+            # them, or the next request with the same image finds the engine without it.
+            if inputs.cache is not None:
+                for hashes in err.hashes.values():
+                    for item_hash in hashes:
+                        inputs.cache.invalidate(item_hash)
+            raise
         method = inputs.hf_processor_mm_kwargs.get(METHOD_FIELD)
         items = result["mm_kwargs"].get("image", [])
         # Only client requests carry a method (the server always sets one);

@@ -28,10 +28,24 @@ from vllm_prune.spec import (
 MM_KWARGS = "mm_processor_kwargs"
 MEDIA_IO_KWARGS = "media_io_kwargs"
 CHAT_PATH = "/v1/chat/completions"
+CHAT_BATCH_PATH = "/v1/chat/completions/batch"
 RESPONSES_PATH = "/v1/responses"
-# Endpoints that take images and whose top-level prune fields are moved into
-# mm_processor_kwargs: one contract for both (the same fields, refusals and metrics).
-PRUNE_PATHS = frozenset({CHAT_PATH, RESPONSES_PATH})
+# Where the body's conversation is, for every endpoint that takes images and whose
+# top-level prune fields are moved into mm_processor_kwargs: one contract for all of
+# them (the same fields, refusals, defaults and metrics). /invocations is SageMaker's
+# name for chat completions; the render routes (``--enable-scale-out``) run the same
+# processor and hand its output to another server.
+PRUNE_PATHS = {
+    CHAT_PATH: "messages",
+    "/invocations": "messages",
+    CHAT_BATCH_PATH: "messages",  # a list of conversations
+    f"{CHAT_PATH}/render": "messages",
+    RESPONSES_PATH: "input",
+    f"{RESPONSES_PATH}/render": "input",
+}
+# The Anthropic Messages API takes images but has no mm_processor_kwargs to carry the
+# prune fields: its images are served unpruned, and prune fields there are refused.
+UNPRUNED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/messages/render"})
 TEXT_PART_TYPES = frozenset({"text", "input_text"})
 IMAGE_PART_TYPES = frozenset({"image_url", "image_pil", "image_embeds", "input_image"})
 
@@ -54,28 +68,35 @@ class Rewritten:
     method: str | None  # the prune method in force; None when there are no images
 
 
-def _messages(payload: dict[str, Any]) -> list[Any]:
-    """The chat messages, or the Responses API's input items (none for a plain string)."""
-    messages = payload.get("messages", payload.get("input"))
-    return messages if isinstance(messages, list) else []
+def _conversations(payload: dict[str, Any], path: str) -> list[tuple[str, list[Any]]]:
+    """(where, messages) of each conversation in the body: one, or a batch's several."""
+    key = PRUNE_PATHS.get(path, "messages")
+    messages = payload.get(key)
+    if not isinstance(messages, list):
+        return []  # absent, or the Responses API's plain string
+    if path == CHAT_BATCH_PATH:
+        return [(f"{key}[{c}]", m) for c, m in enumerate(messages) if isinstance(m, list)]
+    return [(key, messages)]
 
 
-def _content_parts(payload: dict[str, Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(message index, part index, part) of every object part of a list content."""
-    for i, message in enumerate(_messages(payload)):
-        content = message.get("content") if isinstance(message, dict) else None
-        for j, part in enumerate(content if isinstance(content, list) else []):
-            if isinstance(part, dict):
-                yield i, j, part
+def _content_parts(payload: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(``messages[0].content[1]``-style place, part) of every object part of a list content."""
+    for top, messages in _conversations(payload, path):
+        for i, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            for j, part in enumerate(content if isinstance(content, list) else []):
+                if isinstance(part, dict):
+                    yield f"{top}[{i}].content[{j}]", part
 
 
-def has_images(payload: dict[str, Any]) -> bool:
-    return any(part.get("type") in IMAGE_PART_TYPES for _, _, part in _content_parts(payload))
+def has_images(payload: dict[str, Any], path: str = CHAT_PATH) -> bool:
+    return any(part.get("type") in IMAGE_PART_TYPES for _, part in _content_parts(payload, path))
 
 
-def last_user_text(payload: dict[str, Any]) -> str:
+def last_user_text(payload: dict[str, Any], path: str = CHAT_PATH) -> str:
     """The text of the last user message: the question text-guided methods score against."""
-    for message in reversed(_messages(payload)):
+    conversations = _conversations(payload, path)
+    for message in reversed(conversations[-1][1] if conversations else []):
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
@@ -95,15 +116,14 @@ def last_user_text(payload: dict[str, Any]) -> str:
 
 def _image_urls(payload: dict[str, Any], path: str) -> list[tuple[str, str]]:
     """Each image part's URL with where it is, ``messages[0].content[1].image_url`` style."""
-    top = "messages" if path == CHAT_PATH else "input"
     found = []
-    for i, j, part in _content_parts(payload):
+    for where, part in _content_parts(payload, path):
         if part.get("type") not in ("image_url", "input_image"):
             continue
         url = part.get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
         if isinstance(url, str):
-            found.append((f"{top}[{i}].content[{j}].image_url", url))
+            found.append((f"{where}.image_url", url))
     return found
 
 
@@ -161,32 +181,62 @@ def check_untrusted_kwargs(payload: dict[str, Any]) -> None:
         raise PruneSpecError(MEDIA_IO_KWARGS, f"'{MEDIA_IO_KWARGS}' is not accepted by this server")
 
 
+def check_message_lists(payload: dict[str, Any], path: str) -> None:
+    """The conversation is a list of message objects (a batch: a list of such lists).
+
+    vLLM answers some of these with a 400 that names no field ("'int' object is not
+    iterable"); the shape is checked here, the rest stays vLLM's to validate.
+    """
+    key = PRUNE_PATHS[path]
+    if key != "messages" or key not in payload:
+        return
+    messages = payload[key]
+    if path == CHAT_BATCH_PATH:
+        if not (isinstance(messages, list) and all(isinstance(m, list) for m in messages)):
+            raise PruneSpecError(key, f"'{key}' must be a list of conversations (lists)")
+        conversations = messages
+    else:
+        conversations = [messages]
+    for conversation in conversations:
+        if not (isinstance(conversation, list) and all(isinstance(m, dict) for m in conversation)):
+            raise PruneSpecError(key, f"'{key}' must be a list of message objects")
+
+
+def _refuse_on_unpruned_path(payload: dict[str, Any], path: str) -> None:
+    sent = [k for k in sorted(prune_field_names()) if k in payload]
+    sent += [k for k in sorted(prune_field_names()) if k in (payload.get(MM_KWARGS) or {})]
+    if sent:
+        raise PruneSpecError(
+            sent[0],
+            f"'{sent[0]}' is not taken on {path}: the Anthropic Messages API cannot carry "
+            f"prune fields, and its images are served unpruned; use {CHAT_PATH} or "
+            f"{RESPONSES_PATH}",
+        )
+
+
 def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rewritten:
     """Validate the prune fields and place the spec where vLLM's processor reads it."""
     check_unknown_fields(payload)
     check_untrusted_kwargs(payload)
+    if TEXT_FIELD in payload or TEXT_FIELD in (payload.get(MM_KWARGS) or {}):
+        raise PruneSpecError(
+            TEXT_FIELD,
+            f"'{TEXT_FIELD}' is set by the server from the last user message; do not send it",
+        )
+    if path in UNPRUNED_PATHS:
+        _refuse_on_unpruned_path(payload, path)
+        return Rewritten(payload, None)
     if path not in PRUNE_PATHS:
         # Prune fields sent in mm_processor_kwargs elsewhere are validated here
         # and again by the processor; top-level ones are not ours to move.
         PruneSpec.from_fields(payload.get(MM_KWARGS) or {}, defaults.ratio)
         return Rewritten(payload, None)
 
-    messages = payload.get("messages") if path == CHAT_PATH else None
-    if messages is not None and not (
-        isinstance(messages, list) and all(isinstance(m, dict) for m in messages)
-    ):
-        # vLLM answers some of these with a 400 that names no field ("'int' object is
-        # not iterable"); the shape is checked here, the rest stays vLLM's to validate.
-        raise PruneSpecError("messages", "'messages' must be a list of message objects")
+    check_message_lists(payload, path)
     check_image_urls(payload, path, defaults.local_files)
     payload = dict(payload)
     in_mm_kwargs = dict(payload.pop(MM_KWARGS, None) or {})
     top_level = {k: payload.pop(k) for k in sorted(prune_field_names()) if k in payload}
-    if TEXT_FIELD in in_mm_kwargs or TEXT_FIELD in top_level:
-        raise PruneSpecError(
-            TEXT_FIELD,
-            f"'{TEXT_FIELD}' is set by the server from the last user message; do not send it",
-        )
     both = sorted(set(in_mm_kwargs) & set(top_level))
     if both:
         raise PruneSpecError(
@@ -197,10 +247,16 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
     if spec is None and defaults.method is not None:
         spec = PruneSpec.from_fields({"prune": defaults.method}, defaults.ratio)
 
-    if not has_images(payload):
+    if not has_images(payload, path):
         return Rewritten(payload, None)  # prune fields are a no-op without images
     spec = spec or PruneSpec(method="none")
     if needs_text(spec.method):
-        spec = replace(spec, text=last_user_text(payload)[-MAX_TEXT_CHARS:])
+        if path == CHAT_BATCH_PATH:
+            raise PruneSpecError(
+                METHOD_FIELD,
+                f"'{spec.method}' scores images against the question, and a batch's "
+                f"conversations share one prune setting; send each on {CHAT_PATH}",
+            )
+        spec = replace(spec, text=last_user_text(payload, path)[-MAX_TEXT_CHARS:])
     payload[MM_KWARGS] = spec.to_fields()
     return Rewritten(payload, spec.method)

@@ -11,10 +11,11 @@ exits at once, saying why, on a vLLM outside the supported versions.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vllm_prune import demo
-from vllm_prune.integration import compat
+from vllm_prune.integration import compat, media
 from vllm_prune.methods import method_names
 from vllm_prune.spec import DEFAULT_RATIO
 
@@ -26,6 +27,57 @@ def _ratio(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"--prune-ratio must be in [0, 1), got {value}")
     return value
+
+
+def _pixels(text: str) -> int:
+    value = int(text)
+    if not 0 < value <= media.PIL_BOUND:
+        raise argparse.ArgumentTypeError(
+            f"--max-image-pixels must be in [1, {media.PIL_BOUND}], got {value}"
+        )
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--media-fetch-timeout must be > 0, got {value}")
+    return value
+
+
+def add_media_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("vllm-prune media fetching")
+    group.add_argument(
+        "--max-image-pixels",
+        type=_pixels,
+        default=int(os.environ.get(media.PIXELS_ENV, media.DEFAULT_MAX_IMAGE_PIXELS)),
+        help="Images with more pixels (width x height, read from the header before "
+        "decoding) are a 400 (default: $VLLM_MAX_IMAGE_PIXELS, else "
+        f"{media.DEFAULT_MAX_IMAGE_PIXELS} = 8192 x 8192).",
+    )
+    group.add_argument(
+        "--media-fetch-timeout",
+        type=_seconds,
+        default=media.DEFAULT_DEADLINE_S,
+        help="Seconds to fetch one image URL, retries and decoding included; past it the "
+        f"request is a 504 (default {media.DEFAULT_DEADLINE_S:g}).",
+    )
+    group.add_argument(
+        "--allow-private-media-urls",
+        action="store_true",
+        help="Fetch media URLs on loopback, private and link-local addresses too (default: "
+        "public addresses only; data URLs always work).",
+    )
+
+
+def media_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment that carries the media options to every API-server process."""
+    return {
+        "VLLM_MEDIA_CONNECTOR": media.CONNECTOR_NAME,
+        media.PIXELS_ENV: str(args.max_image_pixels),
+        media.DEADLINE_ENV: repr(args.media_fetch_timeout),
+        media.ALLOW_PRIVATE_ENV: "1" if args.allow_private_media_urls else "0",
+    }
 
 
 def add_prune_args(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +113,7 @@ def serve_parser():  # type: ignore[no-untyped-def]
         )
     )
     add_prune_args(parser)
+    add_media_args(parser)
     return parser
 
 
@@ -79,6 +132,7 @@ def serve(argv: list[str]) -> None:
     cli.cli_env_setup()
     args = serve_parser().parse_args(argv)
     args.trust_request_mm_kwargs = True  # the middleware admits prune fields only
+    os.environ.update(media_env(args))
     if MIDDLEWARE not in args.middleware:
         args.middleware.append(MIDDLEWARE)
     cli.validate_parsed_serve_args(args)
