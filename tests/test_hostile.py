@@ -4,7 +4,8 @@ nothing internal is fetched, and the server keeps serving.
 Two servers: the session's (``vllm-prune serve`` defaults: public media addresses only)
 and one started here with the operator's options (``--allow-private-media-urls``, a 2 s
 ``--media-fetch-timeout``, ``--max-image-pixels 1000000``, a chat template that does not
-render system messages) and an image host on a loopback port. The soak and the fuzzing
+render system messages, ``--enable-scale-out`` for the render routes) and an image host
+on a loopback port. The soak and the fuzzing
 run on the session server, bounded so that they fit the suite.
 """
 
@@ -118,7 +119,7 @@ def operator_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     command = pruned_command(
         model, *DEMO_ARGS, "--served-model-name", TINY_NAME, "--chat-template", str(template),
         "--allow-private-media-urls", "--media-fetch-timeout", str(DEADLINE_S),
-        "--max-image-pixels", str(MAX_PIXELS),
+        "--max-image-pixels", str(MAX_PIXELS), "--enable-scale-out",
     )  # fmt: skip
     with running(root, {"operator": command}) as started:
         yield started["operator"]
@@ -447,3 +448,19 @@ def test_the_anthropic_messages_api_serves_images_unpruned_and_refuses_prune_fie
     unpruned = post(server, {"messages": image_messages(seed=33), "prune": "none"}).json()
     # The server's --prune-default (pooling) does not reach this API: unpruned tokens.
     assert served.json()["usage"]["input_tokens"] == unpruned["usage"]["prompt_tokens"]
+
+
+def test_the_render_routes_prune_like_chat(operator_server):
+    """``--enable-scale-out``'s render routes run the processor for another server: the
+    token ids they hand on are the pruned prompt."""
+    extra = {"prune": "pooling", "prune_ratio": 0.75}
+    served = post(operator_server, {"messages": image_messages(seed=34), **extra}).json()
+    body = {"model": TINY_NAME, "messages": image_messages(seed=34)}
+    url = f"{operator_server.url}/v1/chat/completions/render"
+    rendered = requests.post(url, json={**body, **extra}, timeout=60)
+    assert rendered.ok, rendered.text
+    assert len(rendered.json()["token_ids"]) == served["usage"]["prompt_tokens"]
+    whole = requests.post(url, json={**body, "prune": "none"}, timeout=60).json()
+    assert len(whole["token_ids"]) == served["usage"]["prompt_tokens"] + 576 - 144
+    refused = requests.post(url, json={**body, "prune_ration": 0.5}, timeout=60)
+    assert_refused(refused, 400, "prune_ration", "prune_ratio")
