@@ -122,6 +122,12 @@ class GuardedConnection(HTTPConnection):
 _connection = GuardedConnection()
 
 
+def _unresolved(url: str, host: str, err: OSError) -> VLLMUnprocessableEntityError:
+    return VLLMUnprocessableEntityError(
+        f"image URL {url[:200]!r}: the host {host} cannot be resolved ({err})", parameter=PARAM
+    )
+
+
 async def _check_host_async(url: str) -> None:
     host = urlsplit(url).hostname
     if host is None or _allow_private():
@@ -130,10 +136,7 @@ async def _check_host_async(url: str) -> None:
     try:
         infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError as err:
-        raise VLLMUnprocessableEntityError(
-            f"image URL {url[:200]!r}: the host {host} cannot be resolved ({err})",
-            parameter=PARAM,
-        ) from err
+        raise _unresolved(url, host, err) from err
     for info in infos:
         if internal_address(info[4][0]):
             raise _host_refusal(url, host, info[4][0])
@@ -143,7 +146,11 @@ def _check_host(url: str) -> None:
     host = urlsplit(url).hostname
     if host is None or _allow_private():
         return
-    for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM):
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise _unresolved(url, host, err) from err
+    for info in infos:
         if internal_address(info[4][0]):
             raise _host_refusal(url, host, info[4][0])
 
