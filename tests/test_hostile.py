@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import io
+import itertools
 import json
 import os
 import threading
@@ -144,9 +145,13 @@ def assert_refused(response: requests.Response, status: int, param: str | None, 
         assert text in error["message"], error["message"]
 
 
+# Image seeds of this file's own (other files' tests count cache hits of theirs).
+SEEDS = itertools.count(90_000)
+
+
 def assert_serving(server: Server) -> None:
     assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
-    assert post(server, {"messages": image_messages(seed=77), "prune": "pooling"}).ok
+    assert post(server, {"messages": image_messages(seed=next(SEEDS)), "prune": "pooling"}).ok
 
 
 # -- the default: no internal addresses ------------------------------------------------
@@ -259,7 +264,7 @@ def test_a_decompression_bomb_is_a_400_on_the_default_server(server):
 
 
 def test_an_image_the_chat_template_does_not_render_is_a_400(operator_server):
-    image = noise_image_data_url(4242)
+    image = noise_image_data_url(94_242)
     hidden = [
         {"role": "system", "content": [{"type": "image_url", "image_url": {"url": image}}]},
         {"role": "user", "content": "what is in the image ?"},
@@ -283,7 +288,7 @@ JSON = st.recursive(
 )  # fmt: skip
 URLS = st.sampled_from(
     [
-        noise_image_data_url(5),
+        noise_image_data_url(90_005),
         "data:image/png;base64,AAAA",
         "data:image/png,plain",
         "data:;base64,",
@@ -302,7 +307,7 @@ PARTS = st.one_of(
     ),
     st.fixed_dictionaries(
         {"type": st.sampled_from(["input_image", "image", "video_url", "x"])}
-    ).map(lambda part: {**part, "image_url": noise_image_data_url(5)}),
+    ).map(lambda part: {**part, "image_url": noise_image_data_url(90_005)}),
     JSON,
 )
 MESSAGES = (
@@ -417,25 +422,25 @@ def test_the_soak_refuses_a_server_that_is_not_local():
 
 def test_sagemaker_invocations_and_chat_batches_prune_like_chat(server):
     extra = {"prune": "pooling", "prune_ratio": 0.889}
-    chat = post(server, {"messages": image_messages(seed=31), **extra}).json()["usage"]
-    invoked = post(server, {"messages": image_messages(seed=31), **extra}, "/invocations")
+    chat = post(server, {"messages": image_messages(seed=90_031), **extra}).json()["usage"]
+    invoked = post(server, {"messages": image_messages(seed=90_031), **extra}, "/invocations")
     assert invoked.ok, invoked.text
     assert invoked.json()["usage"]["prompt_tokens"] == chat["prompt_tokens"]
-    conversations = [image_messages(seed=31), image_messages(seed=32)]
+    conversations = [image_messages(seed=90_031), image_messages(seed=90_032)]
     batch = post(server, {"messages": conversations, **extra}, "/v1/chat/completions/batch")
     assert batch.ok, batch.text
     assert batch.json()["usage"]["prompt_tokens"] == 2 * chat["prompt_tokens"]
-    unpruned = post(server, {"messages": image_messages(seed=31), "prune": "none"}).json()
+    unpruned = post(server, {"messages": image_messages(seed=90_031), "prune": "none"}).json()
     assert unpruned["usage"]["prompt_tokens"] > chat["prompt_tokens"]
     for path in ("/invocations", "/v1/chat/completions/batch"):
-        body = {"messages": image_messages(seed=31), "prune_text": "x"}
+        body = {"messages": image_messages(seed=90_031), "prune_text": "x"}
         if path.endswith("batch"):
             body["messages"] = [body["messages"]]
         assert_refused(post(server, body, path), 400, "prune_text")
 
 
 def test_the_anthropic_messages_api_serves_images_unpruned_and_refuses_prune_fields(server):
-    data = noise_image_data_url(33).split(",", 1)[1]
+    data = noise_image_data_url(90_033).split(",", 1)[1]
     content = [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
         {"type": "text", "text": "what is in the image ?"},
@@ -445,7 +450,7 @@ def test_the_anthropic_messages_api_serves_images_unpruned_and_refuses_prune_fie
     assert_refused(refused, 400, "prune", "served unpruned", "/v1/chat/completions")
     served = post(server, body, "/v1/messages")
     assert served.ok, served.text
-    unpruned = post(server, {"messages": image_messages(seed=33), "prune": "none"}).json()
+    unpruned = post(server, {"messages": image_messages(seed=90_033), "prune": "none"}).json()
     # The server's --prune-default (pooling) does not reach this API: unpruned tokens.
     assert served.json()["usage"]["input_tokens"] == unpruned["usage"]["prompt_tokens"]
 
@@ -454,8 +459,8 @@ def test_the_render_routes_prune_like_chat(operator_server):
     """``--enable-scale-out``'s render routes run the processor for another server: the
     token ids they hand on are the pruned prompt."""
     extra = {"prune": "pooling", "prune_ratio": 0.75}
-    served = post(operator_server, {"messages": image_messages(seed=34), **extra}).json()
-    body = {"model": TINY_NAME, "messages": image_messages(seed=34)}
+    served = post(operator_server, {"messages": image_messages(seed=90_034), **extra}).json()
+    body = {"model": TINY_NAME, "messages": image_messages(seed=90_034)}
     url = f"{operator_server.url}/v1/chat/completions/render"
     rendered = requests.post(url, json={**body, **extra}, timeout=60)
     assert rendered.ok, rendered.text
