@@ -128,31 +128,37 @@ def _unresolved(url: str, host: str, err: OSError) -> VLLMUnprocessableEntityErr
     )
 
 
-async def _check_host_async(url: str) -> None:
-    host = urlsplit(url).hostname
-    if host is None or _allow_private():
-        return
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as err:
-        raise _unresolved(url, host, err) from err
+def _host_to_check(url: str) -> str | None:
+    """The URL's host, where internal addresses are refused (None: nothing to check)."""
+    return None if _allow_private() else urlsplit(url).hostname
+
+
+def _refuse_internal(url: str, host: str, infos: list[Any]) -> None:
     for info in infos:
         if internal_address(info[4][0]):
             raise _host_refusal(url, host, info[4][0])
 
 
+async def _check_host_async(url: str) -> None:
+    host = _host_to_check(url)
+    if host is None:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise _unresolved(url, host, err) from err
+    _refuse_internal(url, host, infos)
+
+
 def _check_host(url: str) -> None:
-    host = urlsplit(url).hostname
-    if host is None or _allow_private():
+    host = _host_to_check(url)
+    if host is None:
         return
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError as err:
         raise _unresolved(url, host, err) from err
-    for info in infos:
-        if internal_address(info[4][0]):
-            raise _host_refusal(url, host, info[4][0])
+    _refuse_internal(url, host, infos)
 
 
 def _is_http(url: str) -> bool:
@@ -177,11 +183,14 @@ class GuardedMediaConnector(MediaConnector):
     async def load_from_url_async(
         self, url: str, media_io: Any, *, fetch_timeout: int | None = None
     ) -> Any:
-        if not _is_http(url):
-            try:
-                return await super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
-            except Image.DecompressionBombError as err:
-                raise _bomb(err) from err
+        try:
+            if _is_http(url):
+                return await self._fetch_within_deadline(url, media_io)
+            return await super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
+        except Image.DecompressionBombError as err:
+            raise _bomb(err) from err
+
+    async def _fetch_within_deadline(self, url: str, media_io: Any) -> Any:
         deadline = deadline_s()
         try:
             return await asyncio.wait_for(self._fetch(url, media_io, deadline), deadline)
@@ -196,8 +205,6 @@ class GuardedMediaConnector(MediaConnector):
         await _check_host_async(url)
         try:
             return await super().load_from_url_async(url, media_io, fetch_timeout=deadline)
-        except Image.DecompressionBombError as err:
-            raise _bomb(err) from err
         except (aiohttp.ClientError, OSError) as err:
             raise VLLMUnprocessableEntityError(
                 f"image URL {url[:200]!r} could not be fetched: {err}", parameter=PARAM
