@@ -18,6 +18,7 @@ PARAMS = {
     "prune_window": 4,
     "prune_alpha": 0.5,
     "prune_theta": 0.5,
+    "prune_important": 0.5,
 }
 
 
@@ -57,10 +58,11 @@ def test_registry_holds_the_built_in_methods():
         "random",
         "sparsevlm",
         "visionzip",
+        "vispruner",
     ]
 
 
-@pytest.mark.parametrize("name", ["cls_attention", "visionzip"])
+@pytest.mark.parametrize("name", ["cls_attention", "visionzip", "vispruner"])
 def test_vision_attention_methods_say_so_and_refuse_without_it(name):
     assert "vision_attention" in get_method(name).needs
     with pytest.raises(ValueError):
@@ -103,6 +105,30 @@ def test_visionzip_merges_each_token_into_its_most_similar_target():
     torch.testing.assert_close(rows[first], x[members].mean(0))
     for target in others:
         torch.testing.assert_close(rows[target], x[target])
+
+
+def test_vispruner_removes_duplicates_by_the_sources_rounds():
+    """Hand-computed: 8 tokens on a 2 x 4 grid, keep 4, 2 important by attention.
+
+    Attention ranks 0 > 1 > ... > 7, so 0 and 1 are important and 2..7 remain, in that
+    order, for 2 diverse ones. Rows: 2 and 3 are the same direction, 4 and 5 too, 6 and
+    7 are orthogonal to everything. Round 1 (r = min(8, 6 - 2) = 4): A = 2, 4, 6 and
+    B = 3, 5, 7; A's best similarities to B are 1, 1, 0, so the argsort puts 2, 4 (ties
+    in place) then 6, and dropping 4 of 3 leaves none of A: 3, 5, 7 remain. Round 2
+    (r = 1): A = 3, 7, B = 5; both score 0 (3, 5, 7 are orthogonal), the stable sort keeps
+    them in place and the first, 3, is dropped: 7, 5 remain.
+    """
+    e = torch.eye(8)
+    rows = torch.stack([e[0], e[1], e[2], e[2], e[3], e[3], e[4], e[5]])
+    ctx = Context(params={"prune_important": 0.5}, cls_attention=torch.arange(8, 0, -1.0))
+    out = get_method("vispruner").reduce(rows, (2, 4), 4, ctx)
+    assert out.indices.tolist() == [0, 1, 5, 7]
+    # All important: the top 4 by attention; none important: duplicates only.
+    ctx.params = {"prune_important": 1.0}
+    assert get_method("vispruner").reduce(rows, (2, 4), 4, ctx).indices.tolist() == [0, 1, 2, 3]
+    ctx.params = {"prune_important": 0.0}
+    kept = get_method("vispruner").reduce(rows, (2, 4), 4, ctx).indices.tolist()
+    assert len(kept) == 4 and not ({2, 3} <= set(kept) or {4, 5} <= set(kept))
 
 
 @pytest.mark.parametrize("name", PRUNING)

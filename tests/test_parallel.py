@@ -83,7 +83,14 @@ def _ask(
     return ask_traced(server, trace, "shapes-llava", messages, extra, new_connection=new_connection)
 
 
-@pytest.mark.parametrize("method", method_names())
+# Methods whose later steps follow the whole order of near-equal cosines (``vispruner``'s
+# rounds of matching): the last digits two ranks add differently swap duplicate patches
+# of a flat background, so TP keeps one selection on every rank, as many tokens as one
+# rank, but not always the same duplicates (README, "Parallel layouts").
+ORDER_SENSITIVE = {"vispruner"}
+
+
+@pytest.mark.parametrize("method", sorted(set(method_names()) - ORDER_SENSITIVE))
 def test_two_ranks_keep_the_tokens_and_give_the_answer_of_one(
     layouts: tuple[dict[str, Server], Path], method: str
 ) -> None:
@@ -94,6 +101,20 @@ def test_two_ranks_keep_the_tokens_and_give_the_answer_of_one(
         if method == "none":
             assert one.kept == two.kept == {}
         assert_same_on_two_ranks(one, two, LOGPROB_TOLERANCE)
+
+
+@pytest.mark.parametrize("method", sorted(ORDER_SENSITIVE))
+def test_two_ranks_keep_one_selection_of_the_size_of_one(
+    layouts: tuple[dict[str, Server], Path], method: str
+) -> None:
+    servers, trace = layouts
+    for seed, question in ASKED:
+        one = _ask(servers["tp1"], trace, method, seed, question)
+        two = _ask(servers["tp2"], trace, method, seed, question)
+        assert two.prompt_tokens == one.prompt_tokens
+        assert set(two.kept) == {(0, None), (1, None)}
+        assert two.kept[(0, None)] == two.kept[(1, None)]
+        assert len(two.kept[(0, None)]) == len(one.kept[(None, None)])
 
 
 DP_METHODS = method_names()

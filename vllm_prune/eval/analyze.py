@@ -21,7 +21,7 @@ grid (Qwen2-VL's, LLaVA-NeXT's parts) over the whole image.
 (``get_method(name).reduce``) on the image's LLaVA-1.5 token grid (336 px, 14 px patches:
 24 x 24 = 576 tokens). Only methods that need no model signal can be computed this way;
 the others (FastV family, balanced, sparsevlm, cdprune: the LLM's attention or text;
-cls_attention, visionzip: the vision tower's [CLS] attention) are refused rather than
+cls_attention, visionzip, vispruner: the vision tower's [CLS] attention) are refused rather than
 faked: use a trace for them. Of the computable ones:
 
 - ``random`` and ``pooling`` do not look at the features: their positions are exactly the

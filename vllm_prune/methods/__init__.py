@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (registration)
     random_drop,
     sparsevlm,
     visionzip,
+    vispruner,
 )
 from .base import Context, Param, PruneMethod, Reduced
 from .registry import get_method, method_by_id, method_id, method_names, register
