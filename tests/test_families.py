@@ -40,7 +40,8 @@ class Family:
     refused: tuple[str, ...]  # methods this family answers with a 400
 
 
-VISION = ("cls_attention", "visionzip", "vispruner")  # need a [CLS] row these families do not give
+# Read the vision tower (or cut inside it), which these families do not let us do.
+VISION = ("cls_attention", "flowcut", "hiprune", "mustdrop", "visionzip", "vispruner")
 FAMILIES = [
     # 672 x 672: base 24 x 24 + a 48 x 48 stitched grid with 48 newlines.
     Family("llava-next", build_tiny_llava_next, (672, 672), 576 + 48 * 49, VISION),

@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from vllm_prune.methods import Context, get_method, method_names
+from vllm_prune.methods.base import IN_TOWER
 from vllm_prune.methods.pooling import pooled_grid
 
 GRID = (24, 24)
 N = GRID[0] * GRID[1]
-PRUNING = [name for name in method_names() if name != "none"]
+# Methods that select from the features they are given (an in-tower method is given only
+# the rows the tower kept: its own tests below).
+PRUNING = [
+    name for name in method_names() if name != "none" and IN_TOWER not in get_method(name).needs
+]
 PARAMS = {
     "prune_seed": 0,
     "prune_pivots": 8,
@@ -19,6 +24,7 @@ PARAMS = {
     "prune_alpha": 0.5,
     "prune_theta": 0.5,
     "prune_important": 0.5,
+    "prune_object_share": 0.1,
 }
 
 
@@ -39,6 +45,8 @@ def context(dtype: torch.dtype = torch.float32) -> Context:
         last_hidden=torch.randn(16, generator=g).to(dtype),
         text_embeddings=torch.randn(5, 16, generator=g).to(dtype),
         question_attention=torch.randn(5, N, generator=g).softmax(-1).to(dtype),
+        received_attention=torch.randn(N, generator=g).softmax(0).to(dtype),
+        object_attention=torch.randn(N, generator=g).softmax(0).to(dtype),
     )
 
 
@@ -53,6 +61,9 @@ def test_registry_holds_the_built_in_methods():
         "fastv_reverse",
         "fastv_vis",
         "fastv_window",
+        "flowcut",
+        "hiprune",
+        "mustdrop",
         "none",
         "pooling",
         "random",
@@ -67,6 +78,154 @@ def test_vision_attention_methods_say_so_and_refuse_without_it(name):
     assert "vision_attention" in get_method(name).needs
     with pytest.raises(ValueError):
         get_method(name).reduce(features(), GRID, 64, Context())
+
+
+def test_hiprune_says_it_reads_tower_attention_and_refuses_without_it():
+    assert "tower_attention" in get_method("hiprune").needs
+    with pytest.raises(ValueError):
+        get_method("hiprune").reduce(features(), GRID, 64, Context())
+
+
+def test_hiprune_keeps_anchors_with_their_neighbours_then_registers():
+    """Hand-computed on a 4 x 4 grid, keep 8, object share 1.0: round(8 / 5) = 2 anchors.
+
+    Object attention peaks at 3 (top-right corner) and 9 (row 2, column 1). 3's
+    neighbours inside the grid are 2 and 7 (the source's +1 would wrap to 4; -4 would
+    clamp to 0); 9's are 5, 13, 8 and 10: 8 anchor and buffer tokens, no registers.
+    At share 0.5 one anchor (round(0.8)): 3 with 2 and 7, then the 5 registers by
+    deep attention, which ranks 15 > 14 > ... > 0, skipping what is chosen.
+    """
+    x = torch.randn(16, 4)
+    objects = torch.zeros(16)
+    objects[3], objects[9] = 2.0, 1.0
+    ctx = Context(
+        params={"prune_object_share": 1.0},
+        object_attention=objects,
+        received_attention=torch.arange(16.0),
+    )
+    out = get_method("hiprune").reduce(x, (4, 4), 8, ctx)
+    assert out.indices.tolist() == [2, 3, 5, 7, 8, 9, 10, 13]
+    torch.testing.assert_close(out.features, x[out.indices])
+    ctx.params = {"prune_object_share": 0.5}
+    out = get_method("hiprune").reduce(x, (4, 4), 8, ctx)
+    assert out.indices.tolist() == [2, 3, 7, 11, 12, 13, 14, 15]
+    # No share: the top 8 by deep attention alone.
+    ctx.params = {"prune_object_share": 0.0}
+    assert get_method("hiprune").reduce(x, (4, 4), 8, ctx).indices.tolist() == list(range(8, 16))
+
+
+def test_hiprune_object_layer_is_the_sources_share_of_the_depth():
+    from vllm_prune.methods.hiprune import object_layer
+
+    assert [object_layer(d) for d in (24, 32, 12, 3, 1)] == [9, 12, 4, 1, 1]
+
+
+def test_mustdrop_merges_a_flat_window_keeps_key_tokens_then_the_better_question_rank():
+    """Hand-computed on a 6 x 6 grid (four 3 x 3 windows), keep 7.
+
+    Window 0 (tokens 0-2, 6-8, 12-14) holds one vector 9 times: similarity 1, merged
+    into one row standing for its centre, 7; the other windows are random (mean cosine
+    near 0). 28 tokens are left: ceil(0.08 * 28) = 3 key tokens by [CLS] attention, the
+    merged window (its 9 x 0.5) then 35 and 34. Three question tokens attend: 20 gets
+    0.3 from each (global 0.9, individual 0.3), 21 0.8 from one (0.8, 0.8), 22 0.25
+    from each (0.75, 0.25), 23 0.7 from one (0.7, 0.7). Global ranks 20, 21, 22, 23;
+    individual 21, 23, 20, 22; better of the two: 21 (0, 1), 20 (0, 2), 23 (1, 3), 22.
+    """
+    from vllm_prune.methods.mustdrop import window_similarity, windows
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(36, 64, generator=g)
+    flat = [0, 1, 2, 6, 7, 8, 12, 13, 14]
+    assert windows((6, 6))[0].tolist() == flat
+    x[flat] = x[0].clone()
+    similarity = window_similarity(x, windows((6, 6)))
+    assert similarity[0].item() == pytest.approx(1.0)
+    assert similarity[1:].abs().max().item() < 0.8
+    cls = torch.zeros(36)
+    cls[flat], cls[35], cls[34], cls[33] = 0.5, 3.0, 2.0, 1.0
+    question = torch.zeros(3, 36)
+    question[:, 20], question[0, 21], question[:, 22], question[1, 23] = 0.3, 0.8, 0.25, 0.7
+    ctx = Context(
+        params={"prune_layer": 2},
+        cls_attention=cls,
+        text_embeddings=torch.zeros(3, 8),
+        question_attention=question,
+    )
+    out = get_method("mustdrop").reduce(x, (6, 6), 7, ctx)
+    assert out.indices.tolist() == [7, 20, 21, 22, 23, 34, 35]
+    torch.testing.assert_close(out.features[0], x[0])
+    torch.testing.assert_close(out.features[1:], x[out.indices[1:]])
+    # With 29 kept, (36 - 29) // 8 = 0 windows may merge: tokens stay themselves.
+    out = get_method("mustdrop").reduce(x, (6, 6), 29, ctx)
+    assert out.indices.numel() == 29
+    torch.testing.assert_close(out.features, x[out.indices])
+
+
+def test_flowcut_layer_scores_and_drop_count_by_hand():
+    from vllm_prune.methods.flowcut import drop_count, layer_scores
+
+    scores = layer_scores(
+        torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0]), torch.tensor([2.0, 4.0])
+    )
+    torch.testing.assert_close(scores, torch.tensor([1.5, 5.0]))  # (1/4 + 1/2) 2, (3/4 + 1/2) 4
+    one_hot = torch.zeros(10)
+    one_hot[3] = 1.0
+    assert drop_count(torch.ones(10), 4, 2) == 0  # uniform: entropy log n, nothing dropped
+    assert drop_count(one_hot, 4, 2) == 4  # entropy 0: round((10 - 2) / sqrt(4))
+    assert drop_count(one_hot, 1, 2) == 8  # never below keep
+    assert drop_count(torch.ones(10), 0, 2) == 8  # the last cut keeps exactly keep
+
+
+def test_flowcut_cuts_every_other_layer_by_the_cumulative_flow():
+    """Hand-computed: a 6-layer tower whose last layer (5) is the selected one, 10 patches,
+    keep 2; cuts after layers 4, 2 and 0 (counting back from the one before the selected).
+
+    V = 1..10 at layer 0, all ones after; S uniform; A one-hot (entropy 0, so
+    r = round((n - 2) / sqrt(remaining))). Layer 0: s = 0.1 (i + 1), 11 for patch 9;
+    r = 4, the top 6 are patches 4-9. Layer 1 (no cut): A on patch 4, flow =
+    (0.83, 0.38, 0.43, 0.48, 0.53, 5.58). Layer 2: A on patch 9, flow =
+    (0.5, 0.28, 0.3, 0.33, 0.35, 3.38), r = round(4 / sqrt 2) = 3: patches 4, 8, 9.
+    Layer 3: A on patch 8, flow = (0.42, 0.84, 1.85). Layer 4, the last cut, to 2: A on
+    patch 8 again, flow = (0.38, 1.09, 1.09): patches 8 and 9. Layer 5 runs on them uncut.
+    """
+    from vllm_prune.methods.flowcut import FlowCutState
+
+    def one_hot(n: int, at: int) -> torch.Tensor:
+        a = torch.zeros(n)
+        a[at] = 1.0
+        return a
+
+    state = FlowCutState(patches=10, keep=2, selected_layer=5)
+    steps = [
+        (one_hot(10, 9), torch.arange(1.0, 11.0)),
+        (one_hot(6, 0), torch.ones(6)),
+        (one_hot(6, 5), torch.ones(6)),
+        (one_hot(3, 1), torch.ones(3)),
+        (one_hot(3, 1), torch.ones(3)),
+        (one_hot(2, 0), torch.ones(2)),
+    ]
+    cuts = []
+    for layer, (attention, norm) in enumerate(steps):
+        n = attention.numel()
+        positions = state.step(layer, attention, torch.ones(n), norm)
+        cuts.append(None if positions is None else positions.tolist())
+    assert cuts == [[4, 5, 6, 7, 8, 9], None, [0, 4, 5], None, [1, 2], None]
+    assert state.kept.tolist() == [8, 9]
+
+
+def test_flowcut_reduce_names_the_rows_the_tower_kept():
+    rows = torch.randn(3, 4)
+    method = get_method("flowcut")
+    out = method.reduce(rows, GRID, 3, Context(tower_kept=torch.tensor([5, 17, 300])))
+    assert out.indices.tolist() == [5, 17, 300] and torch.equal(out.features, rows)
+    with pytest.raises(ValueError):
+        method.reduce(rows, GRID, 3, Context())  # no tower_kept
+    with pytest.raises(ValueError):
+        method.reduce(features(), GRID, 3, Context(tower_kept=torch.tensor([5, 17, 300])))
+    with pytest.raises(ValueError):
+        method.reduce(rows, GRID, 3, Context(tower_kept=torch.tensor([17, 5, 300])))
+    with pytest.raises(ValueError):
+        method.reduce(rows, GRID, 3, Context(tower_kept=torch.tensor([5, 17, N])))
 
 
 def test_cls_attention_keeps_the_most_attended_tokens():

@@ -102,6 +102,28 @@ def test_cls_attention_is_the_softmax_row_of_the_cls_query():
     assert not qkv_proj._forward_hooks  # the hook is gone afterwards
 
 
+def test_received_attention_is_the_attention_maps_mean_over_heads_and_queries():
+    """HiPrune's score from the hook equals the full map's column means, over heads."""
+    from types import SimpleNamespace
+
+    from vllm_prune.signals.received_attention import capture_received_attention
+
+    batch, tokens, heads, head_dim = 2, 5, 2, 4
+    qkv_proj = torch.nn.Linear(heads * head_dim, 3 * heads * head_dim)
+    attention = SimpleNamespace(
+        qkv_proj=qkv_proj, num_heads_per_partition=heads, head_dim=head_dim, scale=head_dim**-0.5
+    )
+    hidden = torch.randn(batch, tokens, heads * head_dim)
+    with capture_received_attention(attention) as captured:
+        qkv = qkv_proj(hidden)
+    q, k, _ = qkv.chunk(3, dim=-1)
+    q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
+    k = k.view(batch, tokens, heads, head_dim).transpose(1, 2)
+    full = (q @ k.transpose(-1, -2) * head_dim**-0.5).softmax(-1)  # [B, H, S, S]
+    torch.testing.assert_close(captured[0], full.mean(dim=2).mean(dim=1))
+    assert not qkv_proj._forward_hooks
+
+
 def test_bad_spec_becomes_vllms_validation_error_naming_the_field():
     from vllm.exceptions import VLLMValidationError
 

@@ -7,13 +7,18 @@ prompt, the scheduler's token budget and the KV cache all see ``keep`` tokens.
 
 Model (engine process): the vision tower and projector run on the whole image
 (576 tokens on a 24 x 24 grid at 336 px); the method then picks ``keep`` rows,
-which ``embed_multimodal`` returns. The LLM layers are vLLM's, untouched.
+which ``embed_multimodal`` returns. An in-tower method (``flowcut``) cuts tokens
+inside the tower instead (``integration.in_tower``), so its later layers and the
+projector run on fewer; a batch with one runs its images one by one. The LLM
+layers are vLLM's, untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 
+import torch
 from transformers import BatchFeature, CLIPVisionConfig
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
@@ -37,13 +42,18 @@ from vllm.multimodal.processing import (
     PromptReplacement,
 )
 
-from ..methods.base import VISION_ATTENTION
-from ..plan import apply_plan, needs, square_grid
-from ..signals.cls_attention import ClsAttention, capture_cls_attention, per_image
+from ..methods import get_method
+from ..methods.base import IN_TOWER, TOWER_ATTENTION, VISION_ATTENTION
+from ..methods.flowcut import FlowCutState
+from ..plan import PrunePlan, apply_plan, needs, square_grid
 from ..signals.observe import observe
+from ..signals.tower import capture_tower
 from . import wire
+from .in_tower import flowcut_in_tower
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .processing import PruneProcessorMixin
+
+TOWER_NEEDS = (VISION_ATTENTION, TOWER_ATTENTION)
 
 
 class PruneLlavaLikeProcessorMixin(PruneProcessorMixin):
@@ -111,22 +121,48 @@ class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         plans = wire.pop_plans(kwargs)
         if plans is None:
             return super().embed_multimodal(**kwargs)
-        if not needs(plans, VISION_ATTENTION):
-            embeddings = super().embed_multimodal(**kwargs)
-            vision: list[ClsAttention | None] = [None] * len(plans)
-        else:
-            # The last layer vLLM builds is the selected feature layer.
-            selected = self.vision_tower.vision_model.encoder.layers[-1].self_attn
-            with capture_cls_attention(selected, sum_over_tensor_parallel) as captured:
-                embeddings = super().embed_multimodal(**kwargs)
-            vision = list(per_image(captured, [image.shape[0] for image in embeddings]))
+        wanted = frozenset(need for need in TOWER_NEEDS if needs(plans, need))
+        layers = self.vision_tower.vision_model.encoder.layers  # up to the selected layer
+        with capture_tower(
+            [layer.self_attn for layer in layers],
+            self.config.vision_config.num_hidden_layers,
+            wanted,
+            sum_over_tensor_parallel,
+        ) as captured:
+            if needs(plans, IN_TOWER):
+                embeddings, cuts = self._embed_one_by_one(plans, **kwargs)
+            else:
+                embeddings, cuts = super().embed_multimodal(**kwargs), [None] * len(plans)
+        measured = captured.per_image([image.shape[0] for image in embeddings])
         llm = self.language_model.model
-        return [
-            apply_plan(
-                image,
-                square_grid(image.shape[0]),
-                plan,
-                **observe(llm, image, plan, seen, sum_over_ranks=sum_over_tensor_parallel),
-            )
-            for image, plan, seen in zip(embeddings, plans, vision, strict=True)
-        ]
+        out = []
+        for image, plan, seen, cut in zip(embeddings, plans, measured, cuts, strict=True):
+            observed = observe(llm, image, plan, seen, sum_over_ranks=sum_over_tensor_parallel)
+            if cut is None:
+                out.append(apply_plan(image, square_grid(image.shape[0]), plan, **observed))
+            else:
+                grid = square_grid(cut.patches)
+                out.append(apply_plan(image, grid, plan, tower_kept=cut.kept, **observed))
+        return out
+
+    def _embed_one_by_one(
+        self, plans: list[PrunePlan], **kwargs: object
+    ) -> tuple[list[torch.Tensor], list[FlowCutState | None]]:
+        """Each image through the tower on its own, in-tower methods cutting as they go."""
+        image_input = self._parse_and_validate_image_input(**kwargs)
+        assert image_input is not None and image_input["type"] == "pixel_values"
+        layers = self.vision_tower.vision_model.encoder.layers
+        patches = (
+            self.config.vision_config.image_size // self.config.vision_config.patch_size
+        ) ** 2
+        embeddings, cuts = [], []
+        for pixels, plan in zip(image_input["pixel_values"], plans, strict=True):
+            cut = None
+            with ExitStack() as stack:
+                if IN_TOWER in get_method(plan.method).needs:
+                    cut = FlowCutState(patches, plan.keep, len(layers) - 1)
+                    stack.enter_context(flowcut_in_tower(layers, cut, sum_over_tensor_parallel))
+                features = self._image_pixels_to_features(self.vision_tower, pixels[None])
+            embeddings.append(self.multi_modal_projector(features)[0])
+            cuts.append(cut)
+        return embeddings, cuts

@@ -51,7 +51,10 @@ PARTS = ("base", "grid")  # the grids of an image, as VLLM_PRUNE_TRACE names the
 
 class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextMultiModalProcessor):
     def _vision_attention_refusal(self) -> str | None:
-        return "LLaVA-NeXT's [CLS] rows are per crop and do not map onto its stitched grid"
+        return (
+            "LLaVA-NeXT's tower sees each crop on its own, so its attention ([CLS] rows "
+            "included) does not map onto the stitched grid"
+        )
 
 
 @MULTIMODAL_REGISTRY.register_processor(

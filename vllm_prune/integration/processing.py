@@ -25,7 +25,7 @@ from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems, Mult
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
 
 from ..methods import get_method
-from ..methods.base import SCOUT, VISION_ATTENTION
+from ..methods.base import IN_TOWER, SCOUT, TOWER_ATTENTION, VISION_ATTENTION
 from ..methods.params import LAYER_FIELD
 from ..observability import metrics
 from ..spec import (
@@ -91,7 +91,7 @@ class PruneProcessorMixin:
         raise NotImplementedError
 
     def _vision_attention_refusal(self) -> str | None:
-        """Why this model cannot give vision-attention methods their [CLS] row, or None."""
+        """Why this model cannot give methods the vision tower's attention they read, or None."""
         return "this model family has no [CLS] attention row to read"
 
     def _patches(self, processed: BatchFeature, tokens: list[int]) -> list[int]:
@@ -158,13 +158,11 @@ class PruneProcessorMixin:
 
     def _check_supported(self, method: str, mm_items: MultiModalDataItems) -> None:
         """Refuse here, with a 400, what the model could not do in the engine."""
-        if VISION_ATTENTION not in get_method(method).needs:
+        if not get_method(method).needs & {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER}:
             return
         refusal = self._vision_attention_refusal()
         if refusal is not None:
-            raise refuse(
-                METHOD_FIELD, f"'{method}' reads the vision tower's [CLS] attention: {refusal}"
-            )
+            raise refuse(METHOD_FIELD, f"'{method}' reads the vision tower's attention: {refusal}")
         if isinstance(self._images(mm_items), ImageEmbeddingItems):
             raise refuse(
                 METHOD_FIELD,

@@ -76,7 +76,10 @@ class PruneQwenProcessorMixin(PruneProcessorMixin):
         return [int(g.prod()) for g in processed["image_grid_thw"]]
 
     def _vision_attention_refusal(self) -> str | None:
-        return "the Qwen2-VL vision tower has no [CLS] token"
+        return (
+            "the Qwen2-VL vision tower has no [CLS] token, and its windowed attention is not "
+            "read by the plugin"
+        )
 
     def _get_prompt_updates(
         self,

@@ -52,6 +52,15 @@ class Context:
     cls_attention: torch.Tensor | None = None
     # That layer's keys of each visual token, averaged over heads: [N, head_dim].
     vision_keys: torch.Tensor | None = None
+    # Attention each visual token receives in a vision-tower layer, averaged over
+    # heads and over every query (the [CLS] query included): [N]. In the selected
+    # layer, and in HiPrune's "object" layer (the 9th of CLIP-L's 24, the same share
+    # of the depth on other towers).
+    received_attention: torch.Tensor | None = None
+    object_attention: torch.Tensor | None = None
+    # For methods that prune inside the vision tower: the token each of the rows
+    # the tower returned stands for, ascending: [keep].
+    tower_kept: torch.Tensor | None = None
 
     # From the scout pass (the first ``prune_layer`` LLM layers over the visual
     # tokens followed by the question), read at layer ``prune_layer - 1``:
@@ -71,6 +80,9 @@ class Context:
 
 # What a method may declare in ``PruneMethod.needs``:
 VISION_ATTENTION = "vision_attention"  # cls_attention and vision_keys
+TOWER_ATTENTION = "tower_attention"  # received_attention and object_attention
+# Prunes inside the vision tower; ``reduce`` gets the rows it kept and tower_kept.
+IN_TOWER = "in_tower"
 TEXT = "text"  # text_embeddings (the request must carry its question)
 # text_attention, question_attention, visual_attention, visual_hidden, last_hidden:
 SCOUT = "scout"
@@ -119,7 +131,10 @@ class PruneMethod(ABC):
         keep: int,
         ctx: Context,
     ) -> Reduced:
-        """Return exactly ``keep`` rows of ``features`` ([h * w, D], raster order)."""
+        """Return exactly ``keep`` rows of ``features`` ([h * w, D], raster order).
+
+        An ``IN_TOWER`` method gets the ``keep`` rows the tower already kept instead.
+        """
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -169,17 +169,21 @@ def record(
     fail a request.
     """
     path = trace_path()
-    if path is None or reduced.indices.numel() == features.shape[0]:
+    tokens = int(grid[0] * grid[1])
+    if path is None or reduced.indices.numel() == tokens:
         return
     indices = reduced.indices.to(torch.long)
-    rows = features[indices.to(features.device)]
+    # An in-tower method's features are already the kept rows, each its own token.
+    merged = features.shape[0] == tokens and not torch.equal(
+        features[indices.to(features.device)], reduced.features
+    )
     line = TraceLine(
         method=method,
         keep=int(indices.numel()),
-        tokens=int(features.shape[0]),
+        tokens=tokens,
         grid=(int(grid[0]), int(grid[1])),
         indices=tuple(indices.cpu().tolist()),
-        merged=not torch.equal(rows, reduced.features),
+        merged=merged,
         part=part,
         rank=rank(),
     )

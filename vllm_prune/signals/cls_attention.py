@@ -24,6 +24,19 @@ class ClsAttention:
     keys: torch.Tensor  # [B, S, head_dim]: keys, mean over all heads
 
 
+def split_heads(
+    attention_module: nn.Module, qkv_output: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of this rank's heads, float32 [B, S, heads, head_dim]."""
+    qkv = qkv_output[0] if isinstance(qkv_output, tuple) else qkv_output
+    if qkv.dim() == 2:  # [S, 3 * D] for a single unbatched image
+        qkv = qkv.unsqueeze(0)
+    batch, tokens, _ = qkv.shape
+    shape = (batch, tokens, attention_module.num_heads_per_partition, attention_module.head_dim)
+    query, key, value = qkv.float().chunk(3, dim=-1)
+    return query.view(shape), key.view(shape), value.view(shape)
+
+
 @contextmanager
 def capture_cls_attention(
     attention_module: nn.Module, sum_over_ranks: SumOverRanks = one_rank
@@ -38,15 +51,7 @@ def capture_cls_attention(
     captured: list[ClsAttention] = []
 
     def keep_cls_row(module: nn.Module, inputs: object, output: object) -> None:
-        qkv = output[0] if isinstance(output, tuple) else output
-        if qkv.dim() == 2:  # [S, 3 * D] for a single unbatched image
-            qkv = qkv.unsqueeze(0)
-        batch, tokens, _ = qkv.shape
-        heads = attention_module.num_heads_per_partition
-        head_dim = attention_module.head_dim
-        query, key, _ = qkv.float().chunk(3, dim=-1)
-        query = query.view(batch, tokens, heads, head_dim)
-        key = key.view(batch, tokens, heads, head_dim)
+        query, key, _ = split_heads(attention_module, output)
         logits = torch.einsum("bhd,bshd->bhs", query[:, 0], key) * attention_module.scale
         attention = mean_over_heads(logits.softmax(dim=-1), 1, sum_over_ranks)
         captured.append(ClsAttention(attention, mean_over_heads(key, 2, sum_over_ranks)))
@@ -56,18 +61,3 @@ def capture_cls_attention(
         yield captured
     finally:
         handle.remove()
-
-
-def per_image(captured: list[ClsAttention], num_tokens: list[int]) -> list[ClsAttention]:
-    """One entry per image, restricted to the last ``n`` tokens (the ones the LLM gets).
-
-    With LLaVA's ``default`` feature strategy the [CLS] token itself is dropped,
-    so the visual tokens are the last S - 1 of the layer's S.
-    """
-    attention = torch.cat([c.attention for c in captured])
-    keys = torch.cat([c.keys for c in captured])
-    if attention.shape[0] != len(num_tokens):
-        raise ValueError(
-            f"captured [CLS] attention for {attention.shape[0]} images, expected {len(num_tokens)}"
-        )
-    return [ClsAttention(attention[i, -n:], keys[i, -n:]) for i, n in enumerate(num_tokens)]

@@ -1,11 +1,13 @@
 """What a method declared it needs, measured on one image inside the model.
 
 Shared by every family: the question's embeddings (``text``), the scout pass
-(``scout``) and the vision tower's [CLS] row (``vision_attention``, captured by
-the family itself and passed in). The result is a dict of ``Context`` fields.
+(``scout``) and what the vision tower measured (``vision_attention``,
+``tower_attention``: captured by the family itself, ``signals.tower``, and passed in). The result is a dict of ``Context`` fields.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -14,7 +16,6 @@ from ..methods import get_method
 from ..methods.base import SCOUT, TEXT
 from ..methods.params import LAYER_FIELD
 from ..plan import PrunePlan
-from .cls_attention import ClsAttention
 from .heads import SumOverRanks, one_rank
 from .scout import scout
 
@@ -22,6 +23,8 @@ from .scout import scout
 PER_TOKEN = {
     "cls_attention": 0,
     "vision_keys": 0,
+    "received_attention": 0,
+    "object_attention": 0,
     "text_attention": 0,
     "question_attention": 1,
     "visual_attention": 0,
@@ -33,11 +36,12 @@ def observe(
     llm: nn.Module,
     features: torch.Tensor,
     plan: PrunePlan,
-    seen: ClsAttention | None = None,
+    tower: Mapping[str, torch.Tensor] | None = None,
     scout_positions: torch.Tensor | None = None,
     sum_over_ranks: SumOverRanks = one_rank,
 ) -> dict[str, torch.Tensor]:
-    """``llm``: the decoder (``embed_tokens``, ``layers``); ``features``: the image's rows.
+    """``llm``: the decoder (``embed_tokens``, ``layers``); ``features``: the image's rows;
+    ``tower``: the image's fields from ``signals.tower``.
 
     ``scout_positions``: rotary positions of the image's rows followed by the
     question for the scout pass; by default 0 .. L - 1. ``sum_over_ranks``: the
@@ -45,8 +49,7 @@ def observe(
     """
     needs = get_method(plan.method).needs
     observed: dict[str, torch.Tensor] = {}
-    if seen is not None:
-        observed.update(cls_attention=seen.attention, vision_keys=seen.keys)
+    observed.update(tower or {})
     if TEXT in needs or SCOUT in needs:
         text = llm.embed_tokens(plan.text_ids.to(features.device))
         observed["text_embeddings"] = text
