@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv soak fuzz
+.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv soak fuzz tower-time
 
 install: $(STAMP)
 
@@ -91,6 +91,11 @@ fuzz: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} VLLM_PRUNE_FUZZ_RANDOM=1 \
 	    VLLM_PRUNE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -v \
 	    tests/test_hostile.py -k fuzzed
+
+# Vision-tower time of vLLM's CLIP-L/336, uncut vs cut inside by flowcut, side by side.
+TOWER_ARGS ?=
+tower-time: $(STAMP)
+	$(BIN)/python loadtests/tower_time.py $(TOWER_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -10,6 +10,9 @@ What attention- and text-guided methods read (the [CLS] attention row, the
 scout pass's attention rows and hidden states, 16 question embeddings) is given,
 not timed: the scout pass itself costs K - 1 decoder layers over N + T tokens
 plus one layer's queries and keys, which this script does not measure.
+``flowcut`` selects inside the vision tower: its time here is its own arithmetic
+over the cuts of a 23-layer tower (LLaVA-1.5's CLIP-L up to layer -2) on synthetic
+signals; what the cut saves in the tower is measured by ``loadtests/tower_time.py``.
 """
 
 from __future__ import annotations
@@ -21,10 +24,21 @@ import torch
 from torch.utils import benchmark
 
 from vllm_prune.methods import Context, get_method, method_names
-from vllm_prune.methods.base import TEXT, VISION_ATTENTION
+from vllm_prune.methods.base import IN_TOWER, TEXT, TOWER_ATTENTION, VISION_ATTENTION
+from vllm_prune.methods.flowcut import FlowCutState
 
 SIZES = (576, 2880)
 QUESTION = 16  # question tokens
+TOWER_LAYERS = 23  # CLIP-L's layers up to LLaVA-1.5's feature layer (-2)
+
+
+def cut_through_tower(n: int, keep: int, signals: list[torch.Tensor]) -> torch.Tensor:
+    """FlowCut's steps over a whole tower: [CLS] attention, semantic, value norms."""
+    state = FlowCutState(n, keep, TOWER_LAYERS - 1)
+    for layer in range(TOWER_LAYERS):
+        m = state.kept.numel()
+        state.step(layer, *(s[:m] for s in signals))
+    return state.kept
 
 
 def grid_for(n: int) -> tuple[int, int]:
@@ -63,21 +77,29 @@ def main() -> None:
                 last_hidden=features[-1],
                 text_embeddings=torch.randn(QUESTION, args.dim, device=args.device, dtype=dtype),
                 question_attention=torch.rand(QUESTION, n, device=args.device).softmax(-1),
+                received_attention=rand.softmax(0),
+                object_attention=torch.rand(n, device=args.device).softmax(0),
             )
             keep = n if name == "none" else max(1, round(n * (1 - args.ratio)))
+            stmt = "method.reduce(features, grid, keep, ctx)"
+            if IN_TOWER in method.needs:
+                stmt = "cut_through_tower(n, keep, signals)"
             timer = benchmark.Timer(
-                stmt="method.reduce(features, grid, keep, ctx)",
+                stmt=stmt,
                 globals={
                     "method": method,
                     "features": features,
                     "grid": grid_for(n),
                     "keep": keep,
                     "ctx": ctx,
+                    "n": n,
+                    "signals": [(rand**4).softmax(0), rand.softmax(0), rand + 1],
+                    "cut_through_tower": cut_through_tower,
                 },
             )
             cells.append(f"{timer.blocked_autorange(min_run_time=0.5).median * 1000:.2f}")
         text = "y" if TEXT in method.needs else "n"
-        vision = "y" if VISION_ATTENTION in method.needs else "n"
+        vision = "y" if method.needs & {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER} else "n"
         print(f"| {name} | {text} | {vision} | {cells[0]} | {cells[1]} |")
 
 
