@@ -290,6 +290,24 @@ def test_text_guided_method_without_a_question_is_refused(server, model_name):
     assert answer.usage.prompt_tokens > 0
 
 
+@pytest.mark.parametrize(
+    ("method", "field"), [("vispruner", "prune_important"), ("hiprune", "prune_object_share")]
+)
+def test_a_methods_own_parameter_reaches_the_engine(server, model_name, method, field):
+    """Two values keep other tokens (the trace), and one out of range is a 400 naming it."""
+    trace = server.log.parent / TRACE_FILE
+    kept = [
+        ask_traced(
+            server, trace, model_name, image_messages(), {"prune": method, field: value}
+        ).kept
+        for value in (0.0, 1.0)
+    ]
+    assert kept[0] and kept[1] and kept[0] != kept[1]
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(server, model_name, {"prune": method, field: 1.5})
+    assert caught.value.body["param"] == field
+
+
 def test_methods_endpoint_lists_methods_parameters_and_defaults(server):
     document = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()
     methods = {m["name"]: m for m in document["data"]}
@@ -301,6 +319,9 @@ def test_methods_endpoint_lists_methods_parameters_and_defaults(server):
     assert document["fields"]["prune_ratio"]["default"] == 0.75
     assert document["fields"]["prune"]["allowed"] == method_names()
     assert methods["dart"]["params"][0]["name"] == "prune_pivots"
+    assert methods["hiprune"]["params"][0]["name"] == "prune_object_share"
+    assert methods["hiprune"]["params"][0]["default"] == 0.1
+    assert methods["flowcut"]["needs"] == ["in_tower"]
 
 
 def test_metrics_move_by_the_expected_amounts(server, model_name):
