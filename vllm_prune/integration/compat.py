@@ -310,7 +310,17 @@ LEDGER: tuple[Reliance, ...] = (
         "vision_tower language_model",
         "the [CLS] hook finds the tower's last built layer; the scout runs the LLM's layers",
     ),
+    *_attributes(
+        f"{_MODELS}.llava:LlavaForConditionalGeneration",
+        "_parse_and_validate_image_input _image_pixels_to_features multi_modal_projector",
+        "a batch with an in-tower method (flowcut) runs the tower and projector per image",
+    ),
     *_attributes(f"{_MODELS}.clip:CLIPVisionModel", "vision_model", "path to the tower's layers"),
+    *_attributes(
+        f"{_MODELS}.clip:CLIPVisionTransformer",
+        "load_weights post_layernorm",
+        "devtools.vllm_tower builds the tower without an engine (tests, tower-time benchmark)",
+    ),
     *_attributes(f"{_MODELS}.clip:CLIPVisionTransformer", "encoder", "path to the layers"),
     *_attributes(f"{_MODELS}.clip:CLIPEncoder", "layers", "the last built layer is selected"),
     *_attributes(f"{_MODELS}.clip:CLIPEncoderLayer", "self_attn", "the hooked attention"),
@@ -473,6 +483,13 @@ LEDGER: tuple[Reliance, ...] = (
         "pruning refuses pipeline stages (integration.parallel)",
     ),
     # -- behaviour: not checkable from names; each is covered by a served test ----------
+    Reliance(
+        "behaviour",
+        "`CLIPEncoder.forward` feeds each layer's output to the next and reads no sequence "
+        "length; the `default` feature strategy drops the first token ([CLS])",
+        "flowcut's hooks return a layer's output with fewer tokens, [CLS] first "
+        "(integration.in_tower; tests/test_in_tower.py, the served flowcut tests)",
+    ),
     Reliance(
         "behaviour",
         "`--api-key` (or VLLM_API_KEY) guards paths under /v1, /v2, /inference and /cohere "
