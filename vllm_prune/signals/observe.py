@@ -2,7 +2,8 @@
 
 Shared by every family: the question's embeddings (``text``), the scout pass
 (``scout``) and what the vision tower measured (``vision_attention``,
-``tower_attention``: captured by the family itself, ``signals.tower``, and passed in). The result is a dict of ``Context`` fields.
+``tower_attention``: captured by the family itself with ``signals.tower`` and
+passed in). The result is a dict of ``Context`` fields.
 """
 
 from __future__ import annotations
