@@ -38,6 +38,8 @@ SUBCLASSING_MODULES = (
     "vllm_prune.integration.llava",
     "vllm_prune.integration.llava_next",
     "vllm_prune.integration.qwen2_vl",
+    "vllm_prune.integration.qwen3_vl",
+    "vllm_prune.integration.qwen3_5",
     "vllm_prune.integration.media",
 )
 

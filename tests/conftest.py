@@ -147,13 +147,21 @@ def trace_lines_since(path: Path, start: int) -> list[TraceLine]:
 
 
 def assert_same_answer(one: Traced, two: Traced, tolerance: float) -> None:
-    """The same prompt tokens and greedy tokens, log-probabilities within ``tolerance``."""
+    """The same prompt tokens and greedy tokens, log-probabilities within ``tolerance``.
+
+    A token may be in one top list and not the other only where it ties, within
+    ``tolerance``, with the last token of the other list (the two swapped places at
+    the edge).
+    """
     assert two.prompt_tokens == one.prompt_tokens
     assert two.text == one.text
     for mine, theirs in zip(two.top, one.top, strict=True):
-        assert set(mine) == set(theirs)
-        for token, logprob in theirs.items():
-            assert abs(mine[token] - logprob) <= tolerance, (token, mine[token], logprob)
+        for token in set(mine) | set(theirs):
+            if token in mine and token in theirs:
+                assert abs(mine[token] - theirs[token]) <= tolerance, (token, mine, theirs)
+            else:
+                found, other = (mine, theirs) if token in mine else (theirs, mine)
+                assert found[token] <= min(other.values()) + tolerance, (token, mine, theirs)
 
 
 def assert_same_on_two_ranks(one: Traced, two: Traced, tolerance: float) -> None:

@@ -1,4 +1,4 @@
-"""Every model family end to end: LLaVA-NeXT, Qwen2-VL and Qwen2.5-VL.
+"""Every model family end to end: LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL and Qwen3-VL.
 
 For each family a tiny checkpoint (seeded random weights, built offline) is
 served three times: by our server, by our server on two tensor-parallel ranks, and
@@ -8,15 +8,18 @@ family, then stop.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
+import requests
 
-from devtools.tiny_families import build_tiny_llava_next, build_tiny_qwen2_vl
-from loadtests.probe import image_messages, noise_image_data_url
-from vllm_prune.methods import method_names
+from devtools.tiny_families import build_tiny_llava_next, build_tiny_qwen2_vl, build_tiny_qwen3
+from loadtests.probe import image_messages, metric, noise_image_data_url
+from vllm_prune.methods import get_method, method_names
+from vllm_prune.methods.base import SCOUT
 
 from .conftest import (
     BLOCK_SIZE,
@@ -38,19 +41,38 @@ class Family:
     size: tuple[int, int]  # the test image
     tokens: int  # N, vLLM's visual tokens for that image
     refused: tuple[str, ...]  # methods this family answers with a 400
+    dtype: str = "float32"  # vLLM's CPU build runs Qwen3.5's linear attention in bfloat16
+    # For the two-rank server: in bfloat16 two ranks' sums inside the vision tower move
+    # its features by more than the near-ties feature-based methods meet, so Qwen3.5
+    # runs its tower whole on each rank (vLLM's ``--mm-encoder-tp-mode data``).
+    tp_args: tuple[str, ...] = ()
 
 
 # Read the vision tower (or cut inside it), which these families do not let us do.
 VISION = ("cls_attention", "flowcut", "hiprune", "mustdrop", "visionzip", "vispruner")
+# Read attention from the scout pass, which Qwen3's LLM does not run yet.
+SCOUTED = tuple(m for m in method_names() if SCOUT in get_method(m).needs)
+QWEN3_REFUSED = tuple(sorted({*VISION, *SCOUTED}))
+QWEN3_5 = ((448, 448), 196, QWEN3_REFUSED, "bfloat16", ("--mm-encoder-tp-mode", "data"))
 FAMILIES = [
     # 672 x 672: base 24 x 24 + a 48 x 48 stitched grid with 48 newlines.
     Family("llava-next", build_tiny_llava_next, (672, 672), 576 + 48 * 49, VISION),
     # 448 x 448: 32 x 32 patches of 14 px, merged 2 x 2 -> 16 x 16 tokens.
     Family("qwen2-vl", lambda p: build_tiny_qwen2_vl(p, "2"), (448, 448), 256, VISION),
     Family("qwen2.5-vl", lambda p: build_tiny_qwen2_vl(p, "2.5"), (448, 448), 256, VISION),
+    # 448 x 448: 28 x 28 patches of 16 px, merged 2 x 2 -> 14 x 14 tokens; DeepStack.
+    Family("qwen3-vl", build_tiny_qwen3, (448, 448), 196, QWEN3_REFUSED),
+    Family("qwen3-vl-moe", lambda p: build_tiny_qwen3(p, "vl-moe"), (448, 448), 196, QWEN3_REFUSED),
+    # Qwen3.5: Qwen3-VL's tower without DeepStack, a hybrid (linear-attention) LLM.
+    Family("qwen3.5", lambda p: build_tiny_qwen3(p, "3.5"), *QWEN3_5),
+    Family("qwen3.5-moe", lambda p: build_tiny_qwen3(p, "3.5-moe"), *QWEN3_5),
 ]
+QWEN_ALL = [f for f in FAMILIES if f.name.startswith("qwen")]
+# Two ranks add the row-parallel halves in another order: log-probabilities move in the
+# last digits of the dtype (bfloat16 keeps 8 bits: 3.8e-3 measured on Qwen3.5).
+TP_TOLERANCE = {"float32": 1e-3, "bfloat16": 1e-2}
 ARGS = [
-    "--dtype", "float32", "--enforce-eager", "--max-model-len", "8192",
+    "--enforce-eager", "--max-model-len", "8192",
     "--block-size", str(BLOCK_SIZE), "--served-model-name", "tiny",
 ]  # fmt: skip
 
@@ -70,10 +92,11 @@ def served(request, tmp_path_factory) -> Served:
     family: Family = request.param
     root: Path = tmp_path_factory.mktemp(family.name)
     model = str(family.build(root / "model"))  # type: ignore[operator]
+    args = [*ARGS, "--dtype", family.dtype]
     commands = {
-        "pruned": pruned_command(model, *ARGS),
-        "plain": plain_command(model, *ARGS),
-        "tp2": pruned_command(model, *ARGS, "--tensor-parallel-size", "2"),
+        "pruned": pruned_command(model, *args),
+        "plain": plain_command(model, *args),
+        "tp2": pruned_command(model, *args, "--tensor-parallel-size", "2", *family.tp_args),
     }
     with running(root, commands, envs={"tp2": TWO_RANKS}) as started:
         yield Served(
@@ -102,13 +125,14 @@ def keep(n: int, ratio: float) -> int:
     return max(1, round(n * (1 - ratio)))
 
 
-RUNNABLE = [m for m in method_names() if m != "none" and m not in VISION]
+def runnable(family: Family) -> list[str]:
+    return [m for m in method_names() if m != "none" and m not in family.refused]
 
 
 def test_every_method_drops_exactly_the_pruned_tokens(served: Served):
     family = served.family
     unpruned = ask(served.pruned, family, {"prune": "none"}).usage.prompt_tokens
-    for method in RUNNABLE:
+    for method in runnable(family):
         for ratio in (0.75, 0.889):
             response = ask(served.pruned, family, {"prune": method, "prune_ratio": ratio})
             expected = unpruned - (family.tokens - keep(family.tokens, ratio))
@@ -130,14 +154,57 @@ def test_none_matches_plain_vllm_and_pruning_does_not(served: Served):
 
 
 def test_methods_the_family_cannot_run_are_refused_with_the_reason(served: Served):
+    document = requests.get(f"{served.pruned.url}/v1/prune/methods", timeout=10).json()
+    support = {m["name"]: (m["supported"], m["refusal"]) for m in document["data"]}
+    for method in method_names():
+        supported, refusal = support[method]
+        assert supported == (method not in served.family.refused), method
+        assert (refusal is None) == supported, method
     for method in served.family.refused:
         with pytest.raises(openai.BadRequestError) as caught:
             ask(served.pruned, served.family, {"prune": method})
         body = caught.value.body
         assert body["param"] == "prune"
-        assert "[CLS]" in body["message"]
+        assert f"'{method}'" in body["message"]
+        assert ("[CLS]" if method in VISION else "scout pass") in body["message"]
+        listed = body["message"].split("Methods this model runs: ")[1]
+        listed = listed.split(" (parameter=")[0].split(", ")  # vLLM appends the parameter
+        assert sorted(listed) == sorted(["none", *runnable(served.family)])
+        # The methods document gives the same reason before any image is sent.
+        assert body["message"].startswith(support[method][1])
     # The server keeps serving.
     assert ask(served.pruned, served.family, {"prune": "pooling"}).usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("served", QWEN_ALL, ids=lambda f: f.name, indirect=True)
+def test_metrics_and_log_count_patches_tokens_and_kept_tokens(served: Served):
+    """Qwen merges 2 x 2 patches per token: the counters and the log line say so."""
+    family, server = served.family, served.pruned
+    before = server.metrics_text()
+    messages = image_messages("what color is the square ?", seed=31, size=family.size)
+    server.client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=1, extra_body={"prune": "pooling"}
+    )
+    after = server.metrics_text()
+
+    def delta(name: str) -> float:
+        return metric(after, name, method="pooling") - metric(before, name, method="pooling")
+
+    kept = keep(family.tokens, 0.75)
+    assert delta("vllm_prune_requests_total") == 1
+    assert delta("vllm_prune_visual_patches_total") == 4 * family.tokens
+    assert delta("vllm_prune_visual_tokens_before_total") == family.tokens
+    assert delta("vllm_prune_visual_tokens_after_total") == kept
+    if family.name.startswith("qwen3"):  # the layers that hold KV (not Qwen3.5's linear ones)
+        text = json.loads((served.model / "config.json").read_text())["text_config"]
+        types = text.get("layer_types") or ["full_attention"] * text["num_hidden_layers"]
+        layers = sum(t != "linear_attention" for t in types)
+        per_token = 2 * layers * text["num_key_value_heads"] * text["head_dim"]
+        per_token *= 2 if family.dtype == "bfloat16" else 4
+        saved = delta("vllm_prune_kv_cache_bytes_saved_total")
+        assert saved == (family.tokens - kept) * per_token
+    line = f"patches={4 * family.tokens} tokens={family.tokens} kept={kept} merge=4.00x"
+    assert line in server.log.read_text(errors="replace")
 
 
 def test_two_tensor_parallel_ranks_keep_what_one_keeps(served: Served):
@@ -148,12 +215,12 @@ def test_two_tensor_parallel_ranks_keep_what_one_keeps(served: Served):
     """
     family = served.family
     messages = image_messages("what color is the square ?", seed=23, size=family.size)
-    for method in ["none", *RUNNABLE]:
+    for method in ["none", *runnable(family)]:
         extra = {"prune": method, "prune_ratio": 0.75}
         one = ask_traced(served.pruned, served.trace, "tiny", messages, extra)
         two = ask_traced(served.tp2, served.trace, "tiny", messages, extra)
         assert bool(one.kept) == (method != "none"), method
-        assert_same_on_two_ranks(one, two, tolerance=1e-3)
+        assert_same_on_two_ranks(one, two, tolerance=TP_TOLERANCE[family.dtype])
 
 
 def images_message(sizes: list[tuple[int, int]], seeds: list[int]) -> list[dict]:
@@ -209,13 +276,15 @@ def first_token_logprobs(server: Server, messages, extra: dict):
     return response.prompt_token_ids, {t.token: t.logprob for t in top}
 
 
-QWEN = [f for f in FAMILIES if f.name.startswith("qwen")]
+# Against transformers' own model: the dense float32 ones (Qwen3.5 runs in bfloat16 here).
+QWEN = [f for f in FAMILIES if f.name in ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")]
 
 
 @pytest.mark.parametrize("served", QWEN, ids=lambda f: f.name, indirect=True)
 def test_pruned_qwen_matches_transformers_at_the_original_positions(served: Served):
     """The engine's pruned prompt == Hugging Face's model on the retained tokens at their
-    unpruned M-RoPE positions (from transformers' own ``get_rope_index``)."""
+    unpruned M-RoPE positions (from transformers' own ``get_rope_index``) and, for
+    Qwen3-VL, with their own DeepStack rows added in the first LLM layers."""
     family = served.family
     import base64
     import io
@@ -240,9 +309,9 @@ def test_pruned_qwen_matches_transformers_at_the_original_positions(served: Serv
     is_image = ids == model.config.image_token_id
     assert int(is_image.sum()) == family.tokens
     with torch.no_grad():
-        visual = model.model.get_image_features(
-            pixels["pixel_values"], pixels["image_grid_thw"]
-        ).pooler_output[0]
+        features = model.model.get_image_features(pixels["pixel_values"], pixels["image_grid_thw"])
+        visual = features.pooler_output[0]
+        deepstack = [level[0] for level in getattr(features, "deepstack_features", None) or []]
         positions, _ = model.model.get_rope_index(
             ids[None], is_image.int()[None], image_grid_thw=pixels["image_grid_thw"]
         )
@@ -257,10 +326,16 @@ def test_pruned_qwen_matches_transformers_at_the_original_positions(served: Serv
     kept[torch.nonzero(is_image).squeeze(1)[rows]] = True
     assert ids[kept].tolist() == pruned_ids  # the engine's prompt is the retained sequence
 
-    def top5(position_ids: torch.Tensor) -> dict[str, float]:
+    def top5(position_ids: torch.Tensor, deep_rows: torch.Tensor = rows) -> dict[str, float]:
+        extra = {}
+        if deepstack:
+            extra = {
+                "visual_pos_masks": is_image[kept][None],
+                "deepstack_visual_embeds": [level[deep_rows] for level in deepstack],
+            }
         with torch.no_grad():
             hidden = model.model.language_model(
-                inputs_embeds=embeds[kept][None], position_ids=position_ids
+                inputs_embeds=embeds[kept][None], position_ids=position_ids, **extra
             ).last_hidden_state
             logprobs = model.lm_head(hidden[0, -1]).log_softmax(-1)
         return {f"token_id:{int(i)}": float(logprobs[i]) for i in logprobs.topk(5).indices}
@@ -273,3 +348,6 @@ def test_pruned_qwen_matches_transformers_at_the_original_positions(served: Serv
     naive = torch.arange(int(kept.sum())).expand(3, 1, -1)
     wrong = top5(naive)
     assert any(abs(wrong.get(t, -99.0) - lp) > 2e-3 for t, lp in served_top.items())
+    if deepstack:  # and so do the DeepStack rows of the first ``keep`` tokens
+        wrong = top5(positions[:, :, kept], deep_rows=torch.arange(keep_count))
+        assert any(abs(wrong.get(t, -99.0) - lp) > 2e-3 for t, lp in served_top.items())

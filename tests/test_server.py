@@ -322,6 +322,8 @@ def test_methods_endpoint_lists_methods_parameters_and_defaults(server):
     assert methods["hiprune"]["params"][0]["name"] == "prune_object_share"
     assert methods["hiprune"]["params"][0]["default"] == 0.1
     assert methods["flowcut"]["needs"] == ["in_tower"]
+    # The served model (LLaVA-1.5 with a CLIP tower) runs every method.
+    assert all(m["supported"] and m["refusal"] is None for m in methods.values())
 
 
 def test_metrics_move_by_the_expected_amounts(server, model_name):

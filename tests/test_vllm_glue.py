@@ -130,3 +130,20 @@ def test_bad_spec_becomes_vllms_validation_error_naming_the_field():
     with pytest.raises(VLLMValidationError) as caught:
         encode_fields(parse_spec({"prune": "pooling", "prune_keep": 600}), [576], [], [576])
     assert caught.value.parameter == "prune_keep"
+
+
+def test_kv_bytes_per_token_counts_only_layers_that_hold_kv():
+    """Qwen3.5's linear-attention layers keep a fixed state, not a KV entry per token."""
+    from types import SimpleNamespace
+
+    from vllm_prune.observability.metrics import kv_bytes_per_token
+
+    dense = SimpleNamespace(
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64
+    )
+    assert kv_bytes_per_token(dense, torch.bfloat16) == 2 * 4 * 2 * 64 * 2
+    hybrid = SimpleNamespace(
+        **vars(dense),
+        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+    )
+    assert kv_bytes_per_token(hybrid, torch.bfloat16) == 2 * 1 * 2 * 64 * 2

@@ -402,6 +402,76 @@ LEDGER: tuple[Reliance, ...] = (
     *_attributes(
         f"{_MODELS}.qwen2_5_vl:Qwen2_5_VisionTransformer", "spatial_merge_size", "as above"
     ),
+    # -- Qwen3-VL, Qwen3-VL-MoE, Qwen3.5 -----------------------------------------------------
+    *_imports(
+        f"{_MODELS}.qwen3_vl",
+        "Qwen3VLDummyInputsBuilder Qwen3VLForConditionalGeneration Qwen3VLMultiModalProcessor "
+        "Qwen3VLProcessingInfo",
+        "the Qwen3-VL classes we subclass (Qwen3.5 reuses its processor and dummy inputs)",
+    ),
+    *_imports(
+        f"{_MODELS}.qwen3_vl_moe",
+        "Qwen3VLMoeForConditionalGeneration Qwen3VLMoeProcessingInfo",
+        "the Qwen3-VL-MoE classes we subclass",
+    ),
+    *_imports(
+        f"{_MODELS}.qwen3_5",
+        "Qwen3_5ForConditionalGeneration Qwen3_5MoeForConditionalGeneration "
+        "Qwen3_5MoeProcessingInfo Qwen3_5ProcessingInfo",
+        "the Qwen3.5 classes we subclass",
+    ),
+    *[
+        Reliance("override", f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration.{method}", why)
+        for method, why in (
+            ("__init__", "refuse pipeline parallelism and vLLM's EVS; the position offsets"),
+            ("embed_multimodal", "prune each image's main columns, DeepStack rows along"),
+            ("embed_input_ids", "strip the offset channels after main + DeepStack columns"),
+            ("get_mrope_input_positions", "as for Qwen2-VL, over Qwen3-VL's items"),
+            ("forward", "add the retained rows' offsets to this step's positions"),
+            ("get_encoder_cudagraph_config", "images off the encoder CUDA graphs"),
+        )
+    ],
+    *[
+        Reliance("override", f"{_MODELS}.{target}", why)
+        for target, why in (
+            ("qwen3_5:Qwen3_5ForConditionalGeneration.__init__", "as for Qwen3-VL"),
+            ("qwen3_5:Qwen3_5ForConditionalGeneration.embed_input_ids", "as for Qwen3-VL"),
+            ("qwen3_5:Qwen3_5ForConditionalGeneration.forward", "as for Qwen3-VL"),
+            ("qwen3_5:Qwen3_5MoeForConditionalGeneration.__init__", "as for Qwen3-VL"),
+            ("qwen3_vl_moe:Qwen3VLMoeForConditionalGeneration.__init__", "as for Qwen3-VL"),
+        )
+    ],
+    *[
+        Reliance("override", f"{_MODELS}.qwen3_vl:Qwen3VLMultiModalProcessor.{method}", why)
+        for method, why in (
+            ("_apply_hf_processor_main", "read and strip the prune spec, encode the plans"),
+            ("_get_mm_fields_config", "the plan fields travel with each image"),
+            ("_get_mm_hashes", "images of one budget get hashes of their own request"),
+            ("_get_prompt_updates", "emit `keep` image pads instead of N"),
+        )
+    ],
+    *_attributes(
+        f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration",
+        "visual language_model config visual_dim multiscale_dim is_multimodal_pruning_enabled "
+        "_iter_mm_grid_hw",
+        "the embedding's layout [main | DeepStack levels], EVS on or off, a video's frames",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen3_5:Qwen3_5ForConditionalGeneration",
+        "visual_dim multiscale_dim is_multimodal_pruning_enabled",
+        "its own __init__ sets what Qwen3-VL's does (no DeepStack: multiscale_dim 0)",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen3_vl:Qwen3_VisionTransformer", "spatial_merge_size", "TACR = merge^2"
+    ),
+    Reliance(
+        "behaviour",
+        "Qwen3-VL's image embedding is `[main | ds_0 | ... | ds_{L-1}]`, split by "
+        "`visual_dim` / `multiscale_dim` in `_compute_deepstack_embeds` and scattered at the "
+        "same positions",
+        "a pruned image returns the kept rows of every column block, in one order "
+        "(tests/test_families.py against transformers' Qwen3-VL)",
+    ),
     # -- the scout pass: vLLM's decoder layers, read by signals.scout ----------------------
     *_attributes(
         f"{_MODELS}.llama:LlamaModel", "embed_tokens layers", "the question's embeddings; layers"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from typing import Any
 
 import torch
 from transformers import BatchFeature, CLIPVisionConfig
@@ -86,8 +87,8 @@ class PruneLlavaLikeProcessorMixin(PruneProcessorMixin):
 
 
 class PruneLlavaMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaMultiModalProcessor):
-    def _vision_attention_refusal(self) -> str | None:
-        hf_config = self.info.get_hf_config()
+    @classmethod
+    def vision_attention_refusal(cls, hf_config: Any) -> str | None:
         if isinstance(hf_config.vision_config, CLIPVisionConfig) and isinstance(
             hf_config.vision_feature_layer, int
         ):
@@ -113,6 +114,8 @@ def _build_processor(
     dummy_inputs=LlavaDummyInputsBuilder,
 )
 class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    prune_processor = PruneLlavaMultiModalProcessor  # its refusals, for GET /v1/prune/methods
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         super().__init__(vllm_config=vllm_config, prefix=prefix)

@@ -24,6 +24,8 @@ and are not mapped onto the stitched grid.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.models.llava_next.modeling_llava_next import (
     get_anyres_image_grid_shape,
@@ -50,7 +52,8 @@ PARTS = ("base", "grid")  # the grids of an image, as VLLM_PRUNE_TRACE names the
 
 
 class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextMultiModalProcessor):
-    def _vision_attention_refusal(self) -> str | None:
+    @classmethod
+    def vision_attention_refusal(cls, hf_config: Any) -> str | None:
         return (
             "LLaVA-NeXT's tower sees each crop on its own, so its attention ([CLS] rows "
             "included) does not map onto the stitched grid"
@@ -63,6 +66,8 @@ class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextM
     dummy_inputs=LlavaDummyInputsBuilder,
 )
 class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
+    prune_processor = PruneLlavaNextMultiModalProcessor  # its refusals, for GET /v1/prune/methods
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         super().__init__(vllm_config=vllm_config, prefix=prefix)

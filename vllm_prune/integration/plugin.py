@@ -30,6 +30,18 @@ OVERRIDES = {
     "Qwen2_5_VLForConditionalGeneration": (
         "vllm_prune.integration.qwen2_vl:PruneQwen2_5_VLForConditionalGeneration"
     ),
+    "Qwen3VLForConditionalGeneration": (
+        "vllm_prune.integration.qwen3_vl:PruneQwen3VLForConditionalGeneration"
+    ),
+    "Qwen3VLMoeForConditionalGeneration": (
+        "vllm_prune.integration.qwen3_vl:PruneQwen3VLMoeForConditionalGeneration"
+    ),
+    "Qwen3_5ForConditionalGeneration": (
+        "vllm_prune.integration.qwen3_5:PruneQwen3_5ForConditionalGeneration"
+    ),
+    "Qwen3_5MoeForConditionalGeneration": (
+        "vllm_prune.integration.qwen3_5:PruneQwen3_5MoeForConditionalGeneration"
+    ),
 }
 
 _registered = False

@@ -24,7 +24,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
 
-from ..methods import get_method
+from ..methods import get_method, method_names
 from ..methods.base import IN_TOWER, SCOUT, TOWER_ATTENTION, VISION_ATTENTION
 from ..methods.params import LAYER_FIELD
 from ..observability import metrics
@@ -90,7 +90,8 @@ class PruneProcessorMixin:
         """Unpruned visual tokens of each image, as vLLM itself counts them."""
         raise NotImplementedError
 
-    def _vision_attention_refusal(self) -> str | None:
+    @classmethod
+    def vision_attention_refusal(cls, hf_config: Any) -> str | None:
         """Why this model cannot give methods the vision tower's attention they read, or None."""
         return "this model family has no [CLS] attention row to read"
 
@@ -156,13 +157,37 @@ class PruneProcessorMixin:
             )
         return list(ids)
 
+    @classmethod
+    def scout_refusal(cls, hf_config: Any) -> str | None:
+        """Why this model's LLM layers cannot run the scout pass, or None."""
+        return None
+
+    @classmethod
+    def family_refusal(cls, method: str, hf_config: Any) -> str | None:
+        """Why this model (its Hugging Face config) cannot run ``method`` at all, or None.
+
+        Also what ``GET /v1/prune/methods`` reports for the served model.
+        """
+        needs = get_method(method).needs
+        if needs & {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER}:
+            refusal = cls.vision_attention_refusal(hf_config)
+            if refusal is not None:
+                return f"'{method}' reads the vision tower's attention: {refusal}"
+        if SCOUT in needs:
+            refusal = cls.scout_refusal(hf_config)
+            if refusal is not None:
+                return f"'{method}' reads attention from a scout pass through the LLM: {refusal}"
+        return None
+
     def _check_supported(self, method: str, mm_items: MultiModalDataItems) -> None:
         """Refuse here, with a 400, what the model could not do in the engine."""
+        hf_config = self.info.get_hf_config()  # type: ignore[attr-defined]
+        refusal = self.family_refusal(method, hf_config)
+        if refusal is not None:
+            working = [m for m in method_names() if self.family_refusal(m, hf_config) is None]
+            raise refuse(METHOD_FIELD, f"{refusal}. Methods this model runs: {', '.join(working)}")
         if not get_method(method).needs & {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER}:
             return
-        refusal = self._vision_attention_refusal()
-        if refusal is not None:
-            raise refuse(METHOD_FIELD, f"'{method}' reads the vision tower's attention: {refusal}")
         if isinstance(self._images(mm_items), ImageEmbeddingItems):
             raise refuse(
                 METHOD_FIELD,

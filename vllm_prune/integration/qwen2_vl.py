@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +66,8 @@ POSITION_CHANNELS = 3  # (t, h, w) offset of each retained row inside its image 
 
 
 class PruneQwenProcessorMixin(PruneProcessorMixin):
+    family = "Qwen2-VL"  # as refusals name it
+
     def _merge_size(self) -> int:
         return int(self.info.get_hf_config().vision_config.spatial_merge_size)  # type: ignore[attr-defined]
 
@@ -75,9 +78,10 @@ class PruneQwenProcessorMixin(PruneProcessorMixin):
     def _patches(self, processed: BatchFeature, tokens: list[int]) -> list[int]:
         return [int(g.prod()) for g in processed["image_grid_thw"]]
 
-    def _vision_attention_refusal(self) -> str | None:
+    @classmethod
+    def vision_attention_refusal(cls, hf_config: Any) -> str | None:
         return (
-            "the Qwen2-VL vision tower has no [CLS] token, and its windowed attention is not "
+            f"the {cls.family} vision tower has no [CLS] token, and its attention is not "
             "read by the plugin"
         )
 
@@ -148,7 +152,13 @@ def pruned_mrope_positions(
 
 
 class PruneQwenModelMixin:
-    """Shared by both Qwen generations; ``self`` is also their vLLM model class."""
+    """Shared by the Qwen generations; ``self`` is also their vLLM model class.
+
+    Qwen3-VL (``integration.qwen3_vl``) differs in three hooks: where its items' grids
+    come from (``_mm_items``), how wide its embedding is before our position channels
+    (``_embedding_width``: DeepStack rows ride along), and which of those columns a
+    method sees (``_visual_width``: the main features only).
+    """
 
     def _init_pruning(self, vllm_config: VllmConfig) -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
@@ -158,11 +168,25 @@ class PruneQwenModelMixin:
         self, input_tokens: list[int], mm_features: list[MultiModalFeatureSpec]
     ) -> tuple[torch.Tensor, int]:
         ordered = sorted(mm_features, key=lambda f: f.mm_position.offset)
-        images = []
+        return pruned_mrope_positions(input_tokens, self._mm_items(input_tokens, ordered))
+
+    def _mm_items(
+        self, input_tokens: list[int], ordered: list[MultiModalFeatureSpec]
+    ) -> list[tuple[int, int, int, int, float, int]]:
+        """Per item in prompt order: (offset, t, h, w, t_factor, tokens in the prompt)."""
+        items = []
         for feature, grid in zip(ordered, self.iter_mm_grid_thw(ordered), strict=True):  # type: ignore[attr-defined]
             offset, t, h, w, t_factor = grid
-            images.append((offset, t, h, w, t_factor, feature.mm_position.length))
-        return pruned_mrope_positions(input_tokens, images)
+            items.append((offset, t, h, w, t_factor, feature.mm_position.length))
+        return items
+
+    def _embedding_width(self) -> int:
+        """Columns of an item's embedding as vLLM makes it (ours come after)."""
+        return int(self.config.text_config.hidden_size)  # type: ignore[attr-defined]
+
+    def _visual_width(self) -> int:
+        """The leading columns that are the token's features (what methods see)."""
+        return self._embedding_width()
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = wire.pop_plans(kwargs)
@@ -180,16 +204,21 @@ class PruneQwenModelMixin:
             if plan.keep == image.shape[0]:
                 out.append(image)  # unpruned: exactly what vLLM returns
                 continue
+            visual, carried = image.split(
+                [self._visual_width(), image.shape[-1] - self._visual_width()], dim=-1
+            )
             found = observe(
                 llm,
-                image,
+                visual,
                 plan,
                 scout_positions=self._scout_positions(shape, plan),
                 sum_over_ranks=sum_over_tensor_parallel,
             )
-            reduced = reduce_plan(image, shape, plan, **found)
-            offsets = grid_offsets(reduced.indices.to(image.device), shape[1])
-            out.append(torch.cat([reduced.features, offsets.T.to(image.dtype)], dim=-1))
+            reduced = reduce_plan(visual, shape, plan, **found)
+            kept = reduced.indices.to(image.device)
+            offsets = grid_offsets(kept, shape[1]).T.to(image.dtype)
+            # Carried columns (DeepStack) of each row's token, in the same order.
+            out.append(torch.cat([reduced.features, carried[kept], offsets], dim=-1))
         return out
 
     @staticmethod
@@ -212,7 +241,7 @@ class PruneQwenModelMixin:
             return super().embed_input_ids(  # type: ignore[misc]
                 input_ids, multimodal_embeddings, is_multimodal=is_multimodal
             )
-        hidden = self.config.text_config.hidden_size  # type: ignore[attr-defined]
+        hidden = self._embedding_width()
         if any(e.shape[-1] != hidden for e in multimodal_embeddings):
             offsets = [
                 e[:, hidden:].round().long()
@@ -259,6 +288,8 @@ class PruneQwenModelMixin:
     dummy_inputs=Qwen2VLDummyInputsBuilder,
 )
 class PruneQwen2VLForConditionalGeneration(PruneQwenModelMixin, Qwen2VLForConditionalGeneration):
+    prune_processor = PruneQwen2VLMultiModalProcessor  # its refusals, for GET /v1/prune/methods
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._init_pruning(vllm_config)
@@ -272,6 +303,8 @@ class PruneQwen2VLForConditionalGeneration(PruneQwenModelMixin, Qwen2VLForCondit
 class PruneQwen2_5_VLForConditionalGeneration(
     PruneQwenModelMixin, Qwen2_5_VLForConditionalGeneration
 ):
+    prune_processor = PruneQwen2_5_VLMultiModalProcessor  # its refusals, for GET /v1/prune/methods
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._init_pruning(vllm_config)

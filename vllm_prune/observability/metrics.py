@@ -77,8 +77,15 @@ E2E_LATENCY = Histogram(
 
 
 def kv_bytes_per_token(hf_text_config: object, dtype: torch.dtype) -> int:
-    """2 (K and V) x layers x KV heads x head dim x bytes per element, whole model."""
+    """2 (K and V) x layers x KV heads x head dim x bytes per element, whole model.
+
+    Hybrid models (Qwen3.5) list their ``layer_types``: linear-attention layers keep a
+    fixed-size state, not a KV entry per token, so only the attention layers count.
+    """
     layers = int(hf_text_config.num_hidden_layers)  # type: ignore[attr-defined]
+    layer_types = getattr(hf_text_config, "layer_types", None)
+    if layer_types:
+        layers = sum(t != "linear_attention" for t in layer_types)
     heads = int(hf_text_config.num_attention_heads)  # type: ignore[attr-defined]
     kv_heads = int(getattr(hf_text_config, "num_key_value_heads", None) or heads)
     head_dim = getattr(hf_text_config, "head_dim", None) or (

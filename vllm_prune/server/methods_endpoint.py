@@ -12,10 +12,19 @@ from .request_fields import ServerDefaults
 METHODS_PATH = "/v1/prune/methods"
 
 
-def methods_document(defaults: ServerDefaults) -> dict[str, Any]:
+def methods_document(
+    defaults: ServerDefaults, support: dict[str, str | None] | None = None
+) -> dict[str, Any]:
+    """``support``: per method, why the served model refuses it (None where it runs)."""
+    data = []
+    for name in method_names():
+        entry = get_method(name).describe()
+        if support is not None:
+            entry.update(supported=support[name] is None, refusal=support[name])
+        data.append(entry)
     return {
         "object": "list",
-        "data": [get_method(name).describe() for name in method_names()],
+        "data": data,
         "fields": {
             METHOD_FIELD: {
                 "type": "string",

@@ -19,11 +19,19 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vllm_prune.integration.support import method_support
 from vllm_prune.observability import metrics
 from vllm_prune.spec import DEFAULT_RATIO, PruneSpecError
 
 from .methods_endpoint import METHODS_PATH, methods_document
 from .request_fields import ServerDefaults, rewrite
+
+
+def _support(scope: Scope) -> dict[str, str | None] | None:
+    """Per method, why the served model refuses it (None: it runs); None if unknown."""
+    config = getattr(getattr(scope.get("app"), "state", None), "vllm_config", None)
+    hf_config = getattr(getattr(config, "model_config", None), "hf_config", None)
+    return None if hf_config is None else method_support(hf_config)
 
 
 def _args(scope: Scope) -> Any:
@@ -110,7 +118,7 @@ class PruneMiddleware:
             await self.app(scope, receive, send)  # vLLM answers: 401 without the key
             return
         if scope["path"] == METHODS_PATH and scope["method"] == "GET":
-            await _send_json(send, 200, methods_document(_defaults(scope)))
+            await _send_json(send, 200, methods_document(_defaults(scope), _support(scope)))
             return
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
