@@ -1,6 +1,7 @@
 """vLLM's own CLIP vision tower, built in this process without an engine.
 
-For the in-tower tests and ``loadtests/tower_time.py``: the layers FlowCut's hooks
+For the in-tower tests and ``loadtests/tower_time.py`` (``one_rank`` also serves the
+scout test's decoder layers): the layers FlowCut's hooks
 cut in the engine (``vllm.model_executor.models.clip``), on one rank, with the
 weights of a seeded Hugging Face ``CLIPVisionModel`` (eager attention), which is
 returned beside it as the reference.
@@ -23,8 +24,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def one_rank() -> Iterator[None]:
-    """vLLM's distributed state for one process and one rank, torn down after."""
+def one_rank(vllm_config: object = None) -> Iterator[None]:
+    """vLLM's distributed state for one process and one rank, torn down after, with
+    ``vllm_config`` (default: an empty one) as the current config meanwhile."""
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.distributed import (
         destroy_distributed_environment,
@@ -33,7 +35,7 @@ def one_rank() -> Iterator[None]:
         initialize_model_parallel,
     )
 
-    with set_current_vllm_config(VllmConfig()):
+    with set_current_vllm_config(vllm_config or VllmConfig()):
         init_distributed_environment(
             world_size=1,
             rank=0,

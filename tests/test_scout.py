@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from devtools.tiny_llava import build_tiny_llava
+from devtools.vllm_tower import one_rank
 from vllm_prune.signals.scout import scout
-
-from .conftest import free_port
 
 VISUAL, TEXT = 40, 7
 
@@ -21,13 +20,7 @@ VISUAL, TEXT = 40, 7
 @pytest.fixture(scope="module")
 def layers_and_reference(tmp_path_factory):
     from transformers import LlamaModel
-    from vllm.config import ModelConfig, VllmConfig, set_current_vllm_config
-    from vllm.distributed import (
-        destroy_distributed_environment,
-        destroy_model_parallel,
-        init_distributed_environment,
-        initialize_model_parallel,
-    )
+    from vllm.config import ModelConfig, VllmConfig
     from vllm.model_executor.model_loader.utils import process_weights_after_loading
     from vllm.model_executor.models.llama import LlamaDecoderLayer
 
@@ -35,32 +28,21 @@ def layers_and_reference(tmp_path_factory):
     model_config = ModelConfig(model=str(path), dtype="float32", enforce_eager=True)
     vllm_config = VllmConfig(model_config=model_config)
     text_config = model_config.hf_config.text_config
-    with set_current_vllm_config(vllm_config):
-        init_distributed_environment(
-            world_size=1,
-            rank=0,
-            local_rank=0,
-            distributed_init_method=f"tcp://127.0.0.1:{free_port()}",
-            backend="gloo",
-        )
-        initialize_model_parallel(1, 1)
+    with one_rank(vllm_config):
         layers = [
             LlamaDecoderLayer(vllm_config, prefix=f"model.layers.{i}", config=text_config)
             for i in range(text_config.num_hidden_layers)
         ]
-    torch.manual_seed(0)
-    text_config._attn_implementation = "eager"
-    reference = LlamaModel(text_config).eval()
-    for ours, theirs in zip(layers, reference.layers, strict=True):
-        copy_weights(ours, theirs)
-    with set_current_vllm_config(vllm_config):
+        torch.manual_seed(0)
+        text_config._attn_implementation = "eager"
+        reference = LlamaModel(text_config).eval()
+        for ours, theirs in zip(layers, reference.layers, strict=True):
+            copy_weights(ours, theirs)
         # As vLLM's loader does: turns weights into the CPU kernels' runtime format.
         process_weights_after_loading(
             torch.nn.ModuleList(layers), model_config, torch.device("cpu")
         )
-    yield layers, reference
-    destroy_model_parallel()
-    destroy_distributed_environment()
+        yield layers, reference
 
 
 def copy_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:

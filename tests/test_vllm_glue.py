@@ -79,33 +79,13 @@ def test_unknown_method_in_the_processor_is_a_validation_error():
     assert caught.value.parameter == "prune"
 
 
-def test_cls_attention_is_the_softmax_row_of_the_cls_query():
-    """The hook's [CLS] row equals the full attention map's first row, averaged over heads."""
+def test_tower_hooks_equal_the_full_attention_map():
+    """The [CLS] hook's row is the full map's first row, averaged over heads (with the
+    keys' head mean); HiPrune's received attention is its column means over heads and
+    queries. Both hooks are gone afterwards."""
     from types import SimpleNamespace
 
     from vllm_prune.signals.cls_attention import capture_cls_attention
-
-    batch, tokens, heads, head_dim = 2, 5, 2, 4
-    qkv_proj = torch.nn.Linear(heads * head_dim, 3 * heads * head_dim)
-    attention = SimpleNamespace(
-        qkv_proj=qkv_proj, num_heads_per_partition=heads, head_dim=head_dim, scale=head_dim**-0.5
-    )
-    hidden = torch.randn(batch, tokens, heads * head_dim)
-    with capture_cls_attention(attention) as captured:
-        qkv = qkv_proj(hidden)
-    q, k, _ = qkv.chunk(3, dim=-1)
-    q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
-    k = k.view(batch, tokens, heads, head_dim).transpose(1, 2)
-    full = (q @ k.transpose(-1, -2) * head_dim**-0.5).softmax(-1)  # [B, H, S, S]
-    torch.testing.assert_close(captured[0].attention, full[:, :, 0].mean(1))
-    torch.testing.assert_close(captured[0].keys, k.mean(1))
-    assert not qkv_proj._forward_hooks  # the hook is gone afterwards
-
-
-def test_received_attention_is_the_attention_maps_mean_over_heads_and_queries():
-    """HiPrune's score from the hook equals the full map's column means, over heads."""
-    from types import SimpleNamespace
-
     from vllm_prune.signals.received_attention import capture_received_attention
 
     batch, tokens, heads, head_dim = 2, 5, 2, 4
@@ -114,13 +94,15 @@ def test_received_attention_is_the_attention_maps_mean_over_heads_and_queries():
         qkv_proj=qkv_proj, num_heads_per_partition=heads, head_dim=head_dim, scale=head_dim**-0.5
     )
     hidden = torch.randn(batch, tokens, heads * head_dim)
-    with capture_received_attention(attention) as captured:
+    with capture_cls_attention(attention) as rows, capture_received_attention(attention) as cols:
         qkv = qkv_proj(hidden)
     q, k, _ = qkv.chunk(3, dim=-1)
     q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
     k = k.view(batch, tokens, heads, head_dim).transpose(1, 2)
     full = (q @ k.transpose(-1, -2) * head_dim**-0.5).softmax(-1)  # [B, H, S, S]
-    torch.testing.assert_close(captured[0], full.mean(dim=2).mean(dim=1))
+    torch.testing.assert_close(rows[0].attention, full[:, :, 0].mean(1))
+    torch.testing.assert_close(rows[0].keys, k.mean(1))
+    torch.testing.assert_close(cols[0], full.mean(dim=2).mean(dim=1))
     assert not qkv_proj._forward_hooks
 
 
