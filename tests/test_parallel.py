@@ -83,6 +83,29 @@ def _ask(
     return ask_traced(server, trace, "shapes-llava", messages, extra, new_connection=new_connection)
 
 
+def test_pipeline_parallelism_is_refused_at_start_with_what_to_use(tmp_path: Path) -> None:
+    # First in the module: its engine and two workers start before the three layouts do
+    # (all of them at once came close to this machine's 24 GiB).
+    command = [
+        sys.executable, "-m", "vllm_prune.cli", "serve", "--block-size", str(BLOCK_SIZE),
+        "--pipeline-parallel-size", "2", "--port", str(free_port()),
+    ]  # fmt: skip
+    env = {**os.environ, **TWO_RANKS, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    log = tmp_path / "pp2.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            returncode = process.wait(timeout=600)
+        finally:
+            stop(process)  # the whole group: no engine or worker outlives the test
+    text = log.read_text(errors="replace")
+    assert returncode != 0
+    assert "pruning does not run with --pipeline-parallel-size > 1" in text
+    assert "use --tensor-parallel-size instead" in text
+
+
 # Methods whose later steps follow the whole order of near-equal cosines (``vispruner``'s
 # rounds of matching): the last digits two ranks add differently swap duplicate patches
 # of a flat background, so TP keeps one selection on every rank, as many tokens as one
@@ -165,27 +188,6 @@ def test_two_engines_answer_as_one_and_count_each_request_once(
         assert gained == len(DP_ASKED) * (576 + 144 * (len(DP_METHODS) - 1))
     assert requests.get(f"{dp.url}/health", timeout=10).status_code == 200
     assert asked == len(DP_ASKED) * len(DP_METHODS)
-
-
-def test_pipeline_parallelism_is_refused_at_start_with_what_to_use(tmp_path: Path) -> None:
-    command = [
-        sys.executable, "-m", "vllm_prune.cli", "serve", "--block-size", str(BLOCK_SIZE),
-        "--pipeline-parallel-size", "2", "--port", str(free_port()),
-    ]  # fmt: skip
-    env = {**os.environ, **TWO_RANKS, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    log = tmp_path / "pp2.log"
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            returncode = process.wait(timeout=600)
-        finally:
-            stop(process)  # the whole group: no engine or worker outlives the test
-    text = log.read_text(errors="replace")
-    assert returncode != 0
-    assert "pruning does not run with --pipeline-parallel-size > 1" in text
-    assert "use --tensor-parallel-size instead" in text
 
 
 def test_an_api_key_guards_the_prune_routes_and_leaves_probes_open(
