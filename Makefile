@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv soak fuzz tower-time
+.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv loadtest-kv-video soak fuzz tower-time
 
 install: $(STAMP)
 
@@ -77,6 +77,16 @@ loadtest: $(STAMP)
 loadtest-kv: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.kv_capacity \
 	    $(if $(MODEL),--serve-model $(MODEL)) --out $(LOADTEST_OUT)/kv_capacity $(KV_ARGS)
+
+# The same for videos: one 8-frame 224 x 224 clip per request (sampled into 2 temporal
+# patches of 144 tokens), on the tiny Qwen2.5-VL fixture unless MODEL names a video model.
+KV_VIDEO_ARGS ?=
+loadtest-kv-video: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.kv_capacity \
+	    $(if $(MODEL),--serve-model $(MODEL),--tiny qwen2.5-vl) --video-frames 8 \
+	    --image-size 224x224 --methods none,evs,vidcom2,pooling --ratios 0.75,0.9 \
+	    --serve-args="--dtype float32 --enforce-eager" \
+	    --out $(LOADTEST_OUT)/kv_capacity_video $(KV_VIDEO_ARGS)
 
 # 10,000 mixed requests (pruned, unpruned, streams, dropped streams, bad input) against a
 # local server of its own: 5xx, memory of every server process, requests left running.

@@ -34,12 +34,19 @@ class Workload:
     input_len: int  # random text tokens per request (the chat template adds a few)
     output_len: int  # generated tokens per request (EOS ignored)
     image_sizes: tuple[tuple[int, int], ...]  # (width, height), drawn uniformly per request
+    frames: int = 1  # 1: each request has one image; more: one video of that many frames
 
 
-def bucket_config(sizes: tuple[tuple[int, int], ...]) -> str:
-    """``--random-mm-bucket-config``: (height, width, frames=1) -> equal probability."""
+def media_limit(frames: int) -> str:
+    """``--random-mm-limit-mm-per-prompt``: one image, or one video."""
+    return json.dumps({"image": 1} if frames == 1 else {"video": 1})
+
+
+def bucket_config(sizes: tuple[tuple[int, int], ...], frames: int = 1) -> str:
+    """``--random-mm-bucket-config``: (height, width, frames) -> equal probability
+    (vLLM's random-mm dataset makes a video where frames > 1)."""
     share = 1.0 / len(sizes)
-    return "{" + ", ".join(f"({h}, {w}, 1): {share!r}" for w, h in sizes) + "}"
+    return "{" + ", ".join(f"({h}, {w}, {frames}): {share!r}" for w, h in sizes) + "}"
 
 
 def bench_argv(
@@ -60,8 +67,8 @@ def bench_argv(
         "--random-input-len", str(workload.input_len),
         "--random-output-len", str(workload.output_len),
         "--random-mm-base-items-per-request", "1",
-        "--random-mm-limit-mm-per-prompt", '{"image": 1}',
-        "--random-mm-bucket-config", bucket_config(workload.image_sizes),
+        "--random-mm-limit-mm-per-prompt", media_limit(workload.frames),
+        "--random-mm-bucket-config", bucket_config(workload.image_sizes, workload.frames),
         "--ignore-eos",
         "--temperature", "0",
         "--extra-body", json.dumps(extra_body),

@@ -1,7 +1,14 @@
-"""Concurrent image requests that fit a fixed KV cache, per pruning setting, measured vs ideal.
+"""Concurrent image (or video) requests that fit a fixed KV cache, per pruning setting.
 
     python -m loadtests.kv_capacity --kv-blocks 400 --output-len 124 \\
         --out loadtests/results/kv_capacity          # what ``make loadtest-kv`` runs
+    python -m loadtests.kv_capacity --tiny qwen2.5-vl --video-frames 8 ...
+                                                     # ``make loadtest-kv-video``
+
+With ``--video-frames F`` every request carries one video of F frames instead of
+an image (vLLM's random-mm dataset makes it), on a model that takes videos:
+``--serve-model``, or ``--tiny qwen2.5-vl`` / ``qwen3-vl`` (the test fixtures,
+built into ``--out``).
 
 It starts a local ``vllm-prune serve`` (the demo model unless ``--serve-model``)
 whose KV cache is fixed at ``--kv-blocks`` blocks (``--num-gpu-blocks-override``;
@@ -62,6 +69,7 @@ from vllm_prune.eval.cli import settings
 from vllm_prune.eval.client import Setting
 
 DEFAULT_OUT = Path("loadtests/results/kv_capacity")
+TINY = {"qwen2.5-vl", "qwen3-vl"}  # fixtures that take videos (devtools.tiny_families)
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
 CAPACITY_PNG = "kv_capacity.png"
@@ -81,7 +89,7 @@ class Probe:
     kv_usage_peak: float  # after any step (the iteration log)
     steps: int  # engine steps logged
     mean_prompt_tokens: float
-    visual_tokens_kept: float | None  # per image, from the vllm_prune counters
+    visual_tokens_kept: float | None  # per image (or video), from the vllm_prune counters
 
     @property
     def fits(self) -> bool:
@@ -134,7 +142,7 @@ class Capacity:
     setting: str
     capacity: int  # measured
     prompt_tokens: float  # per request, as the server reported it
-    visual_tokens: float | None  # kept per image
+    visual_tokens: float | None  # kept per image (or video)
     kv_tokens_per_request: float
     ideal_tokens: float
     ideal_blocks: int
@@ -219,12 +227,12 @@ def capacity_row(
     )
 
 
-def markdown(rows: list[Capacity], kv: KvConfig, output_len: int) -> str:
+def markdown(rows: list[Capacity], kv: KvConfig, output_len: int, media: str = "image") -> str:
     base = next((r for r in rows if r.setting == "none"), rows[0])
     lines = [
         f"KV cache: {kv.num_blocks} blocks x {kv.block_size} tokens "
         f"({kv.usable_blocks} usable = {kv.usable_blocks * kv.block_size} tokens). "
-        f"Each request: one image, {output_len} generated tokens (EOS ignored). "
+        f"Each request: one {media}, {output_len} generated tokens (EOS ignored). "
         f"Capacity: the most requests sent at once that all run in one engine step and "
         f"finish without preemption. T = KV tokens per request - visual tokens.\n",
         f"| setting | visual tokens | prompt tokens | T | KV tokens / request "
@@ -264,14 +272,20 @@ def plot(rows: list[Capacity], path: Path) -> None:
     for label, values, offset in bars:
         drawn = ax.bar([i + offset for i in x], values, width, label=label)
         ax.bar_label(drawn, fmt="%.0f", fontsize=8)
-    ax.set_xticks(list(x), [r.setting for r in rows])
-    ax.set_ylabel("concurrent image requests")
+    ax.set_xticks(list(x), [r.setting for r in rows], rotation=20 if len(rows) > 4 else 0)
+    ax.set_ylabel("concurrent requests")
     ax.set_title("Requests that fit the KV cache at once")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def build_tiny(name: str, path: Path) -> Path:
+    from devtools.tiny_families import build_tiny_qwen2_vl, build_tiny_qwen3
+
+    return build_tiny_qwen2_vl(path, "2.5") if name == "qwen2.5-vl" else build_tiny_qwen3(path)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -299,6 +313,17 @@ def parser() -> argparse.ArgumentParser:
     # apart (admitted in successive steps) need the same number of blocks.
     p.add_argument("--output-len", type=int, default=124, help="generated tokens (default 124)")
     p.add_argument("--image-size", default="336x336", help="WxH of every image (default 336x336)")
+    p.add_argument(
+        "--video-frames",
+        type=int,
+        default=1,
+        help="1: one image per request (default); F > 1: one video of F frames of --image-size",
+    )
+    p.add_argument(
+        "--tiny",
+        choices=sorted(TINY),
+        help="serve this tiny fixture (seeded random weights, built under --out)",
+    )
     p.add_argument("--limit", type=int, default=256, help="largest n tried (default 256)")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--serve-model", help="model path (default: vllm-prune serve's demo)")
@@ -319,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = args.out / "raw"
     shutil.rmtree(raw, ignore_errors=True)  # no file of an earlier run among this one's
     raw.mkdir(parents=True)
+    model = args.serve_model
+    if args.tiny is not None:
+        model = str(build_tiny(args.tiny, args.out / "model"))
     # The KV options last: they win over the same options in --serve-args.
     server_args = [
         *args.serve_args,
@@ -328,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting a local server (log: {args.out / 'server.log'})", flush=True)
     # VLLM_SERVER_DEV_MODE: vLLM's /pause and /resume, to release each burst at once.
     dev = {"VLLM_SERVER_DEV_MODE": "1"}
-    with local_server(args.out / "server.log", args.serve_model, server_args, dev) as server:
+    with local_server(args.out / "server.log", model, server_args, dev) as server:
         kv = kv_config(scrape(f"{server.url}/metrics"))
         log = LogTail(server.log)
         print(f"KV cache: {kv.num_blocks} blocks x {kv.block_size} tokens", flush=True)
@@ -342,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 input_len=args.input_len,
                 output_len=args.output_len,
                 image_sizes=((int(width), int(height)),),
+                frames=args.video_frames,
             )
 
         rows, probes = [], []
@@ -357,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             probes += tried
             rows.append(capacity_row(setting.name, capacity, tried, kv, args.output_len))
-    text = markdown(rows, kv, args.output_len)
+    media = "image" if args.video_frames == 1 else f"video of {args.video_frames} frames"
+    text = markdown(rows, kv, args.output_len, media)
     (args.out / SUMMARY_MD).write_text(text)
     (args.out / SUMMARY_JSON).write_text(
         json.dumps(

@@ -102,3 +102,48 @@ def measure_kv(client: Any, url: str, model: str, extra: dict, seed: int) -> KvR
         cached_tokens=int(metric(after, hits) - metric(middle, hits)),
         block_size=int(metric_labels(after, "vllm:cache_config_info")["block_size"]),
     )
+
+
+def moving_square_video_data_url(
+    seed: int, frames: int = 8, size: tuple[int, int] = (224, 224), fps: float = 4.0
+) -> str:
+    """A deterministic clip as an MP4 data URL: a still noise background and a bright square
+    that moves a step per frame (so consecutive frames differ in a few places only)."""
+    import os
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    background = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    side, step = height // 4, max(1, (width - height // 4) // max(1, frames - 1))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "clip.mp4")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        for i in range(frames):
+            frame = background.copy()
+            frame[height // 3 : height // 3 + side, i * step : i * step + side] = (255, 255, 0)
+            writer.write(frame)
+        writer.release()
+        with open(path, "rb") as file:
+            data = file.read()
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
+def video_messages(
+    question: str = "what moves in the video ?", seed: int = 0, **clip: Any
+) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "video_url",
+                    "video_url": {"url": moving_square_video_data_url(seed, **clip)},
+                },
+                {"type": "text", "text": question},
+            ],
+        }
+    ]

@@ -459,7 +459,7 @@ def test_promtool_check_config():
     # Also checks the rule files the config names (alerts.yml).
     result = run(tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
     assert_ok(result)
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_promtool_check_rules():

@@ -9,15 +9,24 @@ family, then stop.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
 import requests
+import torch
 
 from devtools.tiny_families import build_tiny_llava_next, build_tiny_qwen2_vl, build_tiny_qwen3
-from loadtests.probe import image_messages, metric, noise_image_data_url
+from loadtests.probe import (
+    image_messages,
+    metric,
+    moving_square_video_data_url,
+    noise_image_data_url,
+)
 from vllm_prune.methods import get_method, method_names
 from vllm_prune.methods.base import SCOUT
 
@@ -31,6 +40,7 @@ from .conftest import (
     plain_command,
     pruned_command,
     running,
+    trace_lines_since,
 )
 
 
@@ -351,3 +361,200 @@ def test_pruned_qwen_matches_transformers_at_the_original_positions(served: Serv
     if deepstack:  # and so do the DeepStack rows of the first ``keep`` tokens
         wrong = top5(positions[:, :, kept], deep_rows=torch.arange(keep_count))
         assert any(abs(wrong.get(t, -99.0) - lp) > 2e-3 for t, lp in served_top.items())
+
+
+# -- Videos (Qwen2.5-VL, Qwen3-VL): the same fields, per frame, through the same servers ------
+
+VIDEO_FAMILIES = [f for f in FAMILIES if f.name in ("qwen2.5-vl", "qwen3-vl")]
+CLIP = {"frames": 8, "size": (224, 224), "fps": 4.0}  # made in the test: loadtests.probe
+
+
+def video_part(seed: int) -> dict:
+    return {"type": "video_url", "video_url": {"url": moving_square_video_data_url(seed, **CLIP)}}
+
+
+def image_part(seed: int, size: tuple[int, int]) -> dict:
+    return {"type": "image_url", "image_url": {"url": noise_image_data_url(seed, size)}}
+
+
+def media_messages(*parts: dict, question: str = "what moves ?") -> list[dict]:
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
+
+
+def ask_media(server: Server, messages: list[dict], extra: dict | None, **options):
+    return server.client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=3, temperature=0.0, extra_body=extra, **options
+    )
+
+
+def video_shape(served: Served) -> tuple[int, int]:
+    """(frames, visual tokens) of the test clip, from the 400 that a too small keep gets."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask_media(
+            served.pruned, media_messages(video_part(1)), {"prune": "pooling", "prune_keep": 1}
+        )
+    body = caught.value.body
+    assert body["param"] == "prune_keep"
+    found = re.search(
+        r"must be in \[(\d+), (\d+)\] for this video of (\d+) frames", body["message"]
+    )
+    assert found, body["message"]
+    frames, tokens = int(found[1]), int(found[2])
+    assert int(found[3]) == frames
+    return frames, tokens
+
+
+def video_keep(tokens: int, frames: int, ratio: float) -> int:
+    return max(frames, round(tokens * (1 - ratio)))
+
+
+@pytest.mark.parametrize("served", VIDEO_FAMILIES, ids=lambda f: f.name, indirect=True)
+def test_video_every_method_drops_exactly_the_pruned_tokens(served: Served):
+    frames, tokens = video_shape(served)
+    # 8 frames at 4 fps, sampled by Qwen's video processor: two-frame temporal patches.
+    assert frames >= 2 and tokens % frames == 0
+    messages = media_messages(video_part(1))
+    unpruned = ask_media(served.pruned, messages, {"prune": "none"}).usage.prompt_tokens
+    for method in runnable(served.family):  # evs and vidcom2 among them
+        for ratio in (0.75, 0.95):
+            response = ask_media(served.pruned, messages, {"prune": method, "prune_ratio": ratio})
+            expected = unpruned - tokens + video_keep(tokens, frames, ratio)
+            assert response.usage.prompt_tokens == expected, (method, ratio)
+
+
+@pytest.mark.parametrize("served", VIDEO_FAMILIES, ids=lambda f: f.name, indirect=True)
+def test_video_none_matches_plain_vllm_and_pruning_does_not(served: Served):
+    messages = media_messages(video_part(2))
+    options = {"logprobs": True, "top_logprobs": 2}
+    reference = ask_media(served.plain, messages, None, **options)
+    for extra in ({"prune": "none"}, None):
+        ours = ask_media(served.pruned, messages, extra, **options)
+        assert ours.usage.prompt_tokens == reference.usage.prompt_tokens
+        assert ours.choices[0].message.content == reference.choices[0].message.content
+        ref = [t.logprob for t in reference.choices[0].logprobs.content]
+        assert [t.logprob for t in ours.choices[0].logprobs.content] == pytest.approx(
+            ref, rel=1e-5, abs=1e-6
+        )
+    pruned = ask_media(served.pruned, messages, {"prune": "evs", "prune_ratio": 0.75}, **options)
+    assert pruned.usage.prompt_tokens < reference.usage.prompt_tokens
+    assert [t.logprob for t in pruned.choices[0].logprobs.content] != pytest.approx(
+        [t.logprob for t in reference.choices[0].logprobs.content], rel=1e-5, abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("served", VIDEO_FAMILIES, ids=lambda f: f.name, indirect=True)
+def test_video_and_image_in_one_request_each_pruned_and_one_budget_over_both(served: Served):
+    family = served.family
+    frames, tokens = video_shape(served)
+    video, other_video, image = video_part(3), video_part(4), image_part(5, family.size)
+    layouts = {
+        "video, image": ([video, image], [tokens, family.tokens], [frames, 1]),
+        "image, video": ([image, video], [family.tokens, tokens], [1, frames]),
+        "two videos": ([video, other_video], [tokens, tokens], [frames, frames]),
+    }
+    for name, (parts, counts, minimums) in layouts.items():
+        messages = media_messages(*parts)
+        unpruned = ask_media(served.pruned, messages, {"prune": "none"}).usage.prompt_tokens
+        for method in ("pooling", "evs"):
+            pruned = ask_media(served.pruned, messages, {"prune": method, "prune_ratio": 0.75})
+            kept = sum(max(m, round(n * 0.25)) for n, m in zip(counts, minimums, strict=True))
+            assert pruned.usage.prompt_tokens == unpruned - sum(counts) + kept, (name, method)
+        budget = sum(minimums) + 40
+        spent = ask_media(served.pruned, messages, {"prune": "vidcom2", "prune_budget": budget})
+        assert spent.usage.prompt_tokens == unpruned - sum(counts) + budget, name
+    # A budget below one token per image and per frame: a 400 naming the field, and then
+    # the server keeps serving.
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask_media(served.pruned, media_messages(video, image), {"prune": "evs", "prune_budget": 2})
+    assert caught.value.body["param"] == "prune_budget"
+    assert f"[{frames + 1}, {tokens + family.tokens}]" in caught.value.body["message"]
+    assert ask_media(served.pruned, media_messages(video), {"prune": "evs"}).usage.prompt_tokens
+
+
+def frame_runs(prompt_logprobs: list, video_token: int, start: int, end: int) -> list[int]:
+    """Video pads between each <|vision_start|> and <|vision_end|> of the prompt."""
+    ids = [int(next(iter(entry))) if entry else None for entry in prompt_logprobs]
+    runs, inside = [], False
+    for token in ids:
+        if token == start:
+            runs.append(0)
+            inside = True
+        elif token == end:
+            inside = False
+        elif inside and token == video_token:
+            runs[-1] += 1
+    return [r for r in runs if r]
+
+
+@pytest.mark.parametrize("served", VIDEO_FAMILIES, ids=lambda f: f.name, indirect=True)
+def test_video_frames_keep_in_the_prompt_what_the_model_keeps(served: Served):
+    """The prompt's tokens per frame (Qwen3-VL: between each frame's timestamp and markers)
+    are the rows the engine kept of each frame, as its trace records them."""
+    config = json.loads((served.model / "config.json").read_text())
+    frames, tokens = video_shape(served)
+    per_frame = tokens // frames
+    ids = (config["video_token_id"], config["vision_start_token_id"], config["vision_end_token_id"])
+    messages = media_messages(video_part(6))
+    for method in ("evs", "vidcom2", "pooling", "random"):
+        before = served.trace.stat().st_size if served.trace.exists() else 0
+        extra = {"prune": method, "prune_ratio": 0.75, "prompt_logprobs": 0}  # the prompt's ids
+        response = ask_media(served.pruned, messages, extra)
+        lines = trace_lines_since(served.trace, before)
+        if method in ("evs", "vidcom2"):
+            (line,) = lines
+            assert line.part == "video" and line.grid == (
+                frames * (per_frame // line.grid[1]),
+                line.grid[1],
+            )
+            kept = torch.bincount(
+                torch.tensor(line.indices) // per_frame, minlength=frames
+            ).tolist()
+        else:
+            by_frame = {int(line.part.split()[1]): line.keep for line in lines}
+            assert sorted(by_frame) == list(range(frames))
+            kept = [by_frame[f] for f in range(frames)]
+        assert sum(kept) == video_keep(tokens, frames, 0.75) and min(kept) >= 1
+        runs = frame_runs(response.model_extra["prompt_logprobs"], *ids)
+        if family_is_qwen3(served):
+            assert runs == kept, method  # one run per frame, after its timestamp
+        else:
+            assert runs == [sum(kept)], method  # one run for the whole video
+
+
+def family_is_qwen3(served: Served) -> bool:
+    return served.family.name.startswith("qwen3")
+
+
+@pytest.mark.parametrize("served", VIDEO_FAMILIES, ids=lambda f: f.name, indirect=True)
+def test_video_metrics_count_images_and_videos_apart(served: Served):
+    frames, tokens = video_shape(served)
+    family, server = served.family, served.pruned
+    before = server.metrics_text()
+    messages = media_messages(video_part(7), image_part(8, family.size))
+    ask_media(server, messages, {"prune": "evs", "prune_ratio": 0.75})
+    after = server.metrics_text()
+
+    def delta(name: str, modality: str) -> float:
+        labels = {"method": "evs", "modality": modality}
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    for modality, n, least in (("video", tokens, frames), ("image", family.tokens, 1)):
+        assert delta("vllm_prune_requests_total", modality) == 1
+        assert delta("vllm_prune_visual_tokens_before_total", modality) == n
+        assert delta("vllm_prune_visual_tokens_after_total", modality) == max(least, round(n / 4))
+    log = server.log.read_text(errors="replace")
+    assert f"prune method=evs videos=1 patches={4 * tokens} tokens={tokens}" in log
+
+
+def test_vllms_own_video_pruning_is_refused_at_start_with_what_to_send(tmp_path):
+    """``--video-pruning-rate`` on a Qwen family: the engine stops at start and says why."""
+    model = str(build_tiny_qwen2_vl(tmp_path / "model", "2.5"))
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    command = pruned_command(model, *ARGS, "--video-pruning-rate", "0.5", "--port", "0")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert (
+        "does not run with vLLM's own video pruning (--video-pruning-rate)"
+        in done.stderr + done.stdout
+    )
+    assert "'prune': 'evs'" in done.stderr + done.stdout

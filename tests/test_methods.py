@@ -57,6 +57,7 @@ def test_registry_holds_the_built_in_methods():
         "cls_attention",
         "dart",
         "divprune",
+        "evs",
         "fastv",
         "fastv_reverse",
         "fastv_vis",
@@ -68,6 +69,7 @@ def test_registry_holds_the_built_in_methods():
         "pooling",
         "random",
         "sparsevlm",
+        "vidcom2",
         "visionzip",
         "vispruner",
     ]

@@ -99,7 +99,8 @@ def qwen3_feature(modality: str, offset: int, length: int, grid: tuple[int, int,
 
 
 def qwen3_prompt(parts: list) -> tuple[list[int], list]:
-    """Token ids and features from ("text", n) / ("image", h, w, kept) / ("video", t, h, w).
+    """Token ids and features from ("text", n) / ("image", h, w, kept) / ("video", t, h, w)
+    / ("video", t, h, w, kept per frame).
 
     h, w count merged tokens; a video frame is two timestamp tokens, then
     <vision_start> pads <vision_end>, as Qwen3-VL's processor writes it.
@@ -115,10 +116,10 @@ def qwen3_prompt(parts: list) -> tuple[list[int], list]:
             features.append(qwen3_feature("image", len(tokens), kept, (1, 2 * h, 2 * w)))
             tokens += [IMAGE] * kept + [END]
         else:
-            _, t, h, w = part
+            _, t, h, w, *kept = part
             start = len(tokens)
-            for _ in range(t):
-                tokens += [STAMP, STAMP, START] + [VIDEO] * (h * w) + [END]
+            for f in range(t):
+                tokens += [STAMP, STAMP, START] + [VIDEO] * (kept[0][f] if kept else h * w) + [END]
             features.append(qwen3_feature("video", start, len(tokens) - start, (t, 2 * h, 2 * w)))
     return tokens, features
 
@@ -172,3 +173,152 @@ def test_qwen3_pruned_image_beside_a_video_keeps_every_position(video_first):
     assert torch.equal(ours[:, start : start + keep], unpruned[:, full_start + rows])
     assert torch.equal(ours[:, start + keep :], unpruned[:, full_start + h * w :])
     assert len(tokens) + delta == len(full_tokens) + unpruned_delta
+
+
+# -- Videos pruned per frame ----------------------------------------------------------------
+
+
+def frame_rows(h: int, w: int, keeps: list[int], seed: int) -> list[torch.Tensor]:
+    """Retained tokens of each frame, raster order inside the frame."""
+    return [retained(h * w, k, seed=seed + f) for f, k in enumerate(keeps)]
+
+
+def video_unpruned_columns(base: int, h: int, w: int, rows: list[torch.Tensor]) -> torch.Tensor:
+    """Where each retained token of a Qwen2-VL video sits in the unpruned prompt."""
+    return torch.cat([base + f * h * w + r for f, r in enumerate(rows)])
+
+
+def add_offsets(ours: torch.Tensor, start: int, rows: list[torch.Tensor], w: int) -> None:
+    """What ``forward`` adds: each retained row's (0, row, col) inside its frame."""
+    kept = torch.cat(rows)
+    ours[:, start : start + kept.numel()] += grid_offsets(kept, w)
+
+
+@pytest.mark.parametrize("t_factor", [1.0, 2.0, 0.5, 1.5])
+@pytest.mark.parametrize("image_first", [False, True])
+def test_qwen2_pruned_video_beside_an_image_keeps_every_position(t_factor, image_first):
+    """Qwen2.5-VL: a video's retained tokens keep their (t, h, w), frames spaced by
+    t_factor; an image before or after it and the text after both continue unpruned."""
+    (t, h, w), keeps = (4, 3, 5), [6, 1, 4, 3]
+    image = (1, 4, 4)
+    n_video, n_image = t * h * w, 16
+    if image_first:
+        layout = [(2, *image, 1.0), (2 + n_image + 3, t, h, w, t_factor)]
+    else:
+        layout = [(2, t, h, w, t_factor), (2 + n_video + 3, *image, 1.0)]
+    full_length = 2 + n_video + 3 + n_image + 5
+    unpruned, unpruned_delta = vllm_positions(full_length, layout)
+
+    kept = sum(keeps)
+    rows = frame_rows(h, w, keeps, seed=5)
+    length = full_length - n_video + kept
+    if image_first:
+        items = [
+            (2, *image, 1.0, n_image),
+            (2 + n_image + 3, t, h, w, t_factor, kept, tuple(keeps)),
+        ]
+        video_start, full_video_start = 2 + n_image + 3, 2 + n_image + 3
+    else:
+        items = [(2, t, h, w, t_factor, kept, tuple(keeps)), (2 + kept + 3, *image, 1.0, n_image)]
+        video_start, full_video_start = 2, 2
+    ours, delta = pruned_mrope_positions([0] * length, items)
+    add_offsets(ours, video_start, rows, w)
+
+    video = slice(video_start, video_start + kept)
+    assert torch.equal(ours[:, :video_start], unpruned[:, :full_video_start])
+    assert torch.equal(
+        ours[:, video], unpruned[:, video_unpruned_columns(full_video_start, h, w, rows)]
+    )
+    assert torch.equal(ours[:, video_start + kept :], unpruned[:, full_video_start + n_video :])
+    assert length + delta == full_length + unpruned_delta
+
+
+def test_qwen2_two_pruned_videos_and_the_model_mixin_reads_the_frame_counts():
+    """Two videos through ``PruneQwenModelMixin._mm_items``: the per-frame counts come from
+    the processor's field on each video item, the grids from vLLM's iterator."""
+    from vllm_prune.integration import wire
+    from vllm_prune.integration.qwen2_vl import PruneQwenModelMixin
+
+    first, second = (2, 4, 4, 2.0), (3, 2, 6, 1.0)
+    keeps_one, keeps_two = [5, 3], [2, 2, 4]
+    full = [(1, *first), (1 + 32 + 2, *second)]
+    full_length = 1 + 32 + 2 + 36 + 4
+    unpruned, unpruned_delta = vllm_positions(full_length, full)
+
+    k1, k2 = sum(keeps_one), sum(keeps_two)
+    offsets = [1, 1 + k1 + 2]
+    features = [
+        SimpleNamespace(
+            modality="video",
+            mm_position=SimpleNamespace(offset=o, length=k),
+            data={wire.key(wire.FRAME_KEEPS_KEY, "video"): SimpleNamespace(data=torch.tensor(f))},
+        )
+        for o, k, f in zip(offsets, (k1, k2), (keeps_one, keeps_two), strict=True)
+    ]
+    grids = [(offsets[0], *first), (offsets[1], *second)]
+    model = SimpleNamespace(iter_mm_grid_thw=lambda ordered: iter(grids))
+    length = full_length - 32 - 36 + k1 + k2
+    tokens = [0] * length
+    ours, delta = pruned_mrope_positions(
+        tokens, PruneQwenModelMixin._mm_items(model, tokens, features)
+    )
+    rows_one, rows_two = frame_rows(4, 4, keeps_one, 1), frame_rows(2, 6, keeps_two, 2)
+    add_offsets(ours, offsets[0], rows_one, 4)
+    add_offsets(ours, offsets[1], rows_two, 6)
+    assert torch.equal(ours[:, 1 : 1 + k1], unpruned[:, video_unpruned_columns(1, 4, 4, rows_one)])
+    assert torch.equal(ours[:, 1 + k1 : 1 + k1 + 2], unpruned[:, 1 + 32 : 1 + 32 + 2])
+    second_cols = video_unpruned_columns(1 + 32 + 2, 2, 6, rows_two)
+    assert torch.equal(ours[:, offsets[1] : offsets[1] + k2], unpruned[:, second_cols])
+    assert torch.equal(ours[:, offsets[1] + k2 :], unpruned[:, 1 + 32 + 2 + 36 :])
+    assert length + delta == full_length + unpruned_delta
+
+
+@pytest.mark.parametrize("layout", ["video", "image-video", "video-image", "two-videos"])
+def test_qwen3_pruned_video_frames_keep_their_positions_and_timestamps(layout):
+    """Qwen3-VL: each frame keeps its own count between its timestamp and markers; every
+    retained token, every timestamp and all text sit where they are unpruned."""
+    t, h, w = 3, 3, 4
+    keeps = [5, 1, 7]
+    video = ("video", t, h, w)
+    pruned = ("video", t, h, w, keeps)
+    image = ("image", 4, 4, 16)
+    shapes = {
+        "video": ([video], [pruned]),
+        "image-video": ([image, video], [image, pruned]),
+        "video-image": ([video, image], [pruned, image]),
+        "two-videos": ([video, video], [pruned, ("video", t, h, w, [2, 2, 2])]),
+    }[layout]
+    full_tokens, full_features = qwen3_prompt(_flatten(shapes[0]))
+    tokens, features = qwen3_prompt(_flatten(shapes[1]))
+    unpruned, unpruned_delta = qwen3_vllm(full_tokens, full_features)
+    ours, delta = qwen3_ours(tokens, features)
+
+    # Map every prompt token of the pruned prompt to its place in the unpruned one.
+    columns, full_at = [], 0
+    for part in _flatten(shapes[1]):
+        if part[0] == "text":
+            columns += range(full_at, full_at + part[1])
+            full_at += part[1]
+        elif part[0] == "image":
+            columns += range(full_at, full_at + 2 + 16)
+            full_at += 2 + 16
+        else:
+            frame_keeps = part[4] if len(part) > 4 else [h * w] * t
+            for f, k in enumerate(frame_keeps):
+                rows = retained(h * w, k, seed=f) if k < h * w else torch.arange(h * w)
+                start = len(columns) + 3
+                columns += range(full_at, full_at + 3)  # timestamp, timestamp, <vision_start>
+                columns += (full_at + 3 + rows).tolist()
+                columns.append(full_at + 3 + h * w)  # <vision_end>
+                ours[:, start : start + k] += grid_offsets(rows, w) if k < h * w else 0
+                full_at += 3 + h * w + 1
+    assert torch.equal(ours, unpruned[:, columns])
+    assert len(tokens) + delta == len(full_tokens) + unpruned_delta
+
+
+def _flatten(media: list) -> list:
+    """Text, the media with text between, text: the prompts these tests compare."""
+    out: list = [("text", 3)]
+    for m in media:
+        out += [m, ("text", 2)]
+    return out

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vllm_prune.integration import wire
-from vllm_prune.integration.processing import encode_fields, parse_spec
+from vllm_prune.integration.processing import fit_keeps, parse_spec
 from vllm_prune.plan import apply_plan, square_grid
 
 
@@ -110,7 +110,10 @@ def test_bad_spec_becomes_vllms_validation_error_naming_the_field():
     from vllm.exceptions import VLLMValidationError
 
     with pytest.raises(VLLMValidationError) as caught:
-        encode_fields(parse_spec({"prune": "pooling", "prune_keep": 600}), [576], [], [576])
+        fit_keeps(parse_spec({"prune": "pooling", "prune_keep": 600}), [576], [1])
+    assert caught.value.parameter == "prune_keep"
+    with pytest.raises(VLLMValidationError) as caught:
+        fit_keeps(parse_spec({"prune": "pooling", "prune_keep": 3}), [64], [4])  # 4 frames
     assert caught.value.parameter == "prune_keep"
 
 

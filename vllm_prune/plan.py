@@ -27,6 +27,11 @@ class PrunePlan:
     keep: int
     params: dict[str, int | float]
     text_ids: torch.Tensor  # [T], int64; empty unless the method needs text
+    frame_keeps: tuple[int, ...] = ()  # a video's tokens kept per frame; () for an image
+
+    def for_frame(self, frame: int) -> PrunePlan:
+        """A video's plan for one of its frames, pruned as an image."""
+        return PrunePlan(self.method, self.frame_keeps[frame], self.params, self.text_ids)
 
 
 def square_grid(num_tokens: int) -> tuple[int, int]:
@@ -51,6 +56,16 @@ def reduce_plan(
     ctx = Context(params=dict(plan.params), **observed)
     reduced = get_method(plan.method).reduce(features, grid, plan.keep, ctx)
     trace.record(plan.method, features, grid, reduced, part=part)
+    return reduced
+
+
+def reduce_video_plan(
+    features: torch.Tensor, grid: tuple[int, int, int], plan: PrunePlan
+) -> Reduced:
+    """A temporal method's ``plan.keep`` rows of a whole video ([T * h * w, D])."""
+    ctx = Context(params=dict(plan.params))
+    reduced = get_method(plan.method).reduce_video(features, grid, plan.frame_keeps, ctx)
+    trace.record(plan.method, features, (grid[0] * grid[1], grid[2]), reduced, part="video")
     return reduced
 
 

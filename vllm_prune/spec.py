@@ -145,8 +145,9 @@ class PruneSpec:
             if budget < 1:
                 raise PruneSpecError(
                     BUDGET_FIELD,
-                    f"'{BUDGET_FIELD}' is the visual tokens kept across all images of the "
-                    f"request and must be an integer >= the number of images; got {budget}",
+                    f"'{BUDGET_FIELD}' is the visual tokens kept across all images and videos "
+                    f"of the request and must be an integer >= the number of images and video "
+                    f"frames; got {budget}",
                 )
         if name == "none":
             ratio = keep = budget = None  # validated above, but nothing is pruned
@@ -188,40 +189,48 @@ class PruneSpec:
         text = text if needs_text(name) else None
         return cls(method=name, ratio=ratio, keep=keep, budget=budget, params=params, text=text)
 
-    def keep_for(self, num_tokens: int) -> int:
-        """How many of an image's ``num_tokens`` visual tokens survive."""
+    def keep_for(self, num_tokens: int, frames: int = 1) -> int:
+        """How many of an image's (or a video's) ``num_tokens`` visual tokens survive.
+
+        A video of ``frames`` frames keeps at least one token per frame.
+        """
         if self.method == "none":
             return num_tokens
         if self.keep is not None:
-            if self.keep > num_tokens:
+            if not frames <= self.keep <= num_tokens:
+                what = "this image" if frames == 1 else f"this video of {frames} frames"
                 raise PruneSpecError(
                     KEEP_FIELD,
-                    f"'{KEEP_FIELD}' must be in [1, {num_tokens}] for this image "
+                    f"'{KEEP_FIELD}' must be in [{frames}, {num_tokens}] for {what} "
                     f"({num_tokens} visual tokens); got {self.keep}",
                 )
             return self.keep
         assert self.ratio is not None
-        return max(1, round(num_tokens * (1.0 - self.ratio)))
+        return max(frames, round(num_tokens * (1.0 - self.ratio)))
 
-    def keeps_for(self, num_tokens: list[int]) -> list[int]:
-        """Tokens kept per image of one request (the budget is shared, the rest per image).
+    def keeps_for(self, num_tokens: list[int], frames: list[int] | None = None) -> list[int]:
+        """Tokens kept per image or video of one request (the budget is shared, the rest each).
 
-        The budget is spread in proportion to the images' tokens (the same ratio
-        for every image, largest remainders rounded up), at least one per image.
-        It cannot follow a method's scores: each image's placeholder count is
+        ``frames``: each item's frames (1 for an image); a video keeps at least one
+        token per frame. The budget is spread in proportion to the items' tokens (the
+        same ratio for every item, largest remainders rounded up) above those
+        minimums. It cannot follow a method's scores: each item's placeholder count is
         fixed here, in the API server, before any model has looked at an image.
         """
+        frames = frames or [1] * len(num_tokens)
         if self.budget is None or self.method == "none":
-            return [self.keep_for(n) for n in num_tokens]
-        total, count = sum(num_tokens), len(num_tokens)
-        if not count <= self.budget <= total:
+            return [self.keep_for(n, f) for n, f in zip(num_tokens, frames, strict=True)]
+        total, least = sum(num_tokens), sum(frames)
+        if not least <= self.budget <= total:
             raise PruneSpecError(
                 BUDGET_FIELD,
-                f"'{BUDGET_FIELD}' must be in [{count}, {total}] for this request "
-                f"({count} images, {total} visual tokens); got {self.budget}",
+                f"'{BUDGET_FIELD}' must be in [{least}, {total}] for this request "
+                f"({len(num_tokens)} images and videos, {least} images and video frames, "
+                f"{total} visual tokens); got {self.budget}",
             )
-        shares = proportional_quotas([n - 1 for n in num_tokens], self.budget - count)
-        return [1 + share for share in shares]
+        above = [n - f for n, f in zip(num_tokens, frames, strict=True)]
+        shares = proportional_quotas(above, self.budget - least)
+        return [f + share for f, share in zip(frames, shares, strict=True)]
 
     def to_fields(self) -> dict[str, Any]:
         """The request fields that reproduce this spec (for ``mm_processor_kwargs``)."""

@@ -138,8 +138,8 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     *_imports(
         "vllm.multimodal.parse",
-        "ImageEmbeddingItems ImageProcessorItems MultiModalDataItems",
-        "reading the request's images (or embeddings) and their sizes",
+        "ImageEmbeddingItems ImageProcessorItems MultiModalDataItems VideoEmbeddingItems",
+        "reading the request's images and videos (or embeddings) and their sizes",
     ),
     *_imports(
         "vllm.multimodal.inputs",
@@ -455,6 +455,26 @@ LEDGER: tuple[Reliance, ...] = (
         "visual language_model config visual_dim multiscale_dim is_multimodal_pruning_enabled "
         "_iter_mm_grid_hw",
         "the embedding's layout [main | DeepStack levels], EVS on or off, a video's frames",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen3_vl:Qwen3VLMultiModalProcessor",
+        "get_video_repl",
+        "a pruned video's prompt: every frame's timestamp and markers, its kept pads between",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration",
+        "is_multimodal_pruning_enabled",
+        "vLLM's EVS (--video-pruning-rate) on or off: refused at start when on",
+    ),
+    Reliance(
+        "behaviour",
+        "Qwen2-VL's and Qwen3-VL's video processors write `pixel_values_videos` as one row "
+        "per patch, each merge window's m x m patches in a row and the windows in raster "
+        "order per temporal patch; each video's rows follow the previous video's "
+        "(`video_grid_thw` gives their counts); a Qwen3-VL video item carries "
+        "`timestamps`, one per temporal patch",
+        "the processor reads each token cell's pixels to spend a temporal method's budget "
+        "over frames, and writes one timestamp per frame",
     ),
     *_attributes(
         f"{_MODELS}.qwen3_5:Qwen3_5ForConditionalGeneration",

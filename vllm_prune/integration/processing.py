@@ -6,7 +6,10 @@ runs, validates what can only be checked against the model (layers, text, the
 vision tower), stores the per-image fields and records the metrics. The family
 says how many visual tokens vLLM gives each image (``_visual_tokens``), how many
 patches there were before any training-aware merging (``_patches``), and emits
-``wire.num_placeholders`` tokens per image in its own ``_get_prompt_updates``.
+``wire.num_placeholders`` tokens per image in its own ``_get_prompt_updates``. A
+family that takes videos also says each video's token grid (``_video_grids``) and
+its pixels per token cell (``_video_cells``, what temporal methods spend the
+budget by); one ``prune_budget`` spans the request's images and videos.
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from transformers import BatchFeature
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs.engine import MultiModalHashes, MultiModalInput
 from vllm.multimodal.inputs import MultiModalFieldConfig
-from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems, MultiModalDataItems
+from vllm.multimodal.parse import (
+    ImageEmbeddingItems,
+    ImageProcessorItems,
+    MultiModalDataItems,
+    VideoEmbeddingItems,
+)
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
 
 from ..methods import get_method, method_names
@@ -73,14 +82,16 @@ def parse_spec(hf_kwargs: Mapping[str, object]) -> PruneSpec:
         raise refuse(err.field, str(err)) from err
 
 
-def encode_fields(
-    spec: PruneSpec, tokens: list[int], text_ids: list[int], patches: list[int]
-) -> dict[str, object]:
-    """``wire.encode``, with a spec that does not fit the images refused as a 400."""
+def fit_keeps(spec: PruneSpec, tokens: list[int], frames: list[int]) -> list[int]:
+    """``spec.keeps_for``, with a spec that does not fit the items refused as a 400."""
     try:
-        return wire.encode(spec, tokens, text_ids, patches)
+        return spec.keeps_for(tokens, frames)
     except PruneSpecError as err:
         raise refuse(err.field, str(err)) from err
+
+
+def _count(mm_items: MultiModalDataItems, modality: str) -> int:
+    return mm_items.get_count(modality, strict=False) if modality in mm_items else 0
 
 
 class PruneProcessorMixin:
@@ -103,36 +114,100 @@ class PruneProcessorMixin:
         return mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
 
     def _get_mm_hashes(self, inputs: ProcessorInputs) -> MultiModalHashes:
-        """With ``prune_budget`` over several images, each image's count depends on the others.
+        """With ``prune_budget`` over several items, each item's count depends on the others.
 
-        vLLM's caches key an image by itself and the request's options, so an
-        image cached with one set of companions would come back with their
-        split. Those images get hashes of their own request instead: never
-        reused (nor their prefix cached), always processed together.
+        vLLM's caches key an image (or video) by itself and the request's options,
+        so an item cached with one set of companions would come back with their
+        split. Those items get hashes of their own request instead: never reused
+        (nor their prefix cached), always processed together.
         """
         hashes = super()._get_mm_hashes(inputs)  # type: ignore[misc]
-        images = hashes.get("image", [])
-        if inputs.hf_processor_mm_kwargs.get(BUDGET_FIELD) is None or len(images) < 2:
+        items = sum(len(hashes.get(m, [])) for m in wire.MODALITIES)
+        if inputs.hf_processor_mm_kwargs.get(BUDGET_FIELD) is None or items < 2:
             return hashes
         request = uuid.uuid4().hex
-        return {**hashes, "image": [f"{h}-budget-{request}-{i}" for i, h in enumerate(images)]}
+        return {
+            **hashes,
+            **{
+                m: [f"{h}-budget-{request}-{i}" for i, h in enumerate(hashes[m])]
+                for m in wire.MODALITIES
+                if m in hashes
+            },
+        }
+
+    def _video_grids(self, processed: BatchFeature) -> list[tuple[int, int, int]]:
+        """Each video's token grid (frames, rows, columns), as vLLM itself counts them."""
+        raise NotImplementedError
+
+    def _video_patches(self, processed: BatchFeature) -> list[int]:
+        """Vision-tower patches of each video before training-aware merging."""
+        return [t * h * w for t, h, w in self._video_grids(processed)]
+
+    def _video_cells(self, processed: BatchFeature, index: int) -> torch.Tensor:
+        """Video ``index``'s pixels per token cell [T, h * w, C], as the processor made them."""
+        raise NotImplementedError
 
     def _apply_hf_processor_main(
         self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
         spec = parse_spec(hf_kwargs)
-        has_images = "image" in mm_items and self._images(mm_items).get_count() > 0
-        if has_images:
+        images, videos = _count(mm_items, "image"), _count(mm_items, "video")
+        if images or videos:
             self._check_supported(spec.method, mm_items)
-        text_ids = self._text_ids(spec) if has_images else []
+        text_ids = self._text_ids(spec) if images or videos else []
         plain_kwargs = {k: v for k, v in hf_kwargs.items() if k not in prune_field_names()}
         processed = super()._apply_hf_processor_main(mm_items, plain_kwargs)  # type: ignore[misc]
-        if has_images:
-            tokens = self._visual_tokens(mm_items, processed)
+        if not images and not videos:
+            return processed
+        image_tokens = self._visual_tokens(mm_items, processed) if images else []
+        grids = self._video_grids(processed) if videos else []
+        video_tokens = [t * h * w for t, h, w in grids]
+        keeps = fit_keeps(
+            spec, image_tokens + video_tokens, [1] * len(image_tokens) + [t for t, _, _ in grids]
+        )
+        if images:
             processed.update(
-                encode_fields(spec, tokens, text_ids, self._patches(processed, tokens))
+                wire.encode_items(
+                    spec,
+                    image_tokens,
+                    keeps[:images],
+                    text_ids,
+                    self._patches(processed, image_tokens),
+                )
+            )
+        if videos:
+            frames = [
+                self._frame_keeps(spec, processed, i, grid, keep)
+                for i, (grid, keep) in enumerate(zip(grids, keeps[images:], strict=True))
+            ]
+            processed.update(
+                wire.encode_items(
+                    spec,
+                    video_tokens,
+                    keeps[images:],
+                    text_ids,
+                    self._video_patches(processed),
+                    modality="video",
+                    frame_keeps=frames,
+                )
             )
         return processed
+
+    def _frame_keeps(
+        self,
+        spec: PruneSpec,
+        processed: BatchFeature,
+        index: int,
+        grid: tuple[int, int, int],
+        keep: int,
+    ) -> list[int]:
+        """How many tokens each frame of video ``index`` keeps (fixed here, with the prompt)."""
+        t, h, w = grid
+        if keep == t * h * w:
+            return [h * w] * t
+        method = get_method(spec.method)
+        cells = self._video_cells(processed, index) if method.temporal else None
+        return method.frame_keeps(cells, t, keep)
 
     def _text_ids(self, spec: PruneSpec) -> list[int]:
         """The question's token ids, for methods that score against it."""
@@ -186,9 +261,16 @@ class PruneProcessorMixin:
         if refusal is not None:
             working = [m for m in method_names() if self.family_refusal(m, hf_config) is None]
             raise refuse(METHOD_FIELD, f"{refusal}. Methods this model runs: {', '.join(working)}")
+        if get_method(method).temporal and "video" in mm_items:
+            if isinstance(mm_items.get_items("video", object), VideoEmbeddingItems):
+                raise refuse(
+                    METHOD_FIELD,
+                    f"'{method}' spends the budget over a video's frames by their pixels, so "
+                    "it cannot prune precomputed video embeddings; send the video itself",
+                )
         if not get_method(method).needs & {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER}:
             return
-        if isinstance(self._images(mm_items), ImageEmbeddingItems):
+        if "image" in mm_items and isinstance(self._images(mm_items), ImageEmbeddingItems):
             raise refuse(
                 METHOD_FIELD,
                 f"'{method}' reads the vision tower's attention, so it cannot prune "
@@ -199,7 +281,8 @@ class PruneProcessorMixin:
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
         config = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))  # type: ignore[misc]
-        config.update(wire.field_config("image"))
+        for modality in wire.MODALITIES:
+            config.update({k: v for k, v in wire.field_config(modality).items() if k in hf_inputs})
         return config
 
     def _maybe_apply_prompt_updates(self, mm_items: MultiModalDataItems, mm_res: Any) -> Any:
@@ -222,25 +305,31 @@ class PruneProcessorMixin:
                         inputs.cache.invalidate(item_hash)
             raise
         method = inputs.hf_processor_mm_kwargs.get(METHOD_FIELD)
-        items = result["mm_kwargs"].get("image", [])
         # Only client requests carry a method (the server always sets one);
         # vLLM's start-up profiling runs come through here without one.
-        if method is None or not items:
+        if method is None:
             return result
-        counts = [
-            _COUNTS.remember(key, item)
-            for key, item in zip(result["mm_hashes"]["image"], items, strict=True)
-        ]
-        if any(c is None for c in counts):
-            logger.warning("prune: counts of a cached image are unknown; metrics skip it")
-            return result
-        self._record(str(method), counts)  # type: ignore[arg-type]
+        for modality in wire.MODALITIES:
+            items = result["mm_kwargs"].get(modality, [])
+            if not items:
+                continue
+            counts = [
+                _COUNTS.remember(key, item, modality)
+                for key, item in zip(result["mm_hashes"][modality], items, strict=True)
+            ]
+            if any(c is None for c in counts):
+                logger.warning(
+                    "prune: counts of a cached %s are unknown; metrics skip it", modality
+                )
+                continue
+            self._record(str(method), modality, counts)  # type: ignore[arg-type]
         return result
 
-    def _record(self, method: str, counts: list[wire.Counts]) -> None:
+    def _record(self, method: str, modality: str, counts: list[wire.Counts]) -> None:
         model_config = self.info.ctx.model_config  # type: ignore[attr-defined]
         metrics.record_prompt(
             method=method,
+            modality=modality,
             patches=[c.patches for c in counts],
             tokens_before=[c.tokens for c in counts],
             tokens_after=[c.keep for c in counts],
@@ -252,9 +341,10 @@ class PruneProcessorMixin:
         tokens = sum(c.tokens for c in counts)
         keep = sum(c.keep for c in counts)
         logger.info(
-            "prune method=%s images=%d patches=%d tokens=%d kept=%d merge=%.2fx prune=%.2fx "
+            "prune method=%s %ss=%d patches=%d tokens=%d kept=%d merge=%.2fx prune=%.2fx "
             "total=%.2fx",
             method,
+            modality,
             len(counts),
             patches,
             tokens,
@@ -266,7 +356,7 @@ class PruneProcessorMixin:
 
 
 class _CountsByHash:
-    """Counts of recently processed images by multimodal hash.
+    """Counts of recently processed images and videos by multimodal hash.
 
     vLLM's processor cache hands back ``None`` for an item the engine already
     holds, so a repeated image's counts come from here.
@@ -276,9 +366,11 @@ class _CountsByHash:
         self.size = size
         self.entries: OrderedDict[str, wire.Counts] = OrderedDict()
 
-    def remember(self, key: str, item: Mapping[str, object] | None) -> wire.Counts | None:
+    def remember(
+        self, key: str, item: Mapping[str, object] | None, modality: str = "image"
+    ) -> wire.Counts | None:
         if item is not None:
-            self.entries[key] = wire.item_counts(item)
+            self.entries[key] = wire.item_counts(item, modality)
             if len(self.entries) > self.size:
                 self.entries.popitem(last=False)
         found = self.entries.get(key)

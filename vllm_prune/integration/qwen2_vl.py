@@ -56,13 +56,21 @@ from vllm.multimodal.inputs import MultiModalFeatureSpec, MultiModalKwargsItems
 from vllm.multimodal.parse import MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
-from ..plan import PrunePlan, reduce_plan
+from ..methods import Reduced, get_method
+from ..plan import PrunePlan, reduce_plan, reduce_video_plan
 from ..signals.observe import observe
 from . import wire
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .processing import PruneProcessorMixin
 
 POSITION_CHANNELS = 3  # (t, h, w) offset of each retained row inside its image grid
+VIDEO_PRUNING_RATE_REFUSAL = (
+    "vllm-prune does not run with vLLM's own video pruning (--video-pruning-rate): both "
+    "change the video embeddings and their positions, and vLLM's applies one rate to every "
+    "request. Start the server without it and send 'prune': 'evs' (the same method, per "
+    "request, with 'prune_ratio' as the rate) or 'vidcom2' with the videos that should be "
+    "pruned"
+)
 
 
 class PruneQwenProcessorMixin(PruneProcessorMixin):
@@ -77,6 +85,22 @@ class PruneQwenProcessorMixin(PruneProcessorMixin):
 
     def _patches(self, processed: BatchFeature, tokens: list[int]) -> list[int]:
         return [int(g.prod()) for g in processed["image_grid_thw"]]
+
+    def _video_grids(self, processed: BatchFeature) -> list[tuple[int, int, int]]:
+        m = self._merge_size()
+        return [(int(t), int(h) // m, int(w) // m) for t, h, w in processed["video_grid_thw"]]
+
+    def _video_patches(self, processed: BatchFeature) -> list[int]:
+        return [int(g.prod()) for g in processed["video_grid_thw"]]
+
+    def _video_cells(self, processed: BatchFeature, index: int) -> torch.Tensor:
+        """The processor's rows are patches, each merge window's ``m * m`` in a row and the
+        windows in raster order per frame: a token cell is ``m * m`` consecutive rows."""
+        patches = [int(g.prod()) for g in processed["video_grid_thw"]]
+        start = sum(patches[:index])
+        t, h, w = self._video_grids(processed)[index]
+        rows = processed["pixel_values_videos"][start : start + patches[index]]
+        return torch.as_tensor(rows).reshape(t, h * w, -1)
 
     @classmethod
     def vision_attention_refusal(cls, hf_config: Any) -> str | None:
@@ -93,13 +117,15 @@ class PruneQwenProcessorMixin(PruneProcessorMixin):
     ) -> Sequence[PromptUpdate]:
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))  # type: ignore[misc]
 
-        def replacement(item_idx: int) -> list[int]:
-            return [image_token_id] * wire.num_placeholders(out_mm_kwargs, item_idx)
+        def replacement(modality: str, token: int):  # type: ignore[no-untyped-def]
+            return lambda i: [token] * wire.num_placeholders(out_mm_kwargs, i, modality)
 
         for i, update in enumerate(updates):
-            if update.modality == "image":
-                image_token_id = update.target[0]  # type: ignore[index]
-                updates[i] = PromptReplacement("image", update.target, replacement)
+            if update.modality in wire.MODALITIES and update.modality in out_mm_kwargs:
+                token = update.target[0]  # type: ignore[index]
+                updates[i] = PromptReplacement(
+                    update.modality, update.target, replacement(update.modality, token)
+                )
         return updates
 
 
@@ -116,32 +142,42 @@ def grid_offsets(indices: torch.Tensor, grid_w: int) -> torch.Tensor:
     return torch.stack([torch.zeros_like(indices), indices // grid_w, indices % grid_w])
 
 
-def pruned_mrope_positions(
-    input_tokens: Sequence[int], images: Sequence[tuple[int, int, int, int, float, int]]
-) -> tuple[torch.Tensor, int]:
-    """M-RoPE positions of a prompt whose images may have been pruned.
+# Per image or video, in prompt order: (offset, t, h, w, t_factor, tokens in the prompt),
+# and for a pruned video the tokens each of its frames keeps.
+MediaItem = (
+    tuple[int, int, int, int, float, int] | tuple[int, int, int, int, float, int, tuple[int, ...]]
+)
 
-    ``images``: per image or video, in prompt order, (offset, t, h, w,
-    t_factor, tokens in the prompt). Unpruned items get vLLM's grid positions;
-    a pruned image's placeholders get its base position (the retained rows'
-    offsets are added later), and what follows starts after the full grid.
+
+def pruned_mrope_positions(
+    input_tokens: Sequence[int], images: Sequence[MediaItem]
+) -> tuple[torch.Tensor, int]:
+    """M-RoPE positions of a prompt whose images and videos may have been pruned.
+
+    Unpruned items get vLLM's grid positions. A pruned item's placeholders get the
+    base position of their frame (t: where the frame's temporal position is, h and w:
+    where the grid starts; the retained rows' offsets inside the frame are added
+    later), and what follows starts after the full grid.
     """
     blocks: list[np.ndarray] = []
     start = 0  # the next position
     consumed = 0  # prompt tokens placed
-    for offset, t, h, w, t_factor, length in images:
+    for offset, t, h, w, t_factor, length, *frames in images:
         text = offset - consumed
         blocks.append(np.broadcast_to(np.arange(text), (3, text)) + start)
         base = start + text
+        frame_t = np.arange(t)
+        if t_factor != 1.0:
+            frame_t = (frame_t * t_factor).astype(np.int64)
         if length == t * h * w:
             grid = np.indices((t, h, w))
-            if t_factor != 1.0:
-                grid[0] = (grid[0] * t_factor).astype(np.int64)
+            grid[0] = frame_t[:, None, None]
             block = grid.reshape(3, -1) + base
-            start = int(block.max()) + 1
         else:
+            keeps = frames[0] if frames else (length,)
             block = np.full((3, length), base)
-            start = base + max(t, h, w)  # as if the whole grid were there
+            block[0] += np.repeat(frame_t[: len(keeps)], keeps)
+        start = base + max(int(frame_t[-1]), h - 1, w - 1) + 1  # as if the whole grid were there
         blocks.append(block)
         consumed = offset + length
     tail = len(input_tokens) - consumed
@@ -162,6 +198,8 @@ class PruneQwenModelMixin:
 
     def _init_pruning(self, vllm_config: VllmConfig) -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
+        if getattr(self, "is_multimodal_pruning_enabled", False):
+            raise ValueError(VIDEO_PRUNING_RATE_REFUSAL)
         self._position_offsets: torch.Tensor | None = None
 
     def get_mrope_input_positions(
@@ -172,12 +210,18 @@ class PruneQwenModelMixin:
 
     def _mm_items(
         self, input_tokens: list[int], ordered: list[MultiModalFeatureSpec]
-    ) -> list[tuple[int, int, int, int, float, int]]:
-        """Per item in prompt order: (offset, t, h, w, t_factor, tokens in the prompt)."""
-        items = []
+    ) -> list[MediaItem]:
+        """Per item in prompt order: (offset, t, h, w, t_factor, tokens in the prompt), and
+        a pruned video's tokens per frame (one run of placeholders, frame after frame)."""
+        items: list[MediaItem] = []
         for feature, grid in zip(ordered, self.iter_mm_grid_thw(ordered), strict=True):  # type: ignore[attr-defined]
             offset, t, h, w, t_factor = grid
-            items.append((offset, t, h, w, t_factor, feature.mm_position.length))
+            length = feature.mm_position.length
+            if feature.modality == "video" and length != t * h * w:
+                frames = tuple(wire.frame_keeps(feature.data))  # type: ignore[arg-type]
+                items.append((offset, t, h, w, t_factor, length, frames))
+            else:
+                items.append((offset, t, h, w, t_factor, length))
         return items
 
     def _embedding_width(self) -> int:
@@ -189,37 +233,68 @@ class PruneQwenModelMixin:
         return self._embedding_width()
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        plans = wire.pop_plans(kwargs)
-        if plans is None:
+        plans = {m: wire.pop_plans(kwargs, m) for m in wire.MODALITIES}
+        present = [m for m, p in plans.items() if p is not None]
+        if not present:
             return super().embed_multimodal(**kwargs)  # type: ignore[misc]
-        # vLLM batches one modality per call: with prune fields, these are images.
-        grids = kwargs["image_grid_thw"]
+        # vLLM batches one modality per call (``group_mm_kwargs_by_modality``).
+        if len(present) > 1:
+            raise ValueError(f"one modality per embed_multimodal call expected, got {present}")
+        modality = present[0]
+        grids = kwargs[f"{modality}_grid_thw"]
         embeddings = super().embed_multimodal(**kwargs)  # type: ignore[misc]
         merge = self.visual.spatial_merge_size  # type: ignore[attr-defined]
-        llm = self.language_model.model  # type: ignore[attr-defined]
         out = []
-        for image, plan, grid in zip(embeddings, plans, grids, strict=True):
+        for item, plan, grid in zip(embeddings, plans[modality], grids, strict=True):  # type: ignore[arg-type]
             t, h, w = (int(v) for v in grid)
             shape = (h // merge, w // merge)
-            if plan.keep == image.shape[0]:
-                out.append(image)  # unpruned: exactly what vLLM returns
+            if plan.keep == item.shape[0]:
+                out.append(item)  # unpruned: exactly what vLLM returns
                 continue
-            visual, carried = image.split(
-                [self._visual_width(), image.shape[-1] - self._visual_width()], dim=-1
+            visual, carried = item.split(
+                [self._visual_width(), item.shape[-1] - self._visual_width()], dim=-1
             )
-            found = observe(
-                llm,
-                visual,
-                plan,
-                scout_positions=self._scout_positions(shape, plan),
-                sum_over_ranks=sum_over_tensor_parallel,
-            )
-            reduced = reduce_plan(visual, shape, plan, **found)
-            kept = reduced.indices.to(image.device)
-            offsets = grid_offsets(kept, shape[1]).T.to(image.dtype)
+            if modality == "image":
+                reduced = self._reduce_frame(visual, shape, plan)
+            else:
+                reduced = self._reduce_video(visual, (t, *shape), plan)
+            kept = reduced.indices.to(item.device)
+            # (0, row, col) inside the frame: a frame's time is in its placeholders' base.
+            offsets = grid_offsets(kept % (shape[0] * shape[1]), shape[1]).T.to(item.dtype)
             # Carried columns (DeepStack) of each row's token, in the same order.
             out.append(torch.cat([reduced.features, carried[kept], offsets], dim=-1))
         return out
+
+    def _reduce_frame(
+        self, visual: torch.Tensor, shape: tuple[int, int], plan: PrunePlan, part: str | None = None
+    ) -> Reduced:
+        """One image (or video frame) pruned by ``plan``, with what its method reads."""
+        found = observe(
+            self.language_model.model,  # type: ignore[attr-defined]
+            visual,
+            plan,
+            scout_positions=self._scout_positions(shape, plan),
+            sum_over_ranks=sum_over_tensor_parallel,
+        )
+        return reduce_plan(visual, shape, plan, part=part, **found)
+
+    def _reduce_video(
+        self, visual: torch.Tensor, grid: tuple[int, int, int], plan: PrunePlan
+    ) -> Reduced:
+        """A temporal method over the whole video; any other method frame by frame."""
+        if get_method(plan.method).temporal:
+            return reduce_video_plan(visual, grid, plan)
+        t, h, w = grid
+        frames = [
+            self._reduce_frame(
+                visual[f * h * w : (f + 1) * h * w], (h, w), plan.for_frame(f), f"frame {f}"
+            )
+            for f in range(t)
+        ]
+        return Reduced(
+            features=torch.cat([r.features for r in frames]),
+            indices=torch.cat([r.indices + f * h * w for f, r in enumerate(frames)]),
+        )
 
     @staticmethod
     def _scout_positions(shape: tuple[int, int], plan: PrunePlan) -> torch.Tensor:

@@ -18,12 +18,14 @@ unpruned), with what is new in Qwen3-VL:
 The scout pass (the FastV family, ``balanced``, ``sparsevlm``, ``mustdrop``) is refused
 with a 400: Qwen3's attention normalises queries and keys per head and the LLM adds
 DeepStack features after its first layers, which the scout does not do yet. vLLM's
-own EVS (``--video-pruning-rate``) is refused at start: it appends channels to image
-embeddings that this module would misread.
+own EVS (``--video-pruning-rate``) is refused at start, as for every Qwen family
+(``qwen2_vl.VIDEO_PRUNING_RATE_REFUSAL``). A pruned video keeps every frame's timestamp
+and vision markers, each frame with the tokens it keeps (at least one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vllm.config import VllmConfig
@@ -38,8 +40,11 @@ from vllm.model_executor.models.qwen3_vl_moe import (
     Qwen3VLMoeProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.inputs import MultiModalFeatureSpec
+from vllm.multimodal.inputs import MultiModalFeatureSpec, MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataItems
+from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
+from . import wire
 from .qwen2_vl import PruneQwenModelMixin, PruneQwenProcessorMixin
 
 SCOUT_REFUSAL = (
@@ -55,18 +60,37 @@ class PruneQwen3VLMultiModalProcessor(PruneQwenProcessorMixin, Qwen3VLMultiModal
     def scout_refusal(cls, hf_config: Any) -> str | None:
         return SCOUT_REFUSAL
 
+    def _get_prompt_updates(
+        self,
+        mm_items: MultiModalDataItems,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptUpdate]:
+        """A video keeps every frame's timestamp, each frame with the tokens it keeps."""
+        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
+        config = self.info.get_hf_config()
+        tokenizer = self.info.get_tokenizer()
+
+        def video(item_idx: int):  # type: ignore[no-untyped-def]
+            item = out_mm_kwargs["video"][item_idx]
+            return Qwen3VLMultiModalProcessor.get_video_repl(
+                tokens_per_frame=wire.frame_keeps(item),
+                timestamps=item["timestamps"].data,
+                tokenizer=tokenizer,
+                vision_start_token_id=config.vision_start_token_id,
+                vision_end_token_id=config.vision_end_token_id,
+                video_token_id=config.video_token_id,
+                select_token_id=True,
+            )
+
+        return [
+            PromptReplacement("video", u.target, video) if u.modality == "video" else u
+            for u in updates
+        ]
+
 
 class PruneQwen3ModelMixin(PruneQwenModelMixin):
     """Qwen3's hooks of the shared Qwen model mixin; ``self`` is a Qwen3-VL model."""
-
-    def _init_pruning(self, vllm_config: VllmConfig) -> None:
-        super()._init_pruning(vllm_config)
-        if self.is_multimodal_pruning_enabled:  # type: ignore[attr-defined]
-            raise ValueError(
-                "vllm-prune does not run with vLLM's own video pruning "
-                "(--video-pruning-rate) on Qwen3-VL: both would change the image "
-                "embeddings; start the server without it"
-            )
 
     def _mm_items(
         self, input_tokens: list[int], ordered: list[MultiModalFeatureSpec]

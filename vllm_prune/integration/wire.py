@@ -1,4 +1,4 @@
-"""The prune fields that travel with each image from the processor to the model.
+"""The prune fields that travel with each image or video from the processor to the model.
 
 The processor (API-server process) decides ``keep`` per image and stores it,
 with the method and its parameters, as small per-image tensors beside
@@ -6,7 +6,9 @@ with the method and its parameters, as small per-image tensors beside
 of the multimodal item, so the encoder cache is keyed on them too), and the
 model's ``embed_multimodal`` pops them and decodes one ``PrunePlan`` per image.
 Every image carries the fields, unpruned ones included (method ``none``), so
-items from different requests always batch together.
+items from different requests always batch together. A video carries the same
+fields under ``video_``-prefixed names (a field belongs to one modality), plus
+each frame's ``keep`` (``video_prune_frame_keeps``).
 """
 
 from __future__ import annotations
@@ -28,10 +30,22 @@ TEXT_IDS_KEY = "prune_text_ids"  # the question's token ids (empty for other met
 TOKENS_KEY = "prune_tokens"  # the image's unpruned visual tokens, N
 PATCHES_KEY = "prune_patches"  # its vision-tower patches before training-aware merging
 KEYS = (METHOD_KEY, KEEP_KEY, PARAMS_KEY, TEXT_IDS_KEY, TOKENS_KEY, PATCHES_KEY)
+FRAME_KEEPS_KEY = "prune_frame_keeps"  # videos: the tokens each frame keeps (padded with -1)
+MODALITIES = ("image", "video")
+
+
+def key(name: str, modality: str) -> str:
+    """A field's name for ``modality``: ``prune_keep`` (image), ``video_prune_keep``."""
+    return name if modality == "image" else f"{modality}_{name}"
+
+
+def keys(modality: str) -> tuple[str, ...]:
+    names = KEYS if modality == "image" else (*KEYS, FRAME_KEEPS_KEY)
+    return tuple(key(name, modality) for name in names)
 
 
 def field_config(modality: str = "image") -> dict[str, MultiModalFieldConfig]:
-    return {key: MultiModalFieldConfig.batched(modality, keep_on_cpu=True) for key in KEYS}
+    return {k: MultiModalFieldConfig.batched(modality, keep_on_cpu=True) for k in keys(modality)}
 
 
 def encode(
@@ -46,13 +60,25 @@ def encode(
     no merging, the same as ``num_tokens``). Raises ``PruneSpecError`` when the
     spec does not fit these images (``prune_keep`` above N, ``prune_budget``).
     """
-    keeps = spec.keeps_for(list(num_tokens))
+    return encode_items(spec, list(num_tokens), spec.keeps_for(list(num_tokens)), text_ids, patches)
+
+
+def encode_items(
+    spec: PruneSpec,
+    num_tokens: Sequence[int],
+    keeps: Sequence[int],
+    text_ids: Sequence[int] = (),
+    patches: Sequence[int] | None = None,
+    modality: str = "image",
+    frame_keeps: Sequence[Sequence[int]] = (),
+) -> dict[str, torch.Tensor]:
+    """Per-item prune fields of one modality, with each item's ``keep`` already decided."""
     method = get_method(spec.method)
     values = [float(spec.params[p.name]) for p in method.params]
     count = len(num_tokens)
-    return {
+    fields = {
         METHOD_KEY: torch.full((count,), method_id(spec.method), dtype=torch.long),
-        KEEP_KEY: torch.tensor(keeps, dtype=torch.long),
+        KEEP_KEY: torch.tensor(list(keeps), dtype=torch.long),
         PARAMS_KEY: torch.tensor([values] * count, dtype=torch.float64).reshape(count, len(values)),
         TEXT_IDS_KEY: torch.tensor([list(text_ids)] * count, dtype=torch.long).reshape(
             count, len(text_ids)
@@ -60,6 +86,11 @@ def encode(
         TOKENS_KEY: torch.tensor(list(num_tokens), dtype=torch.long),
         PATCHES_KEY: torch.tensor(list(patches if patches is not None else num_tokens)),
     }
+    if modality != "image":
+        longest = max((len(f) for f in frame_keeps), default=0)
+        padded = [list(f) + [-1] * (longest - len(f)) for f in frame_keeps]
+        fields[FRAME_KEEPS_KEY] = torch.tensor(padded, dtype=torch.long).reshape(count, longest)
+    return {key(name, modality): value for name, value in fields.items()}
 
 
 def _per_item(value: object) -> list[torch.Tensor]:
@@ -68,25 +99,37 @@ def _per_item(value: object) -> list[torch.Tensor]:
     return [torch.as_tensor(v) for v in value]  # type: ignore[union-attr]
 
 
-def pop_plans(kwargs: dict[str, object]) -> list[PrunePlan] | None:
-    """Remove the prune fields from the model kwargs and decode one plan per image."""
-    if KEEP_KEY not in kwargs:
+def pop_plans(kwargs: dict[str, object], modality: str = "image") -> list[PrunePlan] | None:
+    """Remove one modality's prune fields from the model kwargs and decode one plan per item."""
+    if key(KEEP_KEY, modality) not in kwargs:
         return None
-    methods = _per_item(kwargs.pop(METHOD_KEY))
-    keeps = _per_item(kwargs.pop(KEEP_KEY))
-    params = _per_item(kwargs.pop(PARAMS_KEY))
-    texts = _per_item(kwargs.pop(TEXT_IDS_KEY))
-    kwargs.pop(TOKENS_KEY)
-    kwargs.pop(PATCHES_KEY)
+    methods = _per_item(kwargs.pop(key(METHOD_KEY, modality)))
+    keeps = _per_item(kwargs.pop(key(KEEP_KEY, modality)))
+    params = _per_item(kwargs.pop(key(PARAMS_KEY, modality)))
+    texts = _per_item(kwargs.pop(key(TEXT_IDS_KEY, modality)))
+    kwargs.pop(key(TOKENS_KEY, modality))
+    kwargs.pop(key(PATCHES_KEY, modality))
+    frames: list[tuple[int, ...]] = [()] * len(keeps)
+    if modality != "image":
+        frames = [
+            tuple(v for v in f.reshape(-1).tolist() if v >= 0)
+            for f in _per_item(kwargs.pop(key(FRAME_KEEPS_KEY, modality)))
+        ]
     plans = []
-    for m, k, p, t in zip(methods, keeps, params, texts, strict=True):
+    for m, k, p, t, f in zip(methods, keeps, params, texts, frames, strict=True):
         method = method_by_id(int(m))
         values = dict(zip((q.name for q in method.params), p.reshape(-1).tolist(), strict=True))
         for q in method.params:
             if q.kind is int:
                 values[q.name] = int(values[q.name])
         plans.append(
-            PrunePlan(method=method.name, keep=int(k), params=values, text_ids=t.reshape(-1))
+            PrunePlan(
+                method=method.name,
+                keep=int(k),
+                params=values,
+                text_ids=t.reshape(-1),
+                frame_keeps=f,
+            )
         )
     return plans
 
@@ -100,16 +143,24 @@ class Counts:
     keep: int
 
 
-def item_counts(item: Mapping[str, object]) -> Counts:
-    """The counts stored in one processed image item (``out_mm_kwargs["image"][i]``)."""
+def item_counts(item: Mapping[str, object], modality: str = "image") -> Counts:
+    """The counts stored in one processed item (``out_mm_kwargs[modality][i]``)."""
     return Counts(
-        patches=int(item[PATCHES_KEY].data),  # type: ignore[attr-defined]
-        tokens=int(item[TOKENS_KEY].data),  # type: ignore[attr-defined]
-        keep=int(item[KEEP_KEY].data),  # type: ignore[attr-defined]
+        patches=int(item[key(PATCHES_KEY, modality)].data),  # type: ignore[attr-defined]
+        tokens=int(item[key(TOKENS_KEY, modality)].data),  # type: ignore[attr-defined]
+        keep=int(item[key(KEEP_KEY, modality)].data),  # type: ignore[attr-defined]
     )
 
 
-def num_placeholders(out_mm_kwargs: Mapping[str, object], item_idx: int) -> int:
-    """The ``keep`` the processor stored for image ``item_idx``."""
-    item = out_mm_kwargs["image"][item_idx]  # type: ignore[index]
-    return int(item[KEEP_KEY].data)
+def num_placeholders(
+    out_mm_kwargs: Mapping[str, object], item_idx: int, modality: str = "image"
+) -> int:
+    """The ``keep`` the processor stored for item ``item_idx`` of ``modality``."""
+    item = out_mm_kwargs[modality][item_idx]  # type: ignore[index]
+    return int(item[key(KEEP_KEY, modality)].data)
+
+
+def frame_keeps(item: Mapping[str, object]) -> list[int]:
+    """The tokens each frame of a processed video item keeps."""
+    values = item[key(FRAME_KEEPS_KEY, "video")].data.reshape(-1).tolist()  # type: ignore[attr-defined]
+    return [v for v in values if v >= 0]

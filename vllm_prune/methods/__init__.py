@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registration)
     cls_attention,
     dart,
     divprune,
+    evs,
     fastv,
     fastv_reverse,
     fastv_vis,
@@ -20,6 +21,7 @@ from . import (  # noqa: F401  (registration)
     pooling,
     random_drop,
     sparsevlm,
+    vidcom2,
     visionzip,
     vispruner,
 )

@@ -4,6 +4,13 @@ A method turns the ``N`` visual tokens of one image into exactly ``keep`` rows.
 The processor decides ``keep`` (and so the prompt length and the KV cache) before
 the model runs; the method only decides *which* rows, so the two can never
 disagree about the count. This module imports torch only, never vLLM.
+
+A video is ``T`` frames (Qwen: temporal patches of two frames) of ``h x w`` tokens.
+The processor also fixes how many tokens each frame keeps (``frame_keeps``, at least
+one each: Qwen3-VL writes every frame's count into the prompt, between its
+timestamps). A spatial method gets an even split and prunes each frame as an image;
+a temporal method (``temporal = True``) spends the budget over the frames from their
+pixels in ``frame_keeps`` and picks each frame's tokens in ``reduce_video``.
 """
 
 from __future__ import annotations
@@ -122,6 +129,7 @@ class PruneMethod(ABC):
     summary: str
     params: tuple[Param, ...] = ()
     needs: frozenset[str] = frozenset()
+    temporal: bool = False  # reads a video's frames together (``frame_keeps``, ``reduce_video``)
 
     @abstractmethod
     def reduce(
@@ -136,13 +144,122 @@ class PruneMethod(ABC):
         An ``IN_TOWER`` method gets the ``keep`` rows the tower already kept instead.
         """
 
+    def frame_keeps(self, cells: torch.Tensor | None, num_frames: int, keep: int) -> list[int]:
+        """Tokens each of a video's frames keeps, summing to ``keep`` (at least one each).
+
+        ``cells``: the video's pixels per token cell, [T, h * w, C] (``None`` for
+        methods that do not read them). Spatial methods split evenly.
+        """
+        return even_split(num_frames, keep)
+
+    def reduce_video(
+        self,
+        features: torch.Tensor,
+        grid: tuple[int, int, int],
+        frame_keeps: Sequence[int],
+        ctx: Context,
+    ) -> Reduced:
+        """A temporal method's rows of a whole video ([T * h * w, D], frames in order):
+        exactly ``frame_keeps[f]`` of frame ``f``; indices into the whole video."""
+        raise NotImplementedError(f"prune method '{self.name}' is not temporal")
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "summary": self.summary,
             "params": [p.describe() for p in self.params],
             "needs": sorted(self.needs),
+            "temporal": self.temporal,
         }
+
+
+class TemporalMethod(PruneMethod):
+    """A video method: one video-wide selection spends the budget over the frames.
+
+    ``select`` is the source's algorithm over a whole video. The API server runs it on
+    the frames' pixels to fix each frame's count (``frame_keeps``); the model then
+    keeps, in each frame, its best tokens by ``token_scores`` on the tower's features.
+    An image is a video of one frame.
+    """
+
+    temporal = True
+
+    @abstractmethod
+    def select(self, frames: torch.Tensor, keep: int) -> torch.Tensor:
+        """The source's ``keep`` tokens of frames [T, n, D], as indices into [T * n], ascending."""
+
+    @abstractmethod
+    def token_scores(self, frames: torch.Tensor) -> torch.Tensor:
+        """[T, n, D] -> [T, n]: higher is more worth keeping."""
+
+    def frame_keeps(self, cells: torch.Tensor | None, num_frames: int, keep: int) -> list[int]:
+        assert cells is not None and cells.shape[0] == num_frames
+        return frame_counts(self.select(cells, keep), self.token_scores(cells))
+
+    def reduce(
+        self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
+    ) -> Reduced:
+        check_inputs(features, grid, keep)
+        return self.reduce_video(features, (1, *grid), [keep], ctx)
+
+    def reduce_video(
+        self,
+        features: torch.Tensor,
+        grid: tuple[int, int, int],
+        frame_keeps: Sequence[int],
+        ctx: Context,
+    ) -> Reduced:
+        t, h, w = grid
+        scores = self.token_scores(features.reshape(t, h * w, -1)).cpu()
+        kept = [best_in_frame(scores[f], k) + f * h * w for f, k in enumerate(frame_keeps)]
+        return select_rows(features, torch.cat(kept))
+
+
+def best_in_frame(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """One frame's ``keep`` best tokens by ``scores`` [n], ascending; evenly spaced where
+    every score ties (EVS's first frame)."""
+    if bool((scores == scores[0]).all()):
+        return evenly_spaced(scores.numel(), keep)
+    return torch.sort(torch.argsort(scores, descending=True, stable=True)[:keep]).values
+
+
+def evenly_spaced(total: int, count: int) -> torch.Tensor:
+    """``count`` distinct indices in [0, total) spread evenly, first and last included."""
+    if count == total:
+        return torch.arange(total)
+    if count == 1:
+        return torch.tensor([(total - 1) // 2])
+    positions = torch.arange(count, dtype=torch.float64) * (total - 1) / (count - 1)
+    return torch.floor(positions + 0.5).to(torch.long)
+
+
+def even_split(num_frames: int, keep: int) -> list[int]:
+    """``keep`` over ``num_frames`` frames as evenly as possible, earlier frames first."""
+    if not num_frames <= keep:
+        raise ValueError(f"keep must be at least the {num_frames} frames, got {keep}")
+    return proportional_quotas([1] * num_frames, keep)
+
+
+def frame_counts(kept: torch.Tensor, scores: torch.Tensor) -> list[int]:
+    """Per frame, how many of the video-wide ``kept`` indices it holds, at least one each.
+
+    ``scores`` [T, n]: higher is more worth keeping. A frame left empty takes its best
+    token in place of the worst-scoring kept token of a frame that keeps several.
+    """
+    t, n = scores.shape
+    mask = torch.zeros(t * n, dtype=torch.bool)
+    mask[kept.cpu()] = True
+    flat = scores.reshape(-1).float().cpu()
+    for frame in range(t):
+        if mask[frame * n : (frame + 1) * n].any():
+            continue
+        per_frame = mask.reshape(t, n).sum(dim=1)
+        donors = (mask & (per_frame > 1).repeat_interleave(n)).nonzero().squeeze(-1)
+        if donors.numel() == 0:
+            raise ValueError(f"keep must be at least the {t} frames, got {int(mask.sum())}")
+        mask[donors[torch.argmin(flat[donors])]] = False
+        mask[frame * n + int(torch.argmax(flat[frame * n : (frame + 1) * n]))] = True
+    return mask.reshape(t, n).sum(dim=1).tolist()
 
 
 def proportional_quotas(sizes: Sequence[int], keep: int) -> list[int]:

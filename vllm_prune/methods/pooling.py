@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Context, PruneMethod, Reduced, check_inputs
+from .base import Context, PruneMethod, Reduced, check_inputs, evenly_spaced
 from .registry import register
 
 
@@ -32,16 +32,6 @@ def pooled_grid(h: int, w: int, keep: int) -> tuple[int, int]:
     cols = min(w, math.ceil(keep / rows))
     rows = min(h, math.ceil(keep / cols))
     return rows, cols
-
-
-def evenly_spaced(total: int, count: int) -> torch.Tensor:
-    """``count`` distinct indices in [0, total) spread evenly, first and last included."""
-    if count == total:
-        return torch.arange(total)
-    if count == 1:
-        return torch.tensor([(total - 1) // 2])
-    positions = torch.arange(count, dtype=torch.float64) * (total - 1) / (count - 1)
-    return torch.floor(positions + 0.5).to(torch.long)
 
 
 def cell_centres(size: int, cells: int) -> torch.Tensor:

@@ -32,34 +32,35 @@ LATENCY_BUCKETS = (
 
 REQUESTS = Counter(
     "vllm_prune_requests",
-    "Requests with images processed, by prune method (none = unpruned).",
-    ["method"],
+    "Requests with images (modality=image) or videos (modality=video) processed, by prune "
+    "method (none = unpruned); a request with both counts once in each.",
+    ["method", "modality"],
 )
 PATCHES = Counter(
     "vllm_prune_visual_patches",
     "Vision-tower patches before any training-aware merging (Qwen2-VL merges 2 x 2; "
     "equal to visual_tokens_before for LLaVA).",
-    ["method"],
+    ["method", "modality"],
 )
 TOKENS_BEFORE = Counter(
     "vllm_prune_visual_tokens_before",
     "Visual tokens the model would have used without pruning.",
-    ["method"],
+    ["method", "modality"],
 )
 TOKENS_AFTER = Counter(
     "vllm_prune_visual_tokens_after",
     "Visual tokens kept in the prompt (and in the KV cache) after pruning.",
-    ["method"],
+    ["method", "modality"],
 )
 KV_BYTES_SAVED = Counter(
     "vllm_prune_kv_cache_bytes_saved",
     "KV-cache bytes not allocated: tokens removed x per-token KV bytes.",
-    ["method"],
+    ["method", "modality"],
 )
 TOTAL_REDUCTION = Histogram(
     "vllm_prune_total_reduction_ratio",
     "Per request: patches / kept tokens = training-aware merging (TACR) x pruning (N / keep).",
-    ["method"],
+    ["method", "modality"],
     buckets=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 36.0, 48.0, 64.0, 128.0),
 )
 TIME_TO_FIRST_TOKEN = Histogram(
@@ -95,21 +96,26 @@ def kv_bytes_per_token(hf_text_config: object, dtype: torch.dtype) -> int:
     return 2 * layers * kv_heads * int(head_dim) * element_bytes
 
 
+MODALITIES = ("image", "video")
+
+
 def record_prompt(
     method: str,
     patches: Sequence[int],
     tokens_before: Sequence[int],
     tokens_after: Sequence[int],
     bytes_per_token: int,
+    modality: str = "image",
 ) -> None:
-    """Count one request's images: patches, tokens before and after, and the KV bytes saved."""
+    """Count one request's images (or its videos): patches, tokens before and after, and
+    the KV bytes saved."""
     before, after = sum(tokens_before), sum(tokens_after)
-    REQUESTS.labels(method).inc()
-    PATCHES.labels(method).inc(sum(patches))
-    TOTAL_REDUCTION.labels(method).observe(sum(patches) / after)
-    TOKENS_BEFORE.labels(method).inc(before)
-    TOKENS_AFTER.labels(method).inc(after)
-    KV_BYTES_SAVED.labels(method).inc((before - after) * bytes_per_token)
+    REQUESTS.labels(method, modality).inc()
+    PATCHES.labels(method, modality).inc(sum(patches))
+    TOTAL_REDUCTION.labels(method, modality).observe(sum(patches) / after)
+    TOKENS_BEFORE.labels(method, modality).inc(before)
+    TOKENS_AFTER.labels(method, modality).inc(after)
+    KV_BYTES_SAVED.labels(method, modality).inc((before - after) * bytes_per_token)
 
 
 def observe_latency(method: str, e2e_seconds: float, ttft_seconds: float | None) -> None:

@@ -15,7 +15,10 @@ order, ascending. ``merged`` is true when the rows the LLM got are not those tok
 themselves (pooling, VisionZip, SparseVLM merge): each index is then the position its
 merged row stands for (``Reduced.indices``). LLaVA-NeXT adds ``"part": "base"`` (the
 whole image at 336 px) or ``"part": "grid"`` (the stitched anyres crops, newline tokens
-left out). Images that are not pruned (``keep == tokens``) write nothing. A line is
+left out). A video pruned by a spatial method writes one line per frame (``"part":
+"frame F"``, the frame's grid); one pruned by a temporal method (``evs``, ``vidcom2``)
+one line with ``"part": "video"``, its frames stacked (``grid`` = frames x rows, cols).
+Images that are not pruned (``keep == tokens``) write nothing. A line is
 written when the engine encodes an image, and vLLM's caches are keyed on the image and
 its prune fields (text-guided methods: the question too), so the same image asked again
 with the same setting writes no new line. With tensor parallelism every rank prunes

@@ -48,6 +48,8 @@ PRUNE_PATHS = {
 UNPRUNED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/messages/render"})
 TEXT_PART_TYPES = frozenset({"text", "input_text"})
 IMAGE_PART_TYPES = frozenset({"image_url", "image_pil", "image_embeds", "input_image"})
+VIDEO_PART_TYPES = frozenset({"video_url", "video_embeds"})
+MEDIA_URL_FIELDS = {"image_url": "image_url", "input_image": "image_url", "video_url": "video_url"}
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,10 @@ def _content_parts(payload: dict[str, Any], path: str) -> Iterator[tuple[str, di
                     yield f"{top}[{i}].content[{j}]", part
 
 
-def has_images(payload: dict[str, Any], path: str = CHAT_PATH) -> bool:
-    return any(part.get("type") in IMAGE_PART_TYPES for _, part in _content_parts(payload, path))
+def has_media(payload: dict[str, Any], path: str = CHAT_PATH) -> bool:
+    """Whether the request holds an image or a video (what prune fields apply to)."""
+    media = IMAGE_PART_TYPES | VIDEO_PART_TYPES
+    return any(part.get("type") in media for _, part in _content_parts(payload, path))
 
 
 def last_user_text(payload: dict[str, Any], path: str = CHAT_PATH) -> str:
@@ -115,15 +119,16 @@ def last_user_text(payload: dict[str, Any], path: str = CHAT_PATH) -> str:
 
 
 def _image_urls(payload: dict[str, Any], path: str) -> list[tuple[str, str]]:
-    """Each image part's URL with where it is, ``messages[0].content[1].image_url`` style."""
+    """Each image or video part's URL with where it is, ``messages[0].content[1].image_url``."""
     found = []
     for where, part in _content_parts(payload, path):
-        if part.get("type") not in ("image_url", "input_image"):
+        field = MEDIA_URL_FIELDS.get(part.get("type"))  # type: ignore[arg-type]
+        if field is None:
             continue
-        url = part.get("image_url")
+        url = part.get(field)
         url = url.get("url") if isinstance(url, dict) else url
         if isinstance(url, str):
-            found.append((f"{where}.image_url", url))
+            found.append((f"{where}.{field}", url))
     return found
 
 
@@ -247,8 +252,8 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
     if spec is None and defaults.method is not None:
         spec = PruneSpec.from_fields({"prune": defaults.method}, defaults.ratio)
 
-    if not has_images(payload, path):
-        return Rewritten(payload, None)  # prune fields are a no-op without images
+    if not has_media(payload, path):
+        return Rewritten(payload, None)  # prune fields are a no-op without images or videos
     spec = spec or PruneSpec(method="none")
     if needs_text(spec.method):
         if path == CHAT_BATCH_PATH:
