@@ -13,6 +13,13 @@ plus one layer's queries and keys, which this script does not measure.
 ``flowcut`` selects inside the vision tower: its time here is its own arithmetic
 over the cuts of a 23-layer tower (LLaVA-1.5's CLIP-L up to layer -2) on synthetic
 signals; what the cut saves in the tower is measured by ``loadtests/tower_time.py``.
+
+``--video``: instead, the two sides of pruning one video of ``--frames`` temporal
+patches of ``--frame-tokens`` tokens (default 30 x 324: a 60-frame, 504 x 504 clip on
+Qwen2.5-VL): the API server's per-frame counts from the pixel cells (C = 588: a cell's
+14 x 14 x 3 pixels, averaged over its 2 x 2 patches and 2 frames) and the engine's
+selection on the tower's features
+(``reduce_video`` for temporal methods, ``reduce`` per frame for the others).
 """
 
 from __future__ import annotations
@@ -52,8 +59,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--ratio", type=float, default=0.75)
+    parser.add_argument("--video", action="store_true", help="time video pruning instead")
+    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--frame-tokens", type=int, default=324)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    if args.video:
+        video_speed(args, dtype)
+        return
 
     print(
         f"| method | needs text | needs vision attention | N = {SIZES[0]} (ms) "
@@ -101,6 +114,44 @@ def main() -> None:
         text = "y" if TEXT in method.needs else "n"
         vision = "y" if method.needs & {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER} else "n"
         print(f"| {name} | {text} | {vision} | {cells[0]} | {cells[1]} |")
+
+
+CELL_PIXELS = 3 * 14 * 14  # Qwen2-VL: a merged token's pixels, averaged over patches and frames
+
+
+def video_speed(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    t, n = args.frames, args.frame_tokens
+    side = math.isqrt(n)
+    keep = max(t, round(t * n * (1 - args.ratio)))
+    features = torch.randn(t * n, args.dim, device=args.device, dtype=dtype)
+    cells = torch.randn(t, n, CELL_PIXELS)
+    print(f"Video: {t} x {n} = {t * n} tokens, keep {keep}, D = {args.dim}.\n")
+    print("| method | per-frame counts, API server (ms) | selection, engine (ms) |")
+    print("|---|---|---|")
+    for name in ("evs", "vidcom2", "pooling", "random", "divprune"):
+        method = get_method(name)
+        scope = {
+            "method": method,
+            "pixels": cells if method.temporal else None,
+            "features": features,
+            "ctx": Context(params={p.name: p.default for p in method.params}),
+            "t": t,
+            "n": n,
+            "shape": (side, n // side),
+            "keep": keep,
+            "keeps": method.frame_keeps(cells if method.temporal else None, t, keep),
+        }
+        engine = (
+            "method.reduce_video(features, (t, *shape), keeps, ctx)"
+            if method.temporal
+            else "[method.reduce(features[f * n : (f + 1) * n], shape, k, ctx)"
+            " for f, k in enumerate(keeps)]"
+        )
+        times = [
+            benchmark.Timer(stmt=stmt, globals=scope).blocked_autorange(min_run_time=0.5)
+            for stmt in ("method.frame_keeps(pixels, t, keep)", engine)
+        ]
+        print(f"| {name} | {times[0].median * 1000:.2f} | {times[1].median * 1000:.2f} |")
 
 
 if __name__ == "__main__":

@@ -469,8 +469,9 @@ LEDGER: tuple[Reliance, ...] = (
     Reliance(
         "behaviour",
         "Qwen2-VL's and Qwen3-VL's video processors write `pixel_values_videos` as one row "
-        "per patch, each merge window's m x m patches in a row and the windows in raster "
-        "order per temporal patch; each video's rows follow the previous video's "
+        "per patch (channels, then the temporal patch's frames, then p x p pixels), each "
+        "merge window's m x m patches in a row and the windows in raster order per "
+        "temporal patch; each video's rows follow the previous video's "
         "(`video_grid_thw` gives their counts); a Qwen3-VL video item carries "
         "`timestamps`, one per temporal patch",
         "the processor reads each token cell's pixels to spend a temporal method's budget "

@@ -10,8 +10,9 @@ first frame scores highest, and the ``keep`` best-scoring tokens of the video ar
 Adapted for per-request pruning before the KV cache exists:
 - how many tokens each frame keeps is fixed in the API server, before the vision tower
   has run, so ``frame_keeps`` runs ``select`` on the frames' pixels (each token cell's
-  pixels, as the processor made them), and ``reduce_video`` then keeps, in each frame,
-  its best tokens by the same score on the tower's features;
+  pixels, averaged over its patches and the frames of its temporal patch), and
+  ``reduce_video`` then keeps, in each frame, its best tokens by the same score on the
+  tower's features;
 - every frame keeps at least one token (vLLM's may keep none of a frame: Qwen3-VL
   writes each frame's timestamp and count into the prompt): a frame left empty takes
   its most changed token in place of the least changed one kept;

@@ -14,10 +14,11 @@ the same count, pinned by a test; the frames' budgets follow ``keep / N``, vLLM'
 
 Adapted for per-request pruning before the KV cache exists: the frames' budgets are
 fixed in the API server, so ``frame_keeps`` runs ``select`` on the frames' pixels (each
-token cell's pixels); ``reduce_video`` keeps, in each frame, its least redundant tokens
-by the same score on the tower's features. Every frame keeps at least one token (a
-frame left empty takes its least redundant token in place of the most redundant one kept). An
-image is a video of one frame: its least redundant tokens.
+token cell's pixels, averaged over its patches and frames); ``reduce_video`` keeps, in
+each frame, its least redundant tokens by the same score on the tower's features. Every
+frame keeps at least one token (a frame left empty takes its least redundant token in
+place of the most redundant one kept). An image is a video of one frame: its least
+redundant tokens.
 """
 
 from __future__ import annotations
