@@ -558,3 +558,16 @@ def test_vllms_own_video_pruning_is_refused_at_start_with_what_to_send(tmp_path)
         in done.stderr + done.stdout
     )
     assert "'prune': 'evs'" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("served", VIDEO_FAMILIES, ids=lambda f: f.name, indirect=True)
+def test_video_two_tensor_parallel_ranks_keep_what_one_keeps(served: Served):
+    """A video on two ranks: per frame (spatial methods) or per video (temporal ones),
+    each rank keeps the tokens one rank keeps, and the answer is one rank's."""
+    messages = media_messages(video_part(9))
+    for method in ("none", "evs", "vidcom2", "pooling", "divprune"):
+        extra = {"prune": method, "prune_ratio": 0.75}
+        one = ask_traced(served.pruned, served.trace, "tiny", messages, extra)
+        two = ask_traced(served.tp2, served.trace, "tiny", messages, extra)
+        assert bool(one.kept) == (method != "none"), method
+        assert_same_on_two_ranks(one, two, tolerance=TP_TOLERANCE[served.family.dtype])
