@@ -96,9 +96,6 @@ def kv_bytes_per_token(hf_text_config: object, dtype: torch.dtype) -> int:
     return 2 * layers * kv_heads * int(head_dim) * element_bytes
 
 
-MODALITIES = ("image", "video")
-
-
 def record_prompt(
     method: str,
     patches: Sequence[int],
