@@ -447,7 +447,10 @@ LEDGER: tuple[Reliance, ...] = (
             ("_apply_hf_processor_main", "read and strip the prune spec, encode the plans"),
             ("_get_mm_fields_config", "the plan fields travel with each image"),
             ("_get_mm_hashes", "images of one budget get hashes of their own request"),
-            ("_get_prompt_updates", "emit `keep` image pads instead of N"),
+            (
+                "_get_prompt_updates",
+                "emit `keep` pads per image, a video's per frame with its timestamps",
+            ),
         )
     ],
     *_attributes(

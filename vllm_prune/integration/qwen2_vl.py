@@ -31,7 +31,7 @@ encoder's CUDA graphs are turned off for images (their path skips ``embed_multim
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,17 +122,18 @@ class PruneQwenProcessorMixin(PruneProcessorMixin):
         out_mm_kwargs: MultiModalKwargsItems,
     ) -> Sequence[PromptUpdate]:
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))  # type: ignore[misc]
-
-        def replacement(modality: str, token: int):  # type: ignore[no-untyped-def]
-            return lambda i: [token] * wire.num_placeholders(out_mm_kwargs, i, modality)
-
         for i, update in enumerate(updates):
             if update.modality in wire.MODALITIES and update.modality in out_mm_kwargs:
-                token = update.target[0]  # type: ignore[index]
-                updates[i] = PromptReplacement(
-                    update.modality, update.target, replacement(update.modality, token)
-                )
+                replacement = self._replacement(update, out_mm_kwargs)
+                updates[i] = PromptReplacement(update.modality, update.target, replacement)
         return updates
+
+    def _replacement(
+        self, update: PromptUpdate, out_mm_kwargs: MultiModalKwargsItems
+    ) -> Callable[[int], list[int]]:
+        """Item ``i``'s placeholder: ``keep`` copies of the modality's token."""
+        token, modality = update.target[0], update.modality  # type: ignore[index]
+        return lambda i: [token] * wire.num_placeholders(out_mm_kwargs, i, modality)
 
 
 class PruneQwen2VLMultiModalProcessor(PruneQwenProcessorMixin, Qwen2VLMultiModalProcessor):

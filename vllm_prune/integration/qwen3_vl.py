@@ -25,7 +25,7 @@ and vision markers, each frame with the tokens it keeps (at least one).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from vllm.config import VllmConfig
@@ -41,8 +41,7 @@ from vllm.model_executor.models.qwen3_vl_moe import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFeatureSpec, MultiModalKwargsItems
-from vllm.multimodal.parse import MultiModalDataItems
-from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+from vllm.multimodal.processing import PromptUpdate
 
 from . import wire
 from .qwen2_vl import PruneQwenModelMixin, PruneQwenProcessorMixin
@@ -60,14 +59,12 @@ class PruneQwen3VLMultiModalProcessor(PruneQwenProcessorMixin, Qwen3VLMultiModal
     def scout_refusal(cls, hf_config: Any) -> str | None:
         return SCOUT_REFUSAL
 
-    def _get_prompt_updates(
-        self,
-        mm_items: MultiModalDataItems,
-        hf_processor_mm_kwargs: Mapping[str, object],
-        out_mm_kwargs: MultiModalKwargsItems,
-    ) -> Sequence[PromptUpdate]:
+    def _replacement(
+        self, update: PromptUpdate, out_mm_kwargs: MultiModalKwargsItems
+    ) -> Callable[[int], object]:
         """A video keeps every frame's timestamp, each frame with the tokens it keeps."""
-        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
+        if update.modality != "video":
+            return super()._replacement(update, out_mm_kwargs)
         config = self.info.get_hf_config()
         tokenizer = self.info.get_tokenizer()
 
@@ -83,10 +80,7 @@ class PruneQwen3VLMultiModalProcessor(PruneQwenProcessorMixin, Qwen3VLMultiModal
                 select_token_id=True,
             )
 
-        return [
-            PromptReplacement("video", u.target, video) if u.modality == "video" else u
-            for u in updates
-        ]
+        return video
 
 
 class PruneQwen3ModelMixin(PruneQwenModelMixin):
