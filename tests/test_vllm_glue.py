@@ -45,7 +45,8 @@ def test_plugin_entry_point_registers_our_llava():
 def test_processor_count_and_model_rows_always_agree(spec):
     """What the processor promises (placeholders) is what the model returns (rows)."""
     counts = [576, 576]
-    encoded = wire.encode(parse_spec(spec), counts, text_ids=[5, 6])
+    parsed = parse_spec(spec)
+    encoded = wire.encode(parsed, counts, parsed.keeps_for(counts), text_ids=[5, 6])
     # What vLLM hands embed_multimodal: the batched fields, stacked.
     kwargs = {key: value for key, value in encoded.items()}
     plans = wire.pop_plans(kwargs)

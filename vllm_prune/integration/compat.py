@@ -460,6 +460,11 @@ LEDGER: tuple[Reliance, ...] = (
         "the embedding's layout [main | DeepStack levels], EVS on or off, a video's frames",
     ),
     *_attributes(
+        "vllm.multimodal.parse:MultiModalDataItems",
+        "get_count",
+        "how many images and videos a request holds (`strict=False`: 0 for a modality it lacks)",
+    ),
+    *_attributes(
         f"{_MODELS}.qwen3_vl:Qwen3VLMultiModalProcessor",
         "get_video_repl",
         "a pruned video's prompt: every frame's timestamp and markers, its kept pads between",

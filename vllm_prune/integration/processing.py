@@ -90,10 +90,6 @@ def fit_keeps(spec: PruneSpec, tokens: list[int], frames: list[int]) -> list[int
         raise refuse(err.field, str(err)) from err
 
 
-def _count(mm_items: MultiModalDataItems, modality: str) -> int:
-    return mm_items.get_count(modality, strict=False) if modality in mm_items else 0
-
-
 class PruneProcessorMixin:
     """Shared prune handling; ``self`` is also a vLLM ``BaseMultiModalProcessor``."""
 
@@ -151,7 +147,8 @@ class PruneProcessorMixin:
         self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
         spec = parse_spec(hf_kwargs)
-        images, videos = _count(mm_items, "image"), _count(mm_items, "video")
+        images = mm_items.get_count("image", strict=False)
+        videos = mm_items.get_count("video", strict=False)
         if images or videos:
             self._check_supported(spec.method, mm_items)
         text_ids = self._text_ids(spec) if images or videos else []
@@ -167,7 +164,7 @@ class PruneProcessorMixin:
         )
         if images:
             processed.update(
-                wire.encode_items(
+                wire.encode(
                     spec,
                     image_tokens,
                     keeps[:images],
@@ -181,7 +178,7 @@ class PruneProcessorMixin:
                 for i, (grid, keep) in enumerate(zip(grids, keeps[images:], strict=True))
             ]
             processed.update(
-                wire.encode_items(
+                wire.encode(
                     spec,
                     video_tokens,
                     keeps[images:],

@@ -51,28 +51,18 @@ def field_config(modality: str = "image") -> dict[str, MultiModalFieldConfig]:
 def encode(
     spec: PruneSpec,
     num_tokens: Sequence[int],
-    text_ids: Sequence[int] = (),
-    patches: Sequence[int] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-image prune fields for images of ``num_tokens`` visual tokens each.
-
-    ``patches``: each image's patches before training-aware merging (default:
-    no merging, the same as ``num_tokens``). Raises ``PruneSpecError`` when the
-    spec does not fit these images (``prune_keep`` above N, ``prune_budget``).
-    """
-    return encode_items(spec, list(num_tokens), spec.keeps_for(list(num_tokens)), text_ids, patches)
-
-
-def encode_items(
-    spec: PruneSpec,
-    num_tokens: Sequence[int],
     keeps: Sequence[int],
     text_ids: Sequence[int] = (),
     patches: Sequence[int] | None = None,
     modality: str = "image",
     frame_keeps: Sequence[Sequence[int]] = (),
 ) -> dict[str, torch.Tensor]:
-    """Per-item prune fields of one modality, with each item's ``keep`` already decided."""
+    """Per-item prune fields of one modality for items of ``num_tokens`` visual tokens,
+    each keeping ``keeps`` (``spec.keeps_for``; a video's ``frame_keeps`` per frame).
+
+    ``patches``: each item's patches before training-aware merging (default: no
+    merging, the same as ``num_tokens``).
+    """
     method = get_method(spec.method)
     values = [float(spec.params[p.name]) for p in method.params]
     count = len(num_tokens)
@@ -111,10 +101,7 @@ def pop_plans(kwargs: dict[str, object], modality: str = "image") -> list[PruneP
     kwargs.pop(key(PATCHES_KEY, modality))
     frames: list[tuple[int, ...]] = [()] * len(keeps)
     if modality != "image":
-        frames = [
-            tuple(v for v in f.reshape(-1).tolist() if v >= 0)
-            for f in _per_item(kwargs.pop(key(FRAME_KEEPS_KEY, modality)))
-        ]
+        frames = [_unpadded(f) for f in _per_item(kwargs.pop(key(FRAME_KEEPS_KEY, modality)))]
     plans = []
     for m, k, p, t, f in zip(methods, keeps, params, texts, frames, strict=True):
         method = method_by_id(int(m))
@@ -162,5 +149,9 @@ def num_placeholders(
 
 def frame_keeps(item: Mapping[str, object]) -> list[int]:
     """The tokens each frame of a processed video item keeps."""
-    values = item[key(FRAME_KEEPS_KEY, "video")].data.reshape(-1).tolist()  # type: ignore[attr-defined]
-    return [v for v in values if v >= 0]
+    return list(_unpadded(item[key(FRAME_KEEPS_KEY, "video")].data))  # type: ignore[attr-defined]
+
+
+def _unpadded(frame_keeps: torch.Tensor) -> tuple[int, ...]:
+    """One video's per-frame counts without the -1 that pads them to the longest video."""
+    return tuple(v for v in frame_keeps.reshape(-1).tolist() if v >= 0)
