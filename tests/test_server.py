@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from loadtests.probe import image_messages, measure_kv, metric
+from vllm_prune.integration import compat
 from vllm_prune.methods import method_names
 from vllm_prune.spec import MAX_QUESTION_TOKENS, MAX_TEXT_CHARS
 
@@ -324,6 +325,14 @@ def test_methods_endpoint_lists_methods_parameters_and_defaults(server):
     assert methods["flowcut"]["needs"] == ["in_tower"]
     # The served model (LLaVA-1.5 with a CLIP tower) runs every method.
     assert all(m["supported"] and m["refusal"] is None for m in methods.values())
+    # The version gate: the installed vLLM is a checked release, so nothing was found.
+    assert document["vllm"] == {
+        "version": compat.installed_version(),
+        "checked": True,
+        "checked_releases": list(compat.CHECKED),
+        "pruning": True,
+        "findings": [],
+    }
 
 
 def test_metrics_move_by_the_expected_amounts(server, model_name):

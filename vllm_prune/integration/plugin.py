@@ -2,9 +2,10 @@
 
 Runs in every vLLM process (API server, engine core, workers), so it must be
 idempotent and cheap: the model modules are registered by import path and
-loaded lazily by vLLM when the architecture is actually used. Outside the
-supported vLLM versions it registers nothing (one log line says why), so vLLM
-serves every model unpruned, exactly as without the plugin.
+loaded lazily by vLLM when the architecture is actually used. The version gate
+(``compat.gate``) decides what it registers: on a refused vLLM or where the
+load-time check finds a broken reliance, nothing of that part (one log line
+says why), so vLLM serves every model unpruned, exactly as without the plugin.
 """
 
 from __future__ import annotations
@@ -52,13 +53,24 @@ def register() -> None:
     if _registered:
         return
     _registered = True
-    refusal = compat.version_refusal()
-    if refusal is not None:
-        logger.warning("%s; pruning is off and every model is served unpruned", refusal)
+    gate = compat.gate()
+    if gate.refusal is not None:
+        logger.warning("%s; pruning is off and every model is served unpruned", gate.refusal)
+        return
+    if gate.unchecked_warning() is not None:
+        logger.warning("%s", gate.unchecked_warning())
+    if gate.holds(compat.MEDIA):
+        from . import media  # noqa: F401  registers the guarded media connector
+    else:
+        logger.warning(
+            "vllm-prune's guarded media connector is not registered on vLLM %s: %s",
+            gate.version,
+            "; ".join(gate.broken(compat.MEDIA)),
+        )
+    if not gate.pruning:
+        logger.warning("%s; every model is served unpruned", gate.off_reason())
         return
     from vllm import ModelRegistry
-
-    from . import media  # noqa: F401  registers the guarded media connector (vllm-prune serve)
 
     for architecture, target in OVERRIDES.items():
         ModelRegistry.register_model(architecture, target)

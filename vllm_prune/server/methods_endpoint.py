@@ -13,9 +13,12 @@ METHODS_PATH = "/v1/prune/methods"
 
 
 def methods_document(
-    defaults: ServerDefaults, support: dict[str, str | None] | None = None
+    defaults: ServerDefaults,
+    support: dict[str, str | None] | None = None,
+    vllm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``support``: per method, why the served model refuses it (None where it runs)."""
+    """``support``: per method, why the served model refuses it (None where it runs);
+    ``vllm``: the version gate's state (``compat.Gate.report``)."""
     data = []
     for name in method_names():
         entry = get_method(name).describe()
@@ -25,6 +28,7 @@ def methods_document(
     return {
         "object": "list",
         "data": data,
+        **({"vllm": vllm} if vllm is not None else {}),
         "fields": {
             METHOD_FIELD: {
                 "type": "string",

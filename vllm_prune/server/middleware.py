@@ -2,7 +2,8 @@
 
 vLLM installs it through its ``--middleware`` option, so chat completions,
 streaming and chat templates stay vLLM's. It:
-- answers ``GET /v1/prune/methods``;
+- answers ``GET /v1/prune/methods`` (the methods, the served model's support, the
+  version gate's state);
 - rewrites JSON request bodies (``request_fields.rewrite``) and answers a bad
   prune field with an OpenAI-style 400 naming the field;
 - times requests with images for the per-method latency metrics.
@@ -19,6 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vllm_prune.integration.compat import gate
 from vllm_prune.integration.support import method_support
 from vllm_prune.observability import metrics
 from vllm_prune.spec import DEFAULT_RATIO, PruneSpecError
@@ -46,6 +48,7 @@ def _defaults(scope: Scope) -> ServerDefaults:
         method=getattr(args, "prune_default", None),
         ratio=DEFAULT_RATIO if ratio is None else ratio,
         local_files=bool(getattr(args, "allowed_local_media_path", "")),
+        off=gate().off_reason(),
     )
 
 
@@ -118,7 +121,8 @@ class PruneMiddleware:
             await self.app(scope, receive, send)  # vLLM answers: 401 without the key
             return
         if scope["path"] == METHODS_PATH and scope["method"] == "GET":
-            await _send_json(send, 200, methods_document(_defaults(scope), _support(scope)))
+            document = methods_document(_defaults(scope), _support(scope), gate().report())
+            await _send_json(send, 200, document)
             return
         if scope["method"] != "POST":
             await self.app(scope, receive, send)

@@ -57,11 +57,13 @@ class ServerDefaults:
     """``--prune-default`` / ``--prune-ratio``: applied when a request names no method.
 
     ``local_files``: the operator allows ``file://`` images (``--allowed-local-media-path``).
+    ``off``: why this server does not prune (the version gate), None where it does.
     """
 
     method: str | None = None
     ratio: float = DEFAULT_RATIO
     local_files: bool = False
+    off: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,20 @@ def _refuse_on_unpruned_path(payload: dict[str, Any], path: str) -> None:
         )
 
 
+def _unpruned(payload: dict[str, Any], path: str, spec: PruneSpec | None, off: str) -> Rewritten:
+    """A server that cannot prune: a request that asks for a method on its images is a 400
+    saying why; the rest goes to vLLM without prune fields (and no server default)."""
+    if not has_media(payload, path):
+        return Rewritten(payload, None)
+    if spec is not None and spec.method != "none":
+        raise PruneSpecError(
+            METHOD_FIELD,
+            f"'{METHOD_FIELD}': this server does not prune ({off}); send '{METHOD_FIELD}': "
+            "'none' or no prune fields",
+        )
+    return Rewritten(payload, "none")
+
+
 def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rewritten:
     """Validate the prune fields and place the spec where vLLM's processor reads it."""
     check_unknown_fields(payload)
@@ -249,6 +265,8 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
             f"'{both[0]}' was sent both at the top level and in '{MM_KWARGS}'; send it once",
         )
     spec = PruneSpec.from_fields({**in_mm_kwargs, **top_level}, defaults.ratio)
+    if defaults.off is not None:
+        return _unpruned(payload, path, spec, defaults.off)
     if spec is None and defaults.method is not None:
         spec = PruneSpec.from_fields({"prune": defaults.method}, defaults.ratio)
 

@@ -4,8 +4,12 @@
 runs vLLM's ``serve`` (same options, same app) with the prune middleware installed
 and per-request ``mm_processor_kwargs`` enabled (the middleware lets only prune
 fields through). Without MODEL it serves the embedded ``shapes-llava``, a small
-LLaVA-1.5 trained in this repository on the synthetic ``shapes`` benchmark. It
-exits at once, saying why, on a vLLM outside the supported versions.
+LLaVA-1.5 trained in this repository on the synthetic ``shapes`` benchmark.
+
+At start it prints what the version gate decided (``compat.gate``): it exits on a
+vLLM older than supported, or on a newer one where what the server itself or the
+guarded media connector relies on is broken; it serves unpruned, saying why, where
+only what pruning relies on is broken.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import sys
 
 from vllm_prune import demo
-from vllm_prune.integration import compat, media
+from vllm_prune.integration import compat
 from vllm_prune.methods import method_names
 from vllm_prune.spec import DEFAULT_RATIO
 
@@ -30,6 +34,8 @@ def _ratio(text: str) -> float:
 
 
 def _pixels(text: str) -> int:
+    from vllm_prune.integration import media
+
     value = int(text)
     if not 0 < value <= media.PIL_BOUND:
         raise argparse.ArgumentTypeError(
@@ -46,6 +52,9 @@ def _seconds(text: str) -> float:
 
 
 def add_media_args(parser: argparse.ArgumentParser) -> None:
+    # Imported here: it subclasses vLLM's connector, which check_vllm checks first.
+    from vllm_prune.integration import media
+
     group = parser.add_argument_group("vllm-prune media fetching")
     group.add_argument(
         "--max-image-pixels",
@@ -72,6 +81,8 @@ def add_media_args(parser: argparse.ArgumentParser) -> None:
 
 def media_env(args: argparse.Namespace) -> dict[str, str]:
     """The environment that carries the media options to every API-server process."""
+    from vllm_prune.integration import media
+
     return {
         "VLLM_MEDIA_CONNECTOR": media.CONNECTOR_NAME,
         media.PIXELS_ENV: str(args.max_image_pixels),
@@ -117,13 +128,35 @@ def serve_parser():  # type: ignore[no-untyped-def]
     return parser
 
 
-def serve(argv: list[str]) -> None:
-    refusal = compat.version_refusal()
-    if refusal is not None:
+def check_vllm() -> None:
+    """Print the version gate's decision; exit where this vLLM cannot run the server."""
+    gate = compat.gate()
+    install = f"pip install 'vllm=={compat.CHECKED[-1]}'"
+    if gate.refusal is not None:
         sys.exit(
-            f"vllm-prune serve: {refusal}. Install a supported vLLM "
+            f"vllm-prune serve: {gate.refusal}. Install a supported vLLM "
             f"(pip install 'vllm{compat.SUPPORTED}'), or serve without pruning with vllm serve."
         )
+    broken = gate.broken(compat.SERVE) + gate.broken(compat.MEDIA)
+    if broken:
+        sys.exit(
+            f"vllm-prune serve: vLLM {gate.version} is newer than the checked releases "
+            f"({', '.join(compat.CHECKED)}) and breaks what the server relies on: "
+            + "; ".join(broken)
+            + f". Install a checked vLLM ({install}), or serve without pruning with vllm serve."
+        )
+    if gate.unchecked_warning() is not None:
+        print(f"vllm-prune serve: {gate.unchecked_warning()}", file=sys.stderr)
+    if not gate.pruning:
+        print(
+            f"vllm-prune serve: {gate.off_reason()}. Every model is served unpruned, and a "
+            f"request that names a prune method gets a 400 saying why; {install} to prune.",
+            file=sys.stderr,
+        )
+
+
+def serve(argv: list[str]) -> None:
+    check_vllm()
     if not _has_model(argv):
         model = demo.weights_folder()
         argv = [str(model), *demo.SERVE_ARGS, "--served-model-name", demo.NAME, *argv]
