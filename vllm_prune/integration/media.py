@@ -174,6 +174,14 @@ def _bomb(err: Exception) -> VLLMValidationError:
     )
 
 
+def _bomb_in(err: Exception) -> Exception | None:
+    """PIL's decompression-bomb refusal, as raised or as the cause of vLLM's error: 0.34's
+    ``ImageMediaIO`` re-raises it as ``ValueError("Failed to load image")``, 0.32 and 0.33
+    let it through."""
+    bomb = err if isinstance(err, Image.DecompressionBombError) else err.__cause__
+    return bomb if isinstance(bomb, Image.DecompressionBombError) else None
+
+
 @MEDIA_CONNECTOR_REGISTRY.register(CONNECTOR_NAME)
 class GuardedMediaConnector(MediaConnector):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -187,8 +195,11 @@ class GuardedMediaConnector(MediaConnector):
             if _is_http(url):
                 return await self._fetch_within_deadline(url, media_io)
             return await super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
-        except Image.DecompressionBombError as err:
-            raise _bomb(err) from err
+        except (Image.DecompressionBombError, ValueError) as err:
+            bomb = _bomb_in(err)
+            if bomb is None:
+                raise
+            raise _bomb(bomb) from err
 
     async def _fetch_within_deadline(self, url: str, media_io: Any) -> Any:
         deadline = deadline_s()
@@ -215,5 +226,8 @@ class GuardedMediaConnector(MediaConnector):
             _check_host(url)
         try:
             return super().load_from_url(url, media_io, fetch_timeout=fetch_timeout)
-        except Image.DecompressionBombError as err:
-            raise _bomb(err) from err
+        except (Image.DecompressionBombError, ValueError) as err:
+            bomb = _bomb_in(err)
+            if bomb is None:
+                raise
+            raise _bomb(bomb) from err

@@ -25,7 +25,9 @@ runs only when ``--video-pruning-rate`` > 0, which also turns on EVS for
 videos, so it is not used. Limits: the offsets travel from the first pipeline
 stage's embedding step to ``forward`` on the same rank, so pipeline parallelism
 is refused (``parallel.refuse_pipeline_parallel``, as for every family); the vision
-encoder's CUDA graphs are turned off for images (their path skips ``embed_multimodal``).
+encoder's CUDA graphs are turned off for images and videos (their path skips
+``embed_multimodal``); and LLM CUDA graphs that replay a prefill without running
+``forward`` are refused at start (``graph_refusal``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import BatchFeature
-from vllm.config import VllmConfig
+from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLDummyInputsBuilder,
@@ -64,6 +66,39 @@ from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .processing import PruneProcessorMixin
 
 POSITION_CHANNELS = 3  # (t, h, w) offset of each retained row inside its image grid
+PRUNED_MODALITIES = ("image", "video")  # kept off the encoder CUDA graphs
+
+
+def graph_refusal(compilation_config: Any) -> str | None:
+    """Why the LLM's CUDA graphs would lose a pruned prompt's positions, or None.
+
+    The retained rows' offsets are added to the positions in ``forward``, so every
+    step with image or video tokens must run it. Graphs that replay a prefill whole
+    skip it: FULL graphs for mixed batches (``-cc.cudagraph_mode=FULL``), and 0.34's
+    breakable CUDA graphs (the default of Qwen3.5 on NVIDIA GPUs). Piecewise graphs
+    (the default otherwise) call ``forward`` and are fine.
+    """
+    how = (
+        "; serve with the default piecewise CUDA graphs (vllm-prune serve sets "
+        "VLLM_USE_BREAKABLE_CUDAGRAPH=0) or --enforce-eager"
+    )
+    # 0.34: CompilationConfig.use_breakable_cudagraph (absent before)
+    if getattr(compilation_config, "use_breakable_cudagraph", False):
+        return (
+            "vllm-prune: pruned Qwen images and videos need their positions added in the "
+            "model's forward, which breakable CUDA graphs (VLLM_USE_BREAKABLE_CUDAGRAPH=1) "
+            "replay without running" + how
+        )
+    mode = compilation_config.cudagraph_mode
+    if mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL:
+        return (
+            "vllm-prune: pruned Qwen images and videos need their positions added in the "
+            f"model's forward, which FULL CUDA graphs for prefills (cudagraph_mode "
+            f"{mode.name}) replay without running" + how
+        )
+    return None
+
+
 VIDEO_PRUNING_RATE_REFUSAL = (
     "vllm-prune does not run with vLLM's own video pruning (--video-pruning-rate): both "
     "change the video embeddings and their positions, and vLLM's applies one rate to every "
@@ -207,6 +242,9 @@ class PruneQwenModelMixin:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         if getattr(self, "is_multimodal_pruning_enabled", False):
             raise ValueError(VIDEO_PRUNING_RATE_REFUSAL)
+        refusal = graph_refusal(vllm_config.compilation_config)
+        if refusal is not None:
+            raise ValueError(refusal)
         self._position_offsets: torch.Tensor | None = None
 
     def get_mrope_input_positions(
@@ -360,7 +398,7 @@ class PruneQwenModelMixin:
 
     def get_encoder_cudagraph_config(self):  # type: ignore[no-untyped-def]
         config = super().get_encoder_cudagraph_config()  # type: ignore[misc]
-        modalities = [m for m in config.modalities if m != "image"]
+        modalities = [m for m in config.modalities if m not in PRUNED_MODALITIES]
         return dataclasses.replace(config, modalities=modalities)
 
 
