@@ -107,29 +107,10 @@ def measure_kv(client: Any, url: str, model: str, extra: dict, seed: int) -> KvR
 def moving_square_video_data_url(
     seed: int, frames: int = 8, size: tuple[int, int] = (224, 224), fps: float = 4.0
 ) -> str:
-    """A deterministic clip as an MP4 data URL: a still noise background and a bright square
-    that moves a step per frame (so consecutive frames differ in a few places only)."""
-    import os
-    import tempfile
+    """A deterministic clip as an MP4 data URL (``clips.mp4_bytes``: a moving square)."""
+    from loadtests.clips import data_url, mp4_bytes
 
-    import cv2
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    width, height = size
-    background = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    side, step = height // 4, max(1, (width - height // 4) // max(1, frames - 1))
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "clip.mp4")
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        for i in range(frames):
-            frame = background.copy()
-            frame[height // 3 : height // 3 + side, i * step : i * step + side] = (255, 255, 0)
-            writer.write(frame)
-        writer.release()
-        with open(path, "rb") as file:
-            data = file.read()
-    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+    return data_url(mp4_bytes(seed, frames, size, fps))
 
 
 def video_messages(
