@@ -88,19 +88,29 @@ loadtest-kv-video: $(STAMP)
 	    --serve-args="--dtype float32 --enforce-eager" \
 	    --out $(LOADTEST_OUT)/kv_capacity_video $(KV_VIDEO_ARGS)
 
-# 10,000 mixed requests (pruned, unpruned, streams, dropped streams, bad input) against a
-# local server of its own: 5xx, memory of every server process, requests left running.
+# 10,000 mixed image requests (pruned, unpruned, streams, dropped streams, bad input), then
+# 10,000 of the video mix (videos pruned and unpruned, images, a video and an image under one
+# budget, streams, bad clips) on the tiny Qwen2.5-VL unless VIDEO_MODEL names a video model,
+# each against a local server of its own: 5xx, memory of every server process, requests left
+# running. The video server's multimodal cache is capped (0.1 GiB): budget requests fill it.
 SOAK_ARGS ?=
+SOAK_VIDEO_ARGS ?=
+VIDEO_MODEL ?=
 soak: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.soak \
 	    $(if $(MODEL),--serve-model $(MODEL)) --out $(LOADTEST_OUT)/soak $(SOAK_ARGS)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.soak --mix videos \
+	    $(if $(VIDEO_MODEL),--serve-model $(VIDEO_MODEL),--tiny qwen2.5-vl) \
+	    --serve-args="--dtype float32 --enforce-eager --mm-processor-cache-gb 0.1" \
+	    --out $(LOADTEST_OUT)/soak_video $(SOAK_VIDEO_ARGS)
 
-# The request-body fuzzing of tests/test_hostile.py with new random examples, more of them.
+# The request-body fuzzing of tests/test_hostile.py (images) and tests/test_video_hostile.py
+# (videos) with new random examples, more of them.
 FUZZ_EXAMPLES ?= 2000
 fuzz: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} VLLM_PRUNE_FUZZ_RANDOM=1 \
-	    VLLM_PRUNE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -v \
-	    tests/test_hostile.py -k fuzzed
+	    VLLM_PRUNE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -v -s \
+	    tests/test_hostile.py tests/test_video_hostile.py -k fuzzed
 
 # Vision-tower time of vLLM's CLIP-L/336, uncut vs cut inside by flowcut, side by side.
 TOWER_ARGS ?=

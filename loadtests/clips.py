@@ -64,7 +64,10 @@ DEGENERATE: dict[str, tuple[str, Callable[[], bytes]]] = {
         "two frames: one temporal patch of Qwen's (the shortest clip Qwen can take whole)",
         lambda: mp4_bytes(frames=2),
     ),
-    "three frames": ("an odd frame count: half a temporal patch left over", lambda: mp4_bytes(frames=3)),
+    "three frames": (
+        "an odd frame count: half a temporal patch left over",
+        lambda: mp4_bytes(frames=3),
+    ),
     "zero fps": (
         "the track's timescale is 0 (no frame rate can be derived)",
         lambda: patched(mp4_bytes(), b"mdhd", TIMESCALE, 0),
@@ -85,7 +88,13 @@ DEGENERATE: dict[str, tuple[str, Callable[[], bytes]]] = {
         "the track claims a duration of about 3 days at 4 fps; the stream holds 2 s",
         lambda: patched(mp4_bytes(), b"mdhd", DURATION, 10**9),
     ),
-    "odd size": ("225 x 223 pixels (odd, not a multiple of the patch)", lambda: mp4_bytes(size=(225, 223))),
+    "odd size": (
+        "225 x 223 pixels (odd, not a multiple of the patch)",
+        lambda: mp4_bytes(size=(225, 223)),
+    ),
     "tiny frames": ("8 x 6 pixels, smaller than one patch", lambda: mp4_bytes(size=(8, 6))),
-    "thin frames": ("16 x 1024 pixels, far from square", lambda: mp4_bytes(frames=4, size=(16, 1024))),
+    "thin frames": (
+        "16 x 1024 pixels, far from square",
+        lambda: mp4_bytes(frames=4, size=(16, 1024)),
+    ),
 }

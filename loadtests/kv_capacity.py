@@ -59,7 +59,9 @@ from loadtests.engine_log import LogTail, parse_iterations
 from loadtests.hold import run_held
 from loadtests.local_server import (
     DEFAULT_BLOCK_SIZE,
+    TINY,
     KvConfig,
+    build_tiny,
     kv_config,
     local_server,
     serve_args,
@@ -69,7 +71,6 @@ from vllm_prune.eval.cli import settings
 from vllm_prune.eval.client import Setting
 
 DEFAULT_OUT = Path("loadtests/results/kv_capacity")
-TINY = {"qwen2.5-vl", "qwen3-vl"}  # fixtures that take videos (devtools.tiny_families)
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
 CAPACITY_PNG = "kv_capacity.png"
@@ -280,12 +281,6 @@ def plot(rows: list[Capacity], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def build_tiny(name: str, path: Path) -> Path:
-    from devtools.tiny_families import build_tiny_qwen2_vl, build_tiny_qwen3
-
-    return build_tiny_qwen2_vl(path, "2.5") if name == "qwen2.5-vl" else build_tiny_qwen3(path)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -53,6 +53,16 @@ def kv_config(metrics_text: str) -> KvConfig:
     return KvConfig(num_blocks=int(labels["num_gpu_blocks"]), block_size=int(labels["block_size"]))
 
 
+TINY = {"qwen2.5-vl", "qwen3-vl"}  # fixtures that take videos (devtools.tiny_families)
+
+
+def build_tiny(name: str, path: Path) -> Path:
+    """The tiny fixture ``name`` (seeded random weights) under ``path``."""
+    from devtools.tiny_families import build_tiny_qwen2_vl, build_tiny_qwen3
+
+    return build_tiny_qwen2_vl(path, "2.5") if name == "qwen2.5-vl" else build_tiny_qwen3(path)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,13 +1,18 @@
 """Soak: many mixed requests against one local server, then its 5xx, memory and leftovers.
 
     python -m loadtests.soak                          # 10,000 requests on a server of its own
+    python -m loadtests.soak --mix videos --tiny qwen2.5-vl --requests 2000
     python -m loadtests.soak --requests 500 --url http://127.0.0.1:8000 --pid 1234
 
-The mix (``KINDS``): image requests pruned by a random method and ratio, unpruned,
-text only, streamed to the end, streams the client drops after the first chunk, the
-Responses API, and bad input of every kind the server refuses (each must get its own
-4xx). Images come from a fixed pool, so vLLM's caches are warm after the warm-up and
-memory that keeps growing is a leak, not a cache filling. It reports the status of
+The image mix (``--mix images``): image requests pruned by a random method and ratio,
+unpruned, text only, streamed to the end, streams the client drops after the first
+chunk, the Responses API, and bad input of every kind the server refuses (each must get
+its own 4xx). The video mix (``--mix videos``, a model that takes videos): videos pruned
+by ``evs``, ``vidcom2`` and ``pooling`` and unpruned, images, a video and an image under
+one ``prune_budget``, streams and dropped streams with a video, text, and bad clips
+(a single frame, zero fps, random and truncated bytes, a loopback URL, keeps below the
+frame floor). Images and clips come from fixed pools, so vLLM's caches are warm after
+the warm-up and memory that keeps growing is a leak, not a cache filling. It reports the status of
 every request by kind, the 5xx count, the resident memory of every server process
 (the API server, the engine, its workers) after the warm-up and at the end, and the
 requests vLLM still has running or waiting once the last answer is in.
@@ -40,6 +45,8 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
+from loadtests import clips
+from loadtests.local_server import TINY, build_tiny
 from loadtests.probe import metric, noise_image_data_url
 
 FAST_METHODS = ("pooling", "random", "divprune", "fastv", "visionzip", "dart")
@@ -50,6 +57,10 @@ DEFAULT_REQUESTS = 10_000
 # +6% over 6,000 requests after 1,100, then +0.2% over the next 6,000 on shapes-llava).
 DEFAULT_WARMUP = 3000
 DEFAULT_MAX_GROWTH = 0.05
+MIXES = ("images", "videos")
+VIDEO_POOL = 3  # distinct clips of 8 frames (224 x 224, 4 fps: 2 temporal patches of Qwen's)
+VIDEO_METHODS = ("evs", "vidcom2", "pooling")
+VIDEO_IMAGE_SIZE = (336, 336)
 
 
 def png_claiming(width: int, height: int) -> str:
@@ -68,6 +79,14 @@ def png_claiming(width: int, height: int) -> str:
 def _user(url: str, text: str = "what is in the image ?") -> list[dict]:
     image = {"type": "image_url", "image_url": {"url": url}}
     return [{"role": "user", "content": [image, {"type": "text", "text": text}]}]
+
+
+def _video(url: str, image: str | None = None, text: str = "what moves ?") -> list[dict]:
+    """A user message with a video (and an image after it, where given)."""
+    parts: list[dict] = [{"type": "video_url", "video_url": {"url": url}}]
+    if image is not None:
+        parts.append({"type": "image_url", "image_url": {"url": image}})
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
 
 @dataclass(frozen=True)
@@ -99,32 +118,71 @@ def bad_requests(image: str) -> list[tuple[str, dict, int]]:
     ]
 
 
-def _pool() -> list[str]:
+def bad_video_requests(clip: str) -> list[tuple[str, dict, int]]:
+    """Clips and video fields the server refuses: (what, body, the status it must get)."""
+    truncated = clips.data_url(clips.mp4_bytes(seed=2100)[:4000])
+    noise = "data:video/mp4;base64," + base64.b64encode(random.Random(7).randbytes(3000)).decode()
+    degenerate = {name: clips.data_url(make()) for name, (_, make) in clips.DEGENERATE.items()}
+    return [
+        ("single-frame clip", {"messages": _video(degenerate["one frame"])}, 400),
+        ("clip with zero fps", {"messages": _video(degenerate["zero fps"])}, 400),
+        ("random bytes as a clip", {"messages": _video(noise)}, 400),
+        ("truncated clip", {"messages": _video(truncated)}, 400),
+        ("loopback video URL", {"messages": _video("http://127.0.0.1:9/x.mp4")}, 400),
+        (
+            "keep below the frame floor",
+            {"messages": _video(clip), "prune": "pooling", "prune_keep": 1},
+            400,
+        ),
+        (
+            "budget below the frame floor",
+            {"messages": _video(clip, noise_image_data_url(1)), "prune": "evs", "prune_budget": 2},
+            400,
+        ),
+    ]
+
+
+def _pool(mix: str = "images") -> list[str]:
+    if mix == "videos":
+        return [noise_image_data_url(1000 + i, VIDEO_IMAGE_SIZE) for i in range(POOL)]
     return [noise_image_data_url(1000 + i) for i in range(POOL)]
 
 
-def warmup_requests(model: str) -> list[Request]:
-    """Each image with each setting once (vLLM caches an image per setting: the prune
-    fields are part of its hash), and one request of every kind of the mix."""
-    settings = [{"prune": "none"}] + [
-        {"prune": m, "prune_ratio": r} for m in FAST_METHODS for r in RATIOS
-    ]
+def _clips() -> list[str]:
+    return [clips.data_url(clips.mp4_bytes(seed=2000 + i)) for i in range(VIDEO_POOL)]
+
+
+def warmup_requests(model: str, mix: str = "images") -> list[Request]:
+    """Each image (and clip) with each setting once (vLLM caches an item per setting: the
+    prune fields are part of its hash), and one request of every kind of the mix."""
+    if mix == "videos":
+        settings = [{"prune": "none"}] + [
+            {"prune": m, "prune_ratio": r} for m in VIDEO_METHODS for r in RATIOS
+        ]
+        messages = [_video(clip) for clip in _clips()] + [_user(i) for i in _pool(mix)]
+    else:
+        settings = [{"prune": "none"}] + [
+            {"prune": m, "prune_ratio": r} for m in FAST_METHODS for r in RATIOS
+        ]
+        messages = [_user(image) for image in _pool()]
     combos = [
         Request(
             "warm-up",
             "/v1/chat/completions",
-            {"model": model, "max_tokens": 2, "messages": _user(image), **setting},
+            {"model": model, "max_tokens": 2, "messages": message, **setting},
             frozenset({200}),
         )
-        for image in _pool()
+        for message in messages
         for setting in settings
     ]
-    every_kind = {r.kind: r for r in build_requests(model, 400, seed=-1)}
+    every_kind = {r.kind: r for r in build_requests(model, 400, seed=-1, mix=mix)}
     return combos + list(every_kind.values())
 
 
-def build_requests(model: str, count: int, seed: int) -> list[Request]:
+def build_requests(model: str, count: int, seed: int, mix: str = "images") -> list[Request]:
     """``count`` requests of the mix, in a random (seeded) order."""
+    if mix == "videos":
+        return _video_requests(model, count, seed)
     rng = random.Random(seed)
     pool = _pool()
     bad = bad_requests(pool[0])
@@ -157,6 +215,61 @@ def build_requests(model: str, count: int, seed: int) -> list[Request]:
         ),
         (0.05, lambda: _responses(model, rng.choice(pool), pruned())),
         (0.20, lambda: _bad(model, rng.choice(bad))),
+    ]
+    weights = [w for w, _ in makers]
+    return [rng.choices(makers, weights)[0][1]() for _ in range(count)]
+
+
+def _video_requests(model: str, count: int, seed: int) -> list[Request]:
+    rng = random.Random(seed)
+    pool, videos = _pool("videos"), _clips()
+    bad = bad_video_requests(videos[0])
+
+    def chat(body: dict, kind: str, **flags: bool) -> Request:
+        full = {"model": model, "max_tokens": 2, "temperature": 0.0, **body}
+        if flags.get("stream"):
+            full["stream"] = True
+        return Request(kind, "/v1/chat/completions", full, frozenset({200}), **flags)
+
+    def pruned() -> dict:
+        return {"prune": rng.choice(VIDEO_METHODS), "prune_ratio": rng.choice(RATIOS)}
+
+    def video() -> list[dict]:
+        return _video(rng.choice(videos))
+
+    makers: list[tuple[float, Callable[[], Request]]] = [
+        (0.25, lambda: chat({"messages": video(), **pruned()}, "video pruned")),
+        (0.10, lambda: chat({"messages": video(), "prune": "none"}, "video unpruned")),
+        (
+            0.12,
+            lambda: chat(
+                {"messages": _user(rng.choice(pool)), "prune": "pooling", "prune_ratio": 0.75},
+                "image pruned",
+            ),
+        ),
+        (
+            0.10,
+            lambda: chat(
+                {
+                    "messages": _video(rng.choice(videos), rng.choice(pool)),
+                    "prune": rng.choice(VIDEO_METHODS),
+                    "prune_budget": rng.choice((64, 128)),
+                },
+                "video and image, one budget",
+            ),
+        ),
+        (0.07, lambda: chat({"messages": video(), **pruned()}, "video stream", stream=True)),
+        (
+            0.06,
+            lambda: chat(
+                {"messages": video(), "max_tokens": 16, **pruned()},
+                "video dropped stream",
+                stream=True,
+                drop=True,
+            ),
+        ),
+        (0.05, lambda: chat({"messages": [{"role": "user", "content": "hello"}]}, "text")),
+        (0.25, lambda: _bad(model, rng.choice(bad))),
     ]
     weights = [w for w, _ in makers]
     return [rng.choices(makers, weights)[0][1]() for _ in range(count)]
@@ -276,6 +389,7 @@ def soak(
     max_growth: float = DEFAULT_MAX_GROWTH,
     seed: int = 0,
     progress: bool = False,
+    mix: str = "images",
 ) -> Report:
     """Warm-up (``warmup_requests``, then ``warmup`` of the mix), memory, the soak, memory."""
     host = urlsplit(url).hostname
@@ -284,7 +398,7 @@ def soak(
     processes = server_processes(pid)
     started = time.monotonic()
     deadline = started + max_seconds
-    warm = warmup_requests(model) + build_requests(model, warmup, seed + 1)
+    warm = warmup_requests(model, mix) + build_requests(model, warmup, seed + 1, mix)
     asyncio.run(_run(url, warm, concurrency, deadline, _noop))
     before = memory(processes)
 
@@ -294,7 +408,7 @@ def soak(
 
         bar = tqdm(total=requests, unit="req", file=sys.stderr)
     soak_started = time.monotonic()
-    plan = build_requests(model, requests, seed)
+    plan = build_requests(model, requests, seed, mix)
     results = asyncio.run(
         _run(url, plan, concurrency, deadline, bar.update if bar else _noop)  # type: ignore[arg-type]
     )
@@ -381,6 +495,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid", type=int, help="the server's main process (with --url)")
     parser.add_argument("--model", help="served model name (default: the server's first)")
     parser.add_argument("--serve-model", help="model path for the server it starts (default: demo)")
+    parser.add_argument(
+        "--mix", choices=MIXES, default="images", help="images (default), or videos (a video model)"
+    )
+    parser.add_argument(
+        "--tiny",
+        choices=sorted(TINY),
+        help="the server it starts serves this tiny fixture (built under --out)",
+    )
+    parser.add_argument(
+        "--serve-args",
+        type=str.split,
+        default=[],
+        help='more vllm serve options, e.g. --serve-args="--dtype float32 --enforce-eager"',
+    )
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/soak"))
     args = parser.parse_args(argv)
     if (args.url is None) != (args.pid is None):
@@ -390,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
         return soak(
             url, pid, model, args.requests, args.concurrency, args.warmup,
-            args.max_seconds, args.max_growth, progress=True,
+            args.max_seconds, args.max_growth, progress=True, mix=args.mix,
         )  # fmt: skip
 
     if args.url:
@@ -398,7 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from loadtests.local_server import local_server
 
-        with local_server(args.out / "server.log", args.serve_model) as server:
+        model = args.serve_model
+        if args.tiny is not None:
+            model = str(build_tiny(args.tiny, args.out / "model"))
+        with local_server(args.out / "server.log", model, args.serve_args) as server:
             report = run(server.url, server.pid)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(asdict(report), indent=2))

@@ -7,6 +7,7 @@ plugin switched off: it is the reference for "pruning off changes nothing".
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import strategies as st
 from openai import OpenAI
 
 from devtools.tiny_llava import build_tiny_llava
@@ -237,3 +239,26 @@ def plain_server(servers: dict[str, Server]) -> Server:
 @pytest.fixture(scope="session")
 def model_name() -> str:
     return TINY_NAME
+
+
+# -- fuzzing (tests/test_hostile.py, tests/test_video_hostile.py) --------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+def server_errors_in(response: requests.Response) -> list[str]:
+    """A 5xx status, or a 5xx error event inside a stream that had started with 200."""
+    if response.status_code >= 500:
+        return [f"{response.status_code}: {response.text[:300]}"]
+    found = []
+    for line in response.text.splitlines():
+        if line.startswith("data: {") and '"error"' in line:
+            error = json.loads(line.removeprefix("data: ")).get("error", {})
+            if isinstance(error, dict) and int(error.get("code") or 0) >= 500:
+                found.append(line[:300])
+    return found

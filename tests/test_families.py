@@ -21,6 +21,7 @@ import requests
 import torch
 
 from devtools.tiny_families import build_tiny_llava_next, build_tiny_qwen2_vl, build_tiny_qwen3
+from loadtests import clips
 from loadtests.probe import (
     image_messages,
     metric,
@@ -387,20 +388,24 @@ def ask_media(server: Server, messages: list[dict], extra: dict | None, **option
     )
 
 
-def video_shape(served: Served) -> tuple[int, int]:
-    """(frames, visual tokens) of the test clip, from the 400 that a too small keep gets."""
+def video_shape(served: Served, part: dict | None = None) -> tuple[int, int]:
+    """(frames, visual tokens) of a clip (default: the test clip), from the 400 that a keep
+    above its tokens gets (a clip of one temporal patch is named as an image there)."""
     with pytest.raises(openai.BadRequestError) as caught:
         ask_media(
-            served.pruned, media_messages(video_part(1)), {"prune": "pooling", "prune_keep": 1}
+            served.pruned,
+            media_messages(part or video_part(1)),
+            {"prune": "pooling", "prune_keep": 10**7},
         )
     body = caught.value.body
     assert body["param"] == "prune_keep"
     found = re.search(
-        r"must be in \[(\d+), (\d+)\] for this video of (\d+) frames", body["message"]
+        r"must be in \[(\d+), (\d+)\] for (?:this image|this video of (\d+) frames)",
+        body["message"],
     )
     assert found, body["message"]
     frames, tokens = int(found[1]), int(found[2])
-    assert int(found[3]) == frames
+    assert found[3] is None or int(found[3]) == frames
     return frames, tokens
 
 
@@ -571,3 +576,31 @@ def test_video_two_tensor_parallel_ranks_keep_what_one_keeps(served: Served):
         two = ask_traced(served.tp2, served.trace, "tiny", messages, extra)
         assert bool(one.kept) == (method != "none"), method
         assert_same_on_two_ranks(one, two, tolerance=TP_TOLERANCE[served.family.dtype])
+
+
+# -- short, degenerate and lying clips (loadtests.clips): an answer or a 400, never a 5xx ---
+
+# The clips these families refuse, each with a 400 naming video_url: opencv decodes no frame
+# of a single-frame MP4, and a zero-fps header leaves one frame (Qwen's frame sampler would
+# divide by zero, Qwen3-VL's processor needs a whole temporal patch). The others are served.
+REFUSED_CLIPS = {"one frame", "zero fps"}
+
+
+@pytest.mark.parametrize("served", VIDEO_FAMILIES, ids=lambda f: f.name, indirect=True)
+def test_degenerate_clips_get_a_400_naming_the_part_or_their_exact_count(served: Served):
+    for name, (what, make) in clips.DEGENERATE.items():
+        part = {"type": "video_url", "video_url": {"url": clips.data_url(make())}}
+        messages = media_messages(part)
+        if name in REFUSED_CLIPS:
+            for extra in (None, {"prune": "evs", "prune_ratio": 0.75}):
+                with pytest.raises(openai.BadRequestError) as caught:
+                    ask_media(served.pruned, messages, extra)
+                assert caught.value.body["param"] == "video_url", (name, caught.value.body)
+            continue
+        frames, tokens = video_shape(served, part)
+        unpruned = ask_media(served.pruned, messages, {"prune": "none"}).usage.prompt_tokens
+        for method in ("pooling", "evs", "vidcom2"):
+            response = ask_media(served.pruned, messages, {"prune": method, "prune_ratio": 0.75})
+            expected = unpruned - tokens + video_keep(tokens, frames, 0.75)
+            assert response.usage.prompt_tokens == expected, (name, what, method)
+    assert requests.get(f"{served.pruned.url}/health", timeout=10).status_code == 200

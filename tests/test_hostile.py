@@ -34,7 +34,7 @@ from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune.demo import SERVE_ARGS as DEMO_ARGS
 from vllm_prune.methods import method_names
 
-from .conftest import TINY_NAME, Server, pruned_command, running
+from .conftest import JSON, TINY_NAME, Server, pruned_command, running, server_errors_in
 
 DEADLINE_S = 2
 MAX_PIXELS = 1_000_000
@@ -280,12 +280,6 @@ def test_an_image_the_chat_template_does_not_render_is_a_400(operator_server):
 
 # -- fuzzing and the soak --------------------------------------------------------------
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=8,
-)  # fmt: skip
 URLS = st.sampled_from(
     [
         noise_image_data_url(90_005),
@@ -346,19 +340,6 @@ PRUNE_FIELDS = st.fixed_dictionaries(
 FUZZ_EXAMPLES = int(os.environ.get("VLLM_PRUNE_FUZZ_EXAMPLES", "150"))
 
 
-def _server_errors_in(response: requests.Response) -> list[str]:
-    """A 5xx status, or a 5xx error event inside a stream that had started with 200."""
-    if response.status_code >= 500:
-        return [f"{response.status_code}: {response.text[:300]}"]
-    found = []
-    for line in response.text.splitlines():
-        if line.startswith("data: {") and '"error"' in line:
-            error = json.loads(line.removeprefix("data: ")).get("error", {})
-            if isinstance(error, dict) and int(error.get("code") or 0) >= 500:
-                found.append(line[:300])
-    return found
-
-
 @pytest.fixture(scope="module")
 def fuzz_log(server: Server) -> Iterator[list]:
     """The statuses the fuzzed bodies got: some served, some refused (the fuzzing reaches
@@ -395,7 +376,7 @@ def test_fuzzed_request_bodies_never_get_a_5xx(server, fuzz_log, path, messages,
         body["max_output_tokens"] = body.pop("max_tokens")
     response = requests.post(f"{server.url}{path}", json=body, timeout=120)
     fuzz_log.append(response.status_code)
-    assert _server_errors_in(response) == [], json.dumps(body)[:2000]
+    assert server_errors_in(response) == [], json.dumps(body)[:2000]
 
 
 def test_the_soak_short_version(server):

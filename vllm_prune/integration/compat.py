@@ -241,8 +241,14 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     *_imports(
         "vllm.multimodal.parse",
-        "ImageEmbeddingItems ImageProcessorItems MultiModalDataItems VideoEmbeddingItems",
+        "ImageEmbeddingItems ImageProcessorItems MultiModalDataItems VideoEmbeddingItems "
+        "VideoProcessorItems",
         "reading the request's images and videos (or embeddings) and their sizes",
+    ),
+    *_attributes(
+        "vllm.multimodal.parse:VideoProcessorItems",
+        "get get_count",
+        "a clip shorter than one temporal patch is a 400 naming `video_url` (processing)",
     ),
     *_imports(
         "vllm.multimodal.inputs",
@@ -283,6 +289,22 @@ LEDGER: tuple[Reliance, ...] = (
         "vllm.multimodal.media",
         "MEDIA_CONNECTOR_REGISTRY MediaConnector",
         "the guarded connector (integration.media) is registered by name and subclasses vLLM's",
+        part=MEDIA,
+    ),
+    *_imports(
+        "vllm.multimodal.media",
+        "VideoMediaIO",
+        "the connector tells a video's load from an image's (a clip it cannot read is a 400)",
+        part=MEDIA,
+    ),
+    Reliance(
+        "behaviour",
+        "a video is loaded through the connector's `load_from_url(_async)` (data URLs too) "
+        "and comes back as (frames, metadata); opencv decodes no frame of a single-frame MP4 "
+        "(an empty array), and Qwen2-VL's frame sampler (`compute_frames_index_to_sample`) "
+        "divides by zero on a clip of fewer frames than a temporal patch",
+        "the connector answers both with a 400 naming `video_url` instead of a 500 "
+        "(media._client_errors, media._checked_video)",
         part=MEDIA,
     ),
     *_imports(

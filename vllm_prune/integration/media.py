@@ -15,7 +15,9 @@ loading, caching and size limits, and adds:
   decoding together; past it the request is answered 504, not after vLLM's retries with
   growing timeouts (5 + 20 + 80 s).
 - **client errors, not 500s**: a host that cannot be reached or answers an error is a
-  422 naming ``image_url`` (as vLLM answers a 404), a decompression bomb a 400.
+  422 naming ``image_url`` (as vLLM answers a 404), a decompression bomb a 400, a video
+  that yields no frame or that vLLM's frame sampling cannot divide (a single-frame clip:
+  ``ZeroDivisionError`` in vLLM's Qwen2-VL loader) a 400 naming ``video_url``.
 
 Data URLs are never fetched and always work. Only the asynchronous path is the server's;
 the synchronous one (offline ``LLM.chat``) gets the name check and vLLM's per-attempt
@@ -29,6 +31,9 @@ import ipaddress
 import os
 import socket
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +42,7 @@ import aiohttp
 from PIL import Image
 from vllm.connections import HTTPConnection
 from vllm.exceptions import GracefulHTTPError, VLLMUnprocessableEntityError, VLLMValidationError
-from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
+from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector, VideoMediaIO
 
 CONNECTOR_NAME = "vllm-prune"
 ALLOW_PRIVATE_ENV = "VLLM_PRUNE_MEDIA_ALLOW_PRIVATE"  # "1": internal addresses allowed
@@ -47,6 +52,26 @@ PIXELS_ENV = "VLLM_MAX_IMAGE_PIXELS"  # vLLM's own limit, checked on the header 
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 PIL_BOUND = 2 * 89_478_485  # PIL refuses more as a decompression bomb before vLLM's check
 PARAM = "image_url"
+VIDEO_PARAM = "video_url"
+# What vLLM's video loaders raise on a clip they cannot sample (client data, not a bug of
+# ours): a ValueError is already vLLM's 400, but without naming the part.
+VIDEO_ERRORS = (ZeroDivisionError, IndexError, ValueError)
+# The part being loaded (image_url or video_url), for the refusals raised below it: set
+# for each load, and seen by the socket factory of the same task.
+_PART: ContextVar[str] = ContextVar("vllm_prune_media_part", default=PARAM)
+
+
+def _url_noun() -> str:
+    return "video URL" if _PART.get() == VIDEO_PARAM else "image URL"
+
+
+@contextmanager
+def _loading(media_io: Any) -> Iterator[None]:
+    token = _PART.set(VIDEO_PARAM if isinstance(media_io, VideoMediaIO) else PARAM)
+    try:
+        yield
+    finally:
+        _PART.reset(token)
 
 
 def internal_address(address: str) -> bool:
@@ -70,13 +95,13 @@ def _refusal(subject: str, address: str) -> VLLMValidationError:
     return VLLMValidationError(
         f"{subject} is at {address}, an internal address; this server fetches media from "
         "public addresses only (the operator allows others with --allow-private-media-urls); "
-        "send the image as a data URL",
-        parameter=PARAM,
+        "send it as a data URL",
+        parameter=_PART.get(),
     )
 
 
 def _host_refusal(url: str, host: str, address: str) -> VLLMValidationError:
-    return _refusal(f"image URL {url[:200]!r}: the host {host}", address)
+    return _refusal(f"{_url_noun()} {url[:200]!r}: the host {host}", address)
 
 
 def _proxy_addresses() -> frozenset[str]:
@@ -105,7 +130,8 @@ class GuardedConnection(HTTPConnection):
         address = sockaddr[0]
         if not _allow_private() and internal_address(address) and address not in self._allowed:
             raise _refusal(
-                "a connection for an image URL (a redirect, or a changed DNS answer)", address
+                f"a connection for this {_url_noun()} (a redirect, or a changed DNS answer)",
+                address,
             )
         return socket.socket(family=family, type=type_, proto=proto)
 
@@ -124,7 +150,8 @@ _connection = GuardedConnection()
 
 def _unresolved(url: str, host: str, err: OSError) -> VLLMUnprocessableEntityError:
     return VLLMUnprocessableEntityError(
-        f"image URL {url[:200]!r}: the host {host} cannot be resolved ({err})", parameter=PARAM
+        f"{_url_noun()} {url[:200]!r}: the host {host} cannot be resolved ({err})",
+        parameter=_PART.get(),
     )
 
 
@@ -174,6 +201,37 @@ def _bomb(err: Exception) -> VLLMValidationError:
     )
 
 
+def _unreadable_video(reason: str) -> VLLMValidationError:
+    return VLLMValidationError(
+        f"the video could not be read into frames: {reason}; send a clip with at least "
+        "two decodable frames and a frame rate in its header (a single frame as an image)",
+        parameter=VIDEO_PARAM,
+    )
+
+
+def _checked_video(media_io: Any, media: Any) -> Any:
+    """A loaded video with at least one frame; anything else loaded, unchanged."""
+    if isinstance(media_io, VideoMediaIO):
+        frames, _ = media
+        if len(frames) == 0:
+            raise _unreadable_video("no frame of it could be decoded")
+    return media
+
+
+@contextmanager
+def _client_errors(media_io: Any) -> Iterator[None]:
+    """Media vLLM could not load because of what the client sent, as a 400 naming it."""
+    try:
+        yield
+    except (Image.DecompressionBombError, *VIDEO_ERRORS) as err:
+        bomb = _bomb_in(err)
+        if bomb is not None:
+            raise _bomb(bomb) from err
+        if isinstance(media_io, VideoMediaIO):
+            raise _unreadable_video(f"{type(err).__name__}: {err}") from err
+        raise
+
+
 def _bomb_in(err: Exception) -> Exception | None:
     """PIL's decompression-bomb refusal, as raised or as the cause of vLLM's error: 0.34's
     ``ImageMediaIO`` re-raises it as ``ValueError("Failed to load image")``, 0.32 and 0.33
@@ -191,15 +249,14 @@ class GuardedMediaConnector(MediaConnector):
     async def load_from_url_async(
         self, url: str, media_io: Any, *, fetch_timeout: int | None = None
     ) -> Any:
-        try:
+        with _loading(media_io), _client_errors(media_io):
             if _is_http(url):
-                return await self._fetch_within_deadline(url, media_io)
-            return await super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
-        except (Image.DecompressionBombError, ValueError) as err:
-            bomb = _bomb_in(err)
-            if bomb is None:
-                raise
-            raise _bomb(bomb) from err
+                media = await self._fetch_within_deadline(url, media_io)
+            else:
+                media = await super().load_from_url_async(
+                    url, media_io, fetch_timeout=fetch_timeout
+                )
+        return _checked_video(media_io, media)
 
     async def _fetch_within_deadline(self, url: str, media_io: Any) -> Any:
         deadline = deadline_s()
@@ -207,7 +264,7 @@ class GuardedMediaConnector(MediaConnector):
             return await asyncio.wait_for(self._fetch(url, media_io, deadline), deadline)
         except (TimeoutError, asyncio.TimeoutError):
             raise GracefulHTTPError(
-                f"image URL {url[:200]!r}: not fetched within {deadline:g} s (this "
+                f"{_url_noun()} {url[:200]!r}: not fetched within {deadline:g} s (this "
                 "server's media fetch deadline, --media-fetch-timeout)",
                 HTTPStatus.GATEWAY_TIMEOUT,
             ) from None
@@ -218,16 +275,14 @@ class GuardedMediaConnector(MediaConnector):
             return await super().load_from_url_async(url, media_io, fetch_timeout=deadline)
         except (aiohttp.ClientError, OSError) as err:
             raise VLLMUnprocessableEntityError(
-                f"image URL {url[:200]!r} could not be fetched: {err}", parameter=PARAM
+                f"{_url_noun()} {url[:200]!r} could not be fetched: {err}",
+                parameter=_PART.get(),
             ) from err
 
     def load_from_url(self, url: str, media_io: Any, *, fetch_timeout: int | None = None) -> Any:
-        if _is_http(url):
-            _check_host(url)
-        try:
-            return super().load_from_url(url, media_io, fetch_timeout=fetch_timeout)
-        except (Image.DecompressionBombError, ValueError) as err:
-            bomb = _bomb_in(err)
-            if bomb is None:
-                raise
-            raise _bomb(bomb) from err
+        with _loading(media_io):
+            if _is_http(url):
+                _check_host(url)
+            with _client_errors(media_io):
+                media = super().load_from_url(url, media_io, fetch_timeout=fetch_timeout)
+        return _checked_video(media_io, media)

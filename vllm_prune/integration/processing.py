@@ -30,6 +30,7 @@ from vllm.multimodal.parse import (
     ImageProcessorItems,
     MultiModalDataItems,
     VideoEmbeddingItems,
+    VideoProcessorItems,
 )
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
 
@@ -139,6 +140,29 @@ class PruneProcessorMixin:
         """Vision-tower patches of each video before training-aware merging."""
         return [t * h * w for t, h, w in self._video_grids(processed)]
 
+    def _min_video_frames(self) -> int:
+        """The fewest frames this family's processor takes in a video (Qwen: a temporal patch)."""
+        return 1
+
+    def _check_video_frames(self, mm_items: MultiModalDataItems) -> None:
+        """A clip shorter than the processor takes is a 400 naming it, not the Hugging Face
+        processor's error (Qwen3-VL: "t:1 must be larger than temporal_factor:2")."""
+        videos = mm_items.get("video")
+        if not isinstance(videos, VideoProcessorItems):
+            return  # none, or precomputed embeddings
+        least = self._min_video_frames()
+        for index in range(videos.get_count()):
+            video = videos.get(index)  # frames, or (frames, metadata); None: cached
+            if video is None:
+                continue
+            frames = len(video[0] if isinstance(video, tuple) else video)
+            if frames < least:
+                raise refuse(
+                    "video_url",
+                    f"video {index} of the request has {frames} frame(s); this model takes "
+                    f"videos of at least {least} frames; send a single frame as an image",
+                )
+
     def _video_cells(self, processed: BatchFeature, index: int) -> torch.Tensor:
         """Video ``index``'s pixels per token cell [T, h * w, C], as the processor made them."""
         raise NotImplementedError
@@ -151,6 +175,8 @@ class PruneProcessorMixin:
         videos = mm_items.get_count("video", strict=False)
         if images or videos:
             self._check_supported(spec.method, mm_items)
+        if videos:
+            self._check_video_frames(mm_items)
         text_ids = self._text_ids(spec) if images or videos else []
         plain_kwargs = {k: v for k, v in hf_kwargs.items() if k not in prune_field_names()}
         processed = super()._apply_hf_processor_main(mm_items, plain_kwargs)  # type: ignore[misc]

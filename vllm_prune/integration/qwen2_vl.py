@@ -128,6 +128,13 @@ class PruneQwenProcessorMixin(PruneProcessorMixin):
     def _video_patches(self, processed: BatchFeature) -> list[int]:
         return [int(g.prod()) for g in processed["video_grid_thw"]]
 
+    def _min_video_frames(self) -> int:
+        return self._temporal_patch()
+
+    def _temporal_patch(self) -> int:
+        """Frames per temporal patch (2): what one video token row spans in time."""
+        return int(self.info.get_hf_config().vision_config.temporal_patch_size)  # type: ignore[attr-defined]
+
     def _video_cells(self, processed: BatchFeature, index: int) -> torch.Tensor:
         """Each token cell's pixels, averaged over its ``m * m`` patches and the frames of
         its temporal patch: [T, h * w, 3 * p * p] (8 times fewer values to compare).
@@ -139,7 +146,7 @@ class PruneQwenProcessorMixin(PruneProcessorMixin):
         start = sum(patches[:index])
         t, h, w = self._video_grids(processed)[index]
         rows = torch.as_tensor(processed["pixel_values_videos"][start : start + patches[index]])
-        frames = int(self.info.get_hf_config().vision_config.temporal_patch_size)  # type: ignore[attr-defined]
+        frames = self._temporal_patch()
         cells = rows.float().reshape(t, h * w, self._merge_size() ** 2, 3, frames, -1)
         return cells.mean(dim=(2, 4)).reshape(t, h * w, -1)
 
