@@ -92,7 +92,8 @@ loadtest-kv-video: $(STAMP)
 # 10,000 of the video mix (videos pruned and unpruned, images, a video and an image under one
 # budget, streams, bad clips) on the tiny Qwen2.5-VL unless VIDEO_MODEL names a video model,
 # each against a local server of its own: 5xx, memory of every server process, requests left
-# running. The video server's multimodal cache is capped (0.1 GiB): budget requests fill it.
+# running. The video server's multimodal cache is capped (0.1 GiB): budget requests fill it;
+# its worker settles over about 10,000 video requests, hence that warm-up.
 SOAK_ARGS ?=
 SOAK_VIDEO_ARGS ?=
 VIDEO_MODEL ?=
@@ -101,7 +102,7 @@ soak: $(STAMP)
 	    $(if $(MODEL),--serve-model $(MODEL)) --out $(LOADTEST_OUT)/soak $(SOAK_ARGS)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.soak --mix videos \
 	    $(if $(VIDEO_MODEL),--serve-model $(VIDEO_MODEL),--tiny qwen2.5-vl) \
-	    --serve-args="--dtype float32 --enforce-eager --mm-processor-cache-gb 0.1" \
+	    --serve-args="--dtype float32 --enforce-eager --mm-processor-cache-gb 0.1" --warmup 10000 \
 	    --out $(LOADTEST_OUT)/soak_video $(SOAK_VIDEO_ARGS)
 
 # The request-body fuzzing of tests/test_hostile.py (images) and tests/test_video_hostile.py
