@@ -217,11 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     found = ledger_check.check_sources(installed_sources(), compat.release(installed))
     problems += [f"{installed}: {p}" for p in found]
     for version in versions:
-        release = compat.release(version)
-        if release not in compat.CHECKED_RELEASES:  # a new release: the newest checked entries
-            release = compat.CHECKED_RELEASES[-1]
         try:
-            found = ledger_check.check_sources(release_sources(version), release)
+            found = ledger_check.check_sources(
+                release_sources(version), compat.ledger_release(version)
+            )
         except SourcesUnavailable as error:
             found = [f"cannot check it: {error}"]
         problems += [f"{version}: {p}" for p in found]

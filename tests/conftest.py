@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
@@ -262,3 +264,23 @@ def server_errors_in(response: requests.Response) -> list[str]:
             if isinstance(error, dict) and int(error.get("code") or 0) >= 500:
                 found.append(line[:300])
     return found
+
+
+def fuzz_settings(default_examples: int) -> settings:
+    """The fuzz tests' settings: CI runs the same bounded set every time;
+    ``VLLM_PRUNE_FUZZ_EXAMPLES`` / ``VLLM_PRUNE_FUZZ_RANDOM=1`` (``make fuzz``) run more,
+    and new ones."""
+    return settings(
+        max_examples=int(os.environ.get("VLLM_PRUNE_FUZZ_EXAMPLES", default_examples)),
+        deadline=None,
+        derandomize=os.environ.get("VLLM_PRUNE_FUZZ_RANDOM") != "1",
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def check_fuzz_log(log: list[int], what: str) -> None:
+    """The fuzzed bodies' statuses: some served, some refused (the fuzzing reaches past the
+    validation)."""
+    print(f"fuzzed {what}: {len(log)}, statuses {dict(sorted(Counter(log).items()))}")
+    assert 200 in log and any(400 <= s < 500 for s in log), Counter(log)

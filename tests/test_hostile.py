@@ -19,12 +19,11 @@ import json
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -34,7 +33,16 @@ from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune.demo import SERVE_ARGS as DEMO_ARGS
 from vllm_prune.methods import method_names
 
-from .conftest import JSON, TINY_NAME, Server, pruned_command, running, server_errors_in
+from .conftest import (
+    JSON,
+    TINY_NAME,
+    Server,
+    check_fuzz_log,
+    fuzz_settings,
+    pruned_command,
+    running,
+    server_errors_in,
+)
 
 DEADLINE_S = 2
 MAX_PIXELS = 1_000_000
@@ -337,7 +345,6 @@ PRUNE_FIELDS = st.fixed_dictionaries(
         "n": st.sampled_from([1, 2, 0]),
     },
 )
-FUZZ_EXAMPLES = int(os.environ.get("VLLM_PRUNE_FUZZ_EXAMPLES", "150"))
 
 
 @pytest.fixture(scope="module")
@@ -346,18 +353,11 @@ def fuzz_log(server: Server) -> Iterator[list]:
     past the validation), and the server still serving after them."""
     log: list = []
     yield log
-    print(f"fuzzed bodies: {len(log)}, statuses {dict(sorted(Counter(log).items()))}")
-    assert 200 in log and any(400 <= s < 500 for s in log), Counter(log)
+    check_fuzz_log(log, "bodies")
     assert_serving(server)
 
 
-@settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    derandomize=os.environ.get("VLLM_PRUNE_FUZZ_RANDOM") != "1",
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@fuzz_settings(150)
 @given(
     path=st.sampled_from(["/v1/chat/completions", "/v1/responses"]),
     messages=MESSAGES,

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from devtools.tiny_families import build_tiny_qwen2_vl
@@ -29,7 +27,16 @@ from loadtests import clips, soak
 from loadtests.probe import noise_image_data_url
 from vllm_prune.methods import method_names
 
-from .conftest import BLOCK_SIZE, JSON, Server, pruned_command, running, server_errors_in
+from .conftest import (
+    BLOCK_SIZE,
+    JSON,
+    Server,
+    check_fuzz_log,
+    fuzz_settings,
+    pruned_command,
+    running,
+    server_errors_in,
+)
 
 MODEL = "tiny"
 SOAK_SERVE_ARGS = ["--dtype", "float32", "--enforce-eager", "--mm-processor-cache-gb", "0.1"]
@@ -114,7 +121,6 @@ FIELDS = st.fixed_dictionaries(
         "stream": st.booleans(),
     },
 )
-FUZZ_EXAMPLES = int(os.environ.get("VLLM_PRUNE_FUZZ_EXAMPLES", "60"))
 
 
 @pytest.fixture(scope="module")
@@ -122,18 +128,11 @@ def fuzz_log(video_server: Server) -> Iterator[list]:
     """The statuses the fuzzed bodies got: some served, some refused, the server serving."""
     log: list = []
     yield log
-    print(f"fuzzed video bodies: {len(log)}, statuses {dict(sorted(Counter(log).items()))}")
-    assert 200 in log and any(400 <= s < 500 for s in log), Counter(log)
+    check_fuzz_log(log, "video bodies")
     assert_serving(video_server)
 
 
-@settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    derandomize=os.environ.get("VLLM_PRUNE_FUZZ_RANDOM") != "1",
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@fuzz_settings(60)
 @given(messages=MESSAGES, fields=FIELDS)
 def test_fuzzed_video_bodies_never_get_a_5xx(video_server, fuzz_log, messages, fields):
     """Valid, truncated, random and degenerate clips, URLs the server must not fetch,

@@ -119,6 +119,8 @@ REGISTERED = (
 QWEN2_VL = "vllm/model_executor/models/qwen2_vl.py"
 INPUTS = "vllm/multimodal/inputs.py"
 CLI_ARGS = "vllm/entrypoints/common/cli_args.py"
+# A pruning reliance broken: the name MultiModalFieldConfig no longer defined.
+NO_FIELD_CONFIG = {INPUTS: ("class MultiModalFieldConfig", "class MultiModalFieldConfiguration")}
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -156,7 +158,7 @@ def test_a_newer_vllm_with_a_broken_reliance_is_served_unpruned_and_names_it(
                 "def get_mrope_input_positions(\n        self,\n        input_tokens:",
                 "def get_mrope_input_positions(\n        self,\n        token_ids:",
             ),
-            INPUTS: ("class MultiModalFieldConfig", "class MultiModalFieldConfiguration"),
+            **NO_FIELD_CONFIG,
         },
     )
     done = _run(AS_NEWER.format(root=str(root)) + REGISTERED)
@@ -211,7 +213,7 @@ def test_serve_names_what_pruning_lost_and_serves_unpruned(release_sources, tmp_
     root = _broken_copy(
         release_sources[NEWEST],
         tmp_path / "vllm-0.35.0",
-        {INPUTS: ("class MultiModalFieldConfig", "class MultiModalFieldConfiguration")},
+        NO_FIELD_CONFIG,
     )
     done = _run(AS_NEWER.format(root=str(root)) + SERVE_HELP)
     assert done.returncode == 0, done.stderr

@@ -50,6 +50,13 @@ NEWEST = minor_version(CHECKED[-1])
 CHECKED_RELEASES = tuple(release(v) for v in CHECKED)
 
 
+def ledger_release(version: str) -> str:
+    """The release whose ledger entries ``version`` is held to: its own where it was
+    checked, the newest checked one's where it is newer."""
+    own = release(version)
+    return own if own in CHECKED_RELEASES else CHECKED_RELEASES[-1]
+
+
 def installed_version() -> str:
     from vllm import __version__
 
@@ -136,15 +143,10 @@ def check_gate(version: str) -> Gate:
         return Gate(version, checked=True)
     from . import ledger_check
 
-    newest = release(CHECKED[-1])
-    findings = [
-        (part, finding)
-        for part in (PRUNING, MEDIA, SERVE)
-        for finding in ledger_check.check_sources(
-            ledger_check.installed_sources(), newest, [r for r in LEDGER if r.part == part]
-        )
-    ]
-    return Gate(version, checked=False, findings=tuple(findings))
+    broken = ledger_check.broken_reliances(
+        ledger_check.installed_sources(), ledger_release(version)
+    )
+    return Gate(version, checked=False, findings=tuple((r.part, f) for r, f in broken))
 
 
 @functools.cache

@@ -176,36 +176,55 @@ def parameters(node: ast.AST) -> list[str]:
     return out
 
 
+def broken_reliances(
+    root: Path,
+    release: str,
+    reliances: Iterable[compat.Reliance] = compat.LEDGER,
+    expected: dict[str, tuple[str, ...]] = PARAMETERS,
+) -> list[tuple[compat.Reliance, str]]:
+    """Each ledger entry that holds on ``release`` (a minor release, "0.34") and that the
+    vLLM sources at ``root`` break, with a line naming the name, method or parameter.
+
+    ``expected``: the parameters of each overridden method in the checked releases.
+    """
+    sources = Sources(root)
+    found = []
+    for item in reliances:
+        if item.kind != "behaviour" and release in item.versions:
+            problem = _problem(sources, item, expected)
+            if problem is not None:
+                found.append((item, problem))
+    return found
+
+
 def check_sources(
     root: Path,
     release: str,
     reliances: Iterable[compat.Reliance] = compat.LEDGER,
     expected: dict[str, tuple[str, ...]] = PARAMETERS,
 ) -> list[str]:
-    """Where the vLLM sources at ``root`` break the ledger entries that hold on ``release``
-    (a minor release, "0.34"): one line per finding, naming the name, method or parameter.
+    """``broken_reliances``' lines alone."""
+    return [problem for _, problem in broken_reliances(root, release, reliances, expected)]
 
-    ``expected``: the parameters of each overridden method in the checked releases.
-    """
-    sources, problems = Sources(root), []
-    for item in reliances:
-        if item.kind == "behaviour" or release not in item.versions:
-            continue
-        module, name = item.target.partition(":")[::2]
-        if item.kind == "import":
-            if sources.tree(module) is None:
-                problems.append(f"import {item.target}: module {module} is gone")
-            elif sources.resolve(module, name) is None:
-                problems.append(f"import {item.target}: {name} is no longer defined in {module}")
-            continue
-        node = sources.member(module, name)
-        if node is None:
-            problems.append(f"{item.kind} {item.target}: not found")
-        elif item.kind == "override" and item.target in expected:
-            found, wanted = parameters(node), list(expected[item.target])
-            if found != wanted:
-                problems.append(
-                    f"override {item.target}: parameters changed from "
-                    f"({', '.join(wanted)}) to ({', '.join(found)})"
-                )
-    return problems
+
+def _problem(
+    sources: Sources, item: compat.Reliance, expected: dict[str, tuple[str, ...]]
+) -> str | None:
+    module, name = item.target.partition(":")[::2]
+    if item.kind == "import":
+        if sources.tree(module) is None:
+            return f"import {item.target}: module {module} is gone"
+        if sources.resolve(module, name) is None:
+            return f"import {item.target}: {name} is no longer defined in {module}"
+        return None
+    node = sources.member(module, name)
+    if node is None:
+        return f"{item.kind} {item.target}: not found"
+    if item.kind == "override" and item.target in expected:
+        found, wanted = parameters(node), list(expected[item.target])
+        if found != wanted:
+            return (
+                f"override {item.target}: parameters changed from "
+                f"({', '.join(wanted)}) to ({', '.join(found)})"
+            )
+    return None

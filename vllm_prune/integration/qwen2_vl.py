@@ -78,25 +78,20 @@ def graph_refusal(compilation_config: Any) -> str | None:
     breakable CUDA graphs (the default of Qwen3.5 on NVIDIA GPUs). Piecewise graphs
     (the default otherwise) call ``forward`` and are fine.
     """
-    how = (
-        "; serve with the default piecewise CUDA graphs (vllm-prune serve sets "
-        "VLLM_USE_BREAKABLE_CUDAGRAPH=0) or --enforce-eager"
-    )
+    mode = compilation_config.cudagraph_mode
     # 0.34: CompilationConfig.use_breakable_cudagraph (absent before)
     if getattr(compilation_config, "use_breakable_cudagraph", False):
-        return (
-            "vllm-prune: pruned Qwen images and videos need their positions added in the "
-            "model's forward, which breakable CUDA graphs (VLLM_USE_BREAKABLE_CUDAGRAPH=1) "
-            "replay without running" + how
-        )
-    mode = compilation_config.cudagraph_mode
-    if mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL:
-        return (
-            "vllm-prune: pruned Qwen images and videos need their positions added in the "
-            f"model's forward, which FULL CUDA graphs for prefills (cudagraph_mode "
-            f"{mode.name}) replay without running" + how
-        )
-    return None
+        graphs = "breakable CUDA graphs (VLLM_USE_BREAKABLE_CUDAGRAPH=1)"
+    elif mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL:
+        graphs = f"FULL CUDA graphs for prefills (cudagraph_mode {mode.name})"
+    else:
+        return None
+    return (
+        "vllm-prune: pruned Qwen images and videos need their positions added in the "
+        f"model's forward, which {graphs} replay without running; serve with the default "
+        "piecewise CUDA graphs (vllm-prune serve sets VLLM_USE_BREAKABLE_CUDAGRAPH=0) or "
+        "--enforce-eager"
+    )
 
 
 VIDEO_PRUNING_RATE_REFUSAL = (
