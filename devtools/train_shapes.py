@@ -48,7 +48,7 @@ patches together, so neither alone lowers the loss. What helps:
   trained this way, but its tokens are redundant enough to survive pruning; dropout
   gives this small model the same property, so the ``shapes`` table compares what the
   methods keep rather than how far each is from the training distribution. It favours
-  ``random`` a little (that is its distribution): see the README's Accuracy section.
+  ``random`` a little (that is its distribution): see docs/accuracy.md.
 
 Prompts are what the server builds for a ``shapes`` sample: the chat template over
 ``<image>\n{question}\n{SHORT_ANSWER}``; pixels are the image processor's. Accuracy is

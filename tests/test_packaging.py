@@ -79,6 +79,7 @@ def test_the_wheel_requires_prometheus_client_alone_and_extras_for_the_rest(whee
             spec, extra = requirement.split(";")
             extras.setdefault(extra.split("==")[1].strip().strip('"'), []).append(spec.strip())
     assert extras["gpu"] == ["vllm>=0.32"]
+    assert extras["docs"] == ["mkdocs-material==9.8.1"]  # the site: mkdocs.yml, docs/
     assert {r.split(">")[0].split("=")[0] for r in extras["eval"]} >= {
         "datasets", "openai", "tqdm", "matplotlib",
     }  # fmt: skip

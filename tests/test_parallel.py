@@ -109,7 +109,7 @@ def test_pipeline_parallelism_is_refused_at_start_with_what_to_use(tmp_path: Pat
 # Methods whose later steps follow the whole order of near-equal cosines (``vispruner``'s
 # rounds of matching): the last digits two ranks add differently swap duplicate patches
 # of a flat background, so TP keeps one selection on every rank, as many tokens as one
-# rank, but not always the same duplicates (README, "Parallel layouts").
+# rank, but not always the same duplicates (docs/parallel.md).
 ORDER_SENSITIVE = {"vispruner"}
 
 

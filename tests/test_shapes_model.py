@@ -93,7 +93,7 @@ def test_pruned_settings_are_measured_on_shorter_prompts(results: dict) -> None:
         assert settings[name]["status"] == "ok" and settings[name]["samples"] == 4 * FLOOR_IMAGES
         shorter = settings["none"]["mean_prompt_tokens"] - settings[name]["mean_prompt_tokens"]
         assert shorter == VISUAL_TOKENS - 144
-        # scored on every type (what they score is the finding, not a floor: see README)
+        # scored on every type (what they score is the finding, not a floor: see docs/choosing-a-method.md)
         assert set(settings[name]["scores"]) == set(settings["none"]["scores"])
 
 

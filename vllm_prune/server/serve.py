@@ -61,20 +61,20 @@ def add_media_args(parser: argparse.ArgumentParser) -> None:
         type=_pixels,
         default=int(os.environ.get(media.PIXELS_ENV, media.DEFAULT_MAX_IMAGE_PIXELS)),
         help="Images with more pixels (width x height, read from the header before "
-        "decoding) are a 400 (default: $VLLM_MAX_IMAGE_PIXELS, else "
-        f"{media.DEFAULT_MAX_IMAGE_PIXELS} = 8192 x 8192).",
+        "decoding) are a 400; the default is $VLLM_MAX_IMAGE_PIXELS where set, else "
+        f"{media.DEFAULT_MAX_IMAGE_PIXELS} = 8192 x 8192.",
     )
     group.add_argument(
         "--media-fetch-timeout",
         type=_seconds,
         default=media.DEFAULT_DEADLINE_S,
         help="Seconds to fetch one image URL, retries and decoding included; past it the "
-        f"request is a 504 (default {media.DEFAULT_DEADLINE_S:g}).",
+        "request is a 504.",
     )
     group.add_argument(
         "--allow-private-media-urls",
         action="store_true",
-        help="Fetch media URLs on loopback, private and link-local addresses too (default: "
+        help="Fetch media URLs on loopback, private and link-local addresses too (off: "
         "public addresses only; data URLs always work).",
     )
 
@@ -97,14 +97,13 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
         "--prune-default",
         choices=method_names(),
         default=None,
-        help="Prune method for requests that name none (default: no pruning).",
+        help="Prune method for requests that name none (None: no pruning).",
     )
     group.add_argument(
         "--prune-ratio",
         type=_ratio,
         default=DEFAULT_RATIO,
-        help="Ratio for requests that name a method but neither prune_ratio "
-        f"nor prune_keep (default {DEFAULT_RATIO}).",
+        help="Ratio for requests that name a method but neither prune_ratio nor prune_keep.",
     )
 
 
