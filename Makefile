@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-kv-video soak fuzz tower-time vllm-check
+.PHONY: install test serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-kv-video soak fuzz tower-time dashboard-figure vllm-check
 
 install: $(STAMP)
 
@@ -128,6 +128,14 @@ fuzz: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} VLLM_PRUNE_FUZZ_RANDOM=1 \
 	    VLLM_PRUNE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -v -s \
 	    tests/test_hostile.py tests/test_video_hostile.py -k fuzzed
+
+# The Grafana dashboard as a PNG (docs/figures/grafana-dashboard.png), drawn from a real
+# Prometheus scraping a local demo server under load (loadtests/dashboard_figure.py;
+# about 3 minutes on 2 CPU cores). With URL: that running server, nothing started.
+DASHBOARD_ARGS ?=
+dashboard-figure: $(STAMP) prometheus-tools
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.dashboard_figure \
+	    $(if $(URL),--url $(URL) $(if $(MODEL),--model $(MODEL))) $(DASHBOARD_ARGS)
 
 # Vision-tower time of vLLM's CLIP-L/336, uncut vs cut inside by flowcut, side by side.
 TOWER_ARGS ?=
