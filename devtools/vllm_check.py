@@ -46,6 +46,7 @@ SUBCLASSING_MODULES = (
     "vllm_prune.integration.qwen3_vl",
     "vllm_prune.integration.qwen3_5",
     "vllm_prune.integration.media",
+    "vllm_prune.integration.load",
 )
 
 

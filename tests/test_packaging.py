@@ -23,10 +23,11 @@ LAYERS = {
     "observability": {"methods"},
     "spec": {"methods"},
     "demo": set(),
+    "auto": set(),
     "plan": {"methods", "observability"},
     "signals": {"methods", "plan"},
-    "integration": {"methods", "observability", "spec", "plan", "signals"},
-    "server": {"methods", "observability", "spec", "integration", "demo"},
+    "integration": {"methods", "observability", "spec", "plan", "signals", "auto"},
+    "server": {"methods", "observability", "spec", "integration", "demo", "auto"},
     "eval": {"methods", "observability", "spec"},
     "cli": {"server", "eval"},
 }

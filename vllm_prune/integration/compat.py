@@ -669,6 +669,37 @@ LEDGER: tuple[Reliance, ...] = (
         "qkv_proj o_proj rotary_emb q_size kv_size num_heads num_kv_heads head_dim scaling",
         "as for Llama",
     ),
+    # -- prune: auto reads the engine's load in the API server (integration.load) ------------
+    *_imports(
+        "vllm.v1.metrics.loggers",
+        "StatLoggerBase",
+        "`prune: auto` reads the engine's load through a stat-logger plugin (entry point group "
+        "`vllm.stat_logger_plugins`), which vLLM requires to subclass it",
+    ),
+    *(
+        Reliance(
+            "override",
+            f"vllm.v1.metrics.loggers:StatLoggerBase.{name}",
+            "the load reader is a per-engine stat logger: vLLM makes it with (vllm_config, "
+            "engine_index) and calls record with each step's scheduler statistics",
+        )
+        for name in ("__init__", "record", "log_engine_initialized")
+    ),
+    *_attributes(
+        "vllm.v1.metrics.stats:SchedulerStats",
+        "kv_cache_usage num_waiting_reqs num_skipped_waiting_reqs",
+        "the load `prune: auto` follows: KV-cache usage and the waiting requests (deferred "
+        "ones included: they wait for room in the KV cache)",
+    ),
+    Reliance(
+        "behaviour",
+        "vLLM loads the `vllm.stat_logger_plugins` entry points into every API server's "
+        "AsyncLLM (logging stats even under --disable-log-stats) and calls `record` with the "
+        "scheduler statistics of every engine step that has requests, sent to one API server "
+        "per step (the first with outputs in that step); an idle engine sends none",
+        "`prune: auto` reads the load where it decides; the last step of a busy period "
+        "reports the freed KV cache, so an idle engine reads idle (tests/test_auto.py)",
+    ),
     # -- the server ----------------------------------------------------------------------------
     *_imports(
         "vllm.entrypoints.cli.serve",

@@ -242,4 +242,19 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
         "pos inputs",
         "pos timing_ctx",
     ),
+    "vllm.v1.metrics.loggers:StatLoggerBase.__init__": (
+        "pos self",
+        "pos vllm_config",
+        "pos engine_index=0",
+    ),
+    "vllm.v1.metrics.loggers:StatLoggerBase.log_engine_initialized": (
+        "pos self",
+    ),
+    "vllm.v1.metrics.loggers:StatLoggerBase.record": (
+        "pos self",
+        "pos scheduler_stats",
+        "pos iteration_stats",
+        "pos mm_cache_stats=None",
+        "pos engine_idx=0",
+    ),
 }

@@ -77,6 +77,28 @@ E2E_LATENCY = Histogram(
 )
 
 
+# prune: auto (vllm_prune/auto.py): what it chose per request, and the load behind it.
+AUTO_RATIO = Histogram(
+    "vllm_prune_auto_ratio",
+    "Per request with prune: auto, the ratio the server's load chose (0: not pruned), by the "
+    "method it chose.",
+    ["method"],
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),
+)
+AUTO_KV_USAGE = Histogram(
+    "vllm_prune_auto_kv_usage",
+    "Per request with prune: auto, the engine's smoothed KV-cache usage (0 to 1) it read.",
+    ["method"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
+)
+AUTO_WAITING = Histogram(
+    "vllm_prune_auto_waiting_requests",
+    "Per request with prune: auto, the requests waiting in the engine that it read.",
+    ["method"],
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
+)
+
+
 def kv_bytes_per_token(hf_text_config: object, dtype: torch.dtype) -> int:
     """2 (K and V) x layers x KV heads x head dim x bytes per element, whole model.
 
@@ -119,3 +141,9 @@ def observe_latency(method: str, e2e_seconds: float, ttft_seconds: float | None)
     E2E_LATENCY.labels(method).observe(e2e_seconds)
     if ttft_seconds is not None:
         TIME_TO_FIRST_TOKEN.labels(method).observe(ttft_seconds)
+
+
+def observe_auto(method: str, ratio: float, kv_usage: float, waiting: int) -> None:
+    AUTO_RATIO.labels(method).observe(ratio)
+    AUTO_KV_USAGE.labels(method).observe(kv_usage)
+    AUTO_WAITING.labels(method).observe(waiting)

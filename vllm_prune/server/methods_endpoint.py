@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+from vllm_prune import auto
 from vllm_prune.methods import get_method, method_names
 from vllm_prune.spec import BUDGET_FIELD, KEEP_FIELD, METHOD_FIELD, RATIO_FIELD
 
@@ -25,16 +27,28 @@ def methods_document(
         if support is not None:
             entry.update(supported=support[name] is None, refusal=support[name])
         data.append(entry)
+    policy = defaults.policy
+    reading = defaults.load.reading()
     return {
         "object": "list",
         "data": data,
         **({"vllm": vllm} if vllm is not None else {}),
+        "auto": {
+            "policy": {
+                **asdict(policy),
+                "ratios": [policy.ratio(k) for k in range(policy.levels + 1)],
+                "thresholds": [round(policy.threshold(k), 4) for k in range(1, policy.levels + 1)],
+                "smoothing_s": auto.SMOOTHING_S,
+            },
+            "reading": asdict(reading),
+        },
         "fields": {
             METHOD_FIELD: {
                 "type": "string",
-                "allowed": method_names(),
+                "allowed": [*method_names(), auto.AUTO],
                 "default": defaults.method or "none",
-                "description": "Pruning method; 'none' turns pruning off.",
+                "description": "Pruning method; 'none' turns pruning off, 'auto' lets the "
+                "server's load pick the method and ratio.",
             },
             RATIO_FIELD: {
                 "type": "float",

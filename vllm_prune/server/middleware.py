@@ -6,13 +6,16 @@ streaming and chat templates stay vLLM's. It:
   version gate's state);
 - rewrites JSON request bodies (``request_fields.rewrite``) and answers a bad
   prune field with an OpenAI-style 400 naming the field;
-- times requests with images for the per-method latency metrics.
+- times requests with images for the per-method latency metrics;
+- for ``prune: auto``, reports what the server's load chose: response headers, one log
+  line, the ``vllm_prune_auto_*`` metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -20,6 +23,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vllm_prune import auto
 from vllm_prune.integration.compat import gate
 from vllm_prune.integration.support import method_support
 from vllm_prune.observability import metrics
@@ -27,6 +31,12 @@ from vllm_prune.spec import DEFAULT_RATIO, PruneSpecError
 
 from .methods_endpoint import METHODS_PATH, methods_document
 from .request_fields import ServerDefaults, rewrite
+
+logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is printed
+# What prune: auto chose for a request, on its response.
+METHOD_HEADER = b"x-prune-method"
+RATIO_HEADER = b"x-prune-ratio"
+LOAD_HEADER = b"x-prune-load"
 
 
 def _support(scope: Scope) -> dict[str, str | None] | None:
@@ -41,7 +51,18 @@ def _args(scope: Scope) -> Any:
     return getattr(getattr(scope.get("app"), "state", None), "args", None)
 
 
-def _defaults(scope: Scope) -> ServerDefaults:
+def policy(args: Any) -> auto.Policy:
+    """``--prune-auto-*`` (vllm-prune serve), or the defaults under plain ``vllm serve``."""
+    default = auto.Policy()
+    return auto.Policy(
+        start=getattr(args, "prune_auto_start", default.start),
+        full=getattr(args, "prune_auto_full", default.full),
+        max_ratio=getattr(args, "prune_auto_max_ratio", default.max_ratio),
+        image_method=getattr(args, "prune_auto_method", default.image_method),
+    )
+
+
+def _defaults(scope: Scope, support: bool = False) -> ServerDefaults:
     args = _args(scope)
     ratio = getattr(args, "prune_ratio", None)
     return ServerDefaults(
@@ -49,6 +70,8 @@ def _defaults(scope: Scope) -> ServerDefaults:
         ratio=DEFAULT_RATIO if ratio is None else ratio,
         local_files=bool(getattr(args, "allowed_local_media_path", "")),
         off=gate().off_reason(),
+        policy=policy(args),
+        support=_support(scope) if support else None,
     )
 
 
@@ -121,7 +144,8 @@ class PruneMiddleware:
             await self.app(scope, receive, send)  # vLLM answers: 401 without the key
             return
         if scope["path"] == METHODS_PATH and scope["method"] == "GET":
-            document = methods_document(_defaults(scope), _support(scope), gate().report())
+            defaults = _defaults(scope)
+            document = methods_document(defaults, _support(scope), gate().report())
             await _send_json(send, 200, document)
             return
         if scope["method"] != "POST":
@@ -139,12 +163,14 @@ class PruneMiddleware:
             payload = None  # not JSON (forms, malformed): vLLM answers it itself
         if isinstance(payload, dict):
             try:
-                rewritten = rewrite(payload, scope["path"], _defaults(scope))
+                rewritten = rewrite(payload, scope["path"], _defaults(scope, support=True))
             except PruneSpecError as err:
                 await _send_json(send, 400, _error(err))
                 return
             body = json.dumps(rewritten.payload).encode()
             method = rewritten.method
+            if rewritten.choice is not None:
+                send = _reporting(send, rewritten.choice)
 
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [
@@ -172,6 +198,28 @@ class PruneMiddleware:
 
         await self.app(scope, replay, timed_send)
         timing.observe(method)
+
+
+def _reporting(send: Send, choice: auto.Choice) -> Send:
+    """Report what ``prune: auto`` chose: the metrics, one log line, and response headers."""
+    reading = choice.reading
+    metrics.observe_auto(choice.method, choice.ratio, reading.kv_usage, reading.waiting)
+    load = f"kv_usage={reading.kv_usage:.3f}; waiting={reading.waiting}"
+    if reading.age_s is not None:
+        load += f"; age_s={reading.age_s:.1f}"
+    logger.info("prune auto method=%s ratio=%.4g %s", choice.method, choice.ratio, load)
+    headers = [
+        (METHOD_HEADER, choice.method.encode()),
+        (RATIO_HEADER, f"{choice.ratio:.4g}".encode()),
+        (LOAD_HEADER, load.encode()),
+    ]
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return send_with_headers
 
 
 class _Timing:

@@ -9,18 +9,24 @@ a client might send. Pure functions on dicts, no vLLM imports.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vllm_prune import auto
+from vllm_prune.methods import get_method, method_names
 from vllm_prune.spec import (
+    BUDGET_FIELD,
     DEFAULT_RATIO,
+    KEEP_FIELD,
     MAX_TEXT_CHARS,
     METHOD_FIELD,
+    RATIO_FIELD,
     TEXT_FIELD,
     PruneSpec,
     PruneSpecError,
     client_field_names,
+    method_param_names,
     needs_text,
     prune_field_names,
 )
@@ -58,18 +64,24 @@ class ServerDefaults:
 
     ``local_files``: the operator allows ``file://`` images (``--allowed-local-media-path``).
     ``off``: why this server does not prune (the version gate), None where it does.
+    ``policy``, ``load``: what ``prune: auto`` follows (``--prune-auto-*``, the engine's load);
+    ``support``: per method, why the served model refuses it (None: it runs; unknown: None).
     """
 
     method: str | None = None
     ratio: float = DEFAULT_RATIO
     local_files: bool = False
     off: str | None = None
+    policy: auto.Policy = field(default_factory=auto.Policy)
+    load: auto.Load = field(default=auto.LOAD, compare=False)
+    support: Mapping[str, str | None] | None = None
 
 
 @dataclass(frozen=True)
 class Rewritten:
     payload: dict[str, Any]
     method: str | None  # the prune method in force; None when there are no images
+    choice: auto.Choice | None = None  # what ``prune: auto`` chose, and the load behind it
 
 
 def _conversations(payload: dict[str, Any], path: str) -> list[tuple[str, list[Any]]]:
@@ -235,6 +247,76 @@ def _unpruned(payload: dict[str, Any], path: str, spec: PruneSpec | None, off: s
     return Rewritten(payload, "none")
 
 
+def _media_counts(payload: dict[str, Any], path: str) -> tuple[int, int]:
+    """The request's images and videos (parts of those types)."""
+    kinds = [part.get("type") for _, part in _content_parts(payload, path)]
+    return (
+        sum(k in IMAGE_PART_TYPES for k in kinds),
+        sum(k in VIDEO_PART_TYPES for k in kinds),
+    )
+
+
+def _wants_auto(fields: dict[str, Any], defaults: ServerDefaults) -> bool:
+    """``prune: auto``, or no prune field at all on a ``--prune-default auto`` server."""
+    if fields.get(METHOD_FIELD) == auto.AUTO:
+        return True
+    return defaults.method == auto.AUTO and not any(v is not None for v in fields.values())
+
+
+def _auto_bounds(fields: dict[str, Any], default_ratio: float) -> dict[str, Any]:
+    """Validate what a client sent with ``prune: auto``: the bounds and method parameters
+    get the same 400s as with any method; returns them, parsed."""
+    sent = {k: v for k, v in fields.items() if k != METHOD_FIELD and v is not None}
+    if KEEP_FIELD in sent:
+        raise PruneSpecError(
+            KEEP_FIELD,
+            f"'{KEEP_FIELD}' does not go with '{METHOD_FIELD}': '{auto.AUTO}', which picks how "
+            f"many tokens to keep from the server's load; bound it with '{RATIO_FIELD}' (the "
+            f"most of each image it may remove) or '{BUDGET_FIELD}' (the tokens it keeps when "
+            "the load asks for pruning)",
+        )
+    bounds = {k: sent[k] for k in (RATIO_FIELD, BUDGET_FIELD) if k in sent}
+    PruneSpec.from_fields({METHOD_FIELD: "random", **bounds}, default_ratio)
+    for name in sorted(method_param_names() & set(sent)):
+        owner = next(m for m in method_names() if name in {p.name for p in get_method(m).params})
+        PruneSpec.from_fields({METHOD_FIELD: owner, name: sent[name]}, default_ratio)
+    return sent
+
+
+def _auto_spec(
+    sent: dict[str, Any], payload: dict[str, Any], path: str, defaults: ServerDefaults
+) -> tuple[PruneSpec, auto.Choice]:
+    """The method and ratio ``prune: auto`` picks for this request at this load."""
+    policy = defaults.policy
+    level, reading = defaults.load.level(policy)
+    ratio = policy.ratio(level)
+    if RATIO_FIELD in sent:
+        ratio = min(ratio, float(sent[RATIO_FIELD]))
+    images, videos = _media_counts(payload, path)
+    question = path != CHAT_BATCH_PATH and bool(last_user_text(payload, path).strip())
+    support = defaults.support
+    method = "none"
+    if ratio > 0:
+        method = auto.choose_method(
+            images,
+            videos,
+            question,
+            lambda m: support is None or support.get(m) is None,
+            policy.image_method,
+        )
+    if method == "none":
+        return PruneSpec(method="none"), auto.Choice("none", 0.0, reading)
+    declared = {p.name for p in get_method(method).params}
+    fields = {METHOD_FIELD: method, **{k: v for k, v in sent.items() if k in declared}}
+    if BUDGET_FIELD in sent:
+        fields[BUDGET_FIELD] = sent[BUDGET_FIELD]
+    else:
+        fields[RATIO_FIELD] = ratio
+    spec = PruneSpec.from_fields(fields, defaults.ratio)
+    assert spec is not None
+    return spec, auto.Choice(method, ratio, reading)
+
+
 def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rewritten:
     """Validate the prune fields and place the spec where vLLM's processor reads it."""
     check_unknown_fields(payload)
@@ -264,14 +346,23 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
             both[0],
             f"'{both[0]}' was sent both at the top level and in '{MM_KWARGS}'; send it once",
         )
-    spec = PruneSpec.from_fields({**in_mm_kwargs, **top_level}, defaults.ratio)
+    fields = {**in_mm_kwargs, **top_level}
+    wants_auto = _wants_auto(fields, defaults)
+    spec = None
+    if wants_auto:
+        sent = _auto_bounds(fields, defaults.ratio)
+    else:
+        spec = PruneSpec.from_fields(fields, defaults.ratio)
     if defaults.off is not None:
-        return _unpruned(payload, path, spec, defaults.off)
-    if spec is None and defaults.method is not None:
+        return _unpruned(payload, path, spec, defaults.off)  # auto: a server that cannot prune
+    if spec is None and defaults.method is not None and not wants_auto:
         spec = PruneSpec.from_fields({"prune": defaults.method}, defaults.ratio)
 
     if not has_media(payload, path):
         return Rewritten(payload, None)  # prune fields are a no-op without images or videos
+    choice = None
+    if wants_auto:
+        spec, choice = _auto_spec(sent, payload, path, defaults)
     spec = spec or PruneSpec(method="none")
     if needs_text(spec.method):
         if path == CHAT_BATCH_PATH:
@@ -282,4 +373,4 @@ def rewrite(payload: dict[str, Any], path: str, defaults: ServerDefaults) -> Rew
             )
         spec = replace(spec, text=last_user_text(payload, path)[-MAX_TEXT_CHARS:])
     payload[MM_KWARGS] = spec.to_fields()
-    return Rewritten(payload, spec.method)
+    return Rewritten(payload, spec.method, choice)

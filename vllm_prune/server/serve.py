@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from vllm_prune import demo
+from vllm_prune import auto, demo
 from vllm_prune.integration import compat
 from vllm_prune.methods import method_names
 from vllm_prune.spec import DEFAULT_RATIO
@@ -31,6 +31,16 @@ def _ratio(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"--prune-ratio must be in [0, 1), got {value}")
     return value
+
+
+def _fraction(option: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> float:
+        value = float(text)
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{option} must be in [0, 1], got {value}")
+        return value
+
+    return parse
 
 
 def _pixels(text: str) -> int:
@@ -95,9 +105,10 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("vllm-prune")
     group.add_argument(
         "--prune-default",
-        choices=method_names(),
+        choices=[*method_names(), auto.AUTO],
         default=None,
-        help="Prune method for requests that name none (None: no pruning).",
+        help="Prune method for requests that name none (None: no pruning; auto: the "
+        "server's load picks the method and ratio).",
     )
     group.add_argument(
         "--prune-ratio",
@@ -105,6 +116,47 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_RATIO,
         help="Ratio for requests that name a method but neither prune_ratio nor prune_keep.",
     )
+    policy = auto.Policy()
+    group.add_argument(
+        "--prune-auto-start",
+        type=_fraction("--prune-auto-start"),
+        default=policy.start,
+        help="prune: auto: the engine's KV-cache usage (0 to 1) where pruning starts.",
+    )
+    group.add_argument(
+        "--prune-auto-full",
+        type=_fraction("--prune-auto-full"),
+        default=policy.full,
+        help="prune: auto: the KV-cache usage where the ratio reaches --prune-auto-max-ratio "
+        "(as it does whenever a request is waiting).",
+    )
+    group.add_argument(
+        "--prune-auto-max-ratio",
+        type=_ratio,
+        default=policy.max_ratio,
+        help="prune: auto: the ratio at full load.",
+    )
+    group.add_argument(
+        "--prune-auto-method",
+        choices=[m for m in method_names() if m != "none"],
+        default=policy.image_method,
+        help="prune: auto: the method for a request with one image (or several without a "
+        "question); videos get a temporal method, several images with a question a "
+        "text-guided one.",
+    )
+
+
+def check_auto_policy(args: argparse.Namespace) -> None:
+    """The --prune-auto-* options make a policy (start below full, a ratio above 0)."""
+    try:
+        auto.Policy(
+            start=args.prune_auto_start,
+            full=args.prune_auto_full,
+            max_ratio=args.prune_auto_max_ratio,
+            image_method=args.prune_auto_method,
+        )
+    except ValueError as err:
+        sys.exit(f"vllm-prune serve: --prune-auto-*: {err}")
 
 
 def _has_model(argv: list[str]) -> bool:
@@ -163,6 +215,7 @@ def serve(argv: list[str]) -> None:
     cli = compat.serve_cli()
     cli.cli_env_setup()
     args = serve_parser().parse_args(argv)
+    check_auto_policy(args)
     args.trust_request_mm_kwargs = True  # the middleware admits prune fields only
     os.environ.update(media_env(args))
     # vLLM 0.34 turns breakable CUDA graphs on for Qwen3.5 on NVIDIA; they replay a prefill

@@ -1,0 +1,296 @@
+"""``prune: auto``: the ratio follows the engine's load as vLLM reports it to the API server.
+
+The policy, its damping and the method rule on their own (pure functions, a fake clock),
+then a real server with a small fixed KV pool: idle, an ``auto`` request keeps every visual
+token; while held requests fill the pool, ``auto`` requests are pruned at the policy's
+maximum and the headers, the log and the metrics say so; after they end, ``auto`` keeps
+every token again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from devtools.tiny_llava import build_tiny_llava
+from loadtests.probe import image_messages
+from tests.conftest import BLOCK_SIZE, TINY_NAME, Server, pruned_command, running
+from vllm_prune import auto
+from vllm_prune.demo import SERVE_ARGS as DEMO_ARGS
+from vllm_prune.server.request_fields import ServerDefaults, rewrite
+from vllm_prune.spec import PruneSpecError
+
+N = 576  # tiny-llava's visual tokens per image
+MAX_KEEP = 144  # at the default policy's maximum ratio, 0.75
+KV_BLOCKS = 80  # of 32 tokens: six held requests of 2,000 tokens keep some waiting
+HOLDERS = 6
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def load(clock: Clock) -> auto.Load:
+    return auto.Load(clock)
+
+
+POLICY = auto.Policy()
+
+
+def test_the_default_policy_steps_from_half_to_nine_tenths_of_the_kv_cache():
+    assert [POLICY.threshold(k) for k in (1, 2, 3)] == pytest.approx([0.5, 0.7, 0.9])
+    assert [POLICY.ratio(k) for k in range(4)] == [0.0, 0.25, 0.5, 0.75]
+    with pytest.raises(ValueError, match="start < full"):
+        auto.Policy(start=0.9, full=0.5)
+    with pytest.raises(ValueError, match="max_ratio"):
+        auto.Policy(max_ratio=0.0)
+
+
+def test_an_engine_never_heard_from_reads_idle(load):
+    level, reading = load.level(POLICY)
+    assert level == 0 and reading == auto.Reading(0.0, 0, None)
+
+
+def _steady(load: auto.Load, clock: Clock, usage: float, waiting: int = 0) -> int:
+    """The level after the engine has reported this load for a minute."""
+    load.record(0, usage, waiting)
+    clock.now += 60
+    return load.level(POLICY)[0]
+
+
+def test_kv_usage_sets_the_level_and_a_queue_sets_the_maximum(load, clock):
+    assert _steady(load, clock, 0.6) == 1
+    assert _steady(load, clock, 0.75) == 2
+    assert _steady(load, clock, 0.1, waiting=3) == 3  # a queue: the maximum, whatever the KV
+    assert load.level(POLICY)[1].waiting == 3
+
+
+def test_a_load_hovering_at_a_threshold_does_not_flap(load, clock):
+    assert _steady(load, clock, 0.91) == 3
+    for usage in (0.88, 0.9, 0.87, 0.89, 0.86):  # below 0.9, but within the hysteresis
+        assert _steady(load, clock, usage) == 3, usage
+    assert _steady(load, clock, 0.84) == 2
+    assert _steady(load, clock, 0.71) == 2
+    assert _steady(load, clock, 0.3) == 0
+
+
+def test_the_average_follows_the_last_reading_while_no_new_one_comes(load, clock):
+    load.record(0, 1.0, 0)
+    clock.now += 0.5
+    load.record(0, 0.0, 0)  # the engine's last step freed its cache, then nothing more comes
+    level, reading = load.level(POLICY)
+    assert reading.kv_usage == pytest.approx(1.0) and level == 3  # not undone by one reading
+    clock.now += auto.SMOOTHING_S
+    assert load.reading().kv_usage == pytest.approx(0.3679, abs=1e-4)  # 1 / e
+    clock.now += 9 * auto.SMOOTHING_S
+    level, reading = load.level(POLICY)
+    assert reading.kv_usage < 0.01 and level == 0 and reading.age_s == pytest.approx(20.0)
+
+
+def test_the_busiest_engine_counts(load, clock):
+    load.record(0, 0.1, 0)
+    load.record(1, 0.95, 0)
+    clock.now += 60
+    assert load.level(POLICY)[0] == 3
+
+
+def test_the_method_follows_the_shape_of_the_request_and_the_family():
+    every = lambda m: True  # noqa: E731
+    assert auto.choose_method(1, 0, True, every) == "divprune"
+    assert auto.choose_method(3, 0, False, every) == "divprune"
+    assert auto.choose_method(2, 0, True, every) == "cdprune"
+    assert auto.choose_method(1, 1, True, every) == "evs"
+    no_video = lambda m: m not in ("evs", "vidcom2")  # noqa: E731
+    assert auto.choose_method(0, 1, False, no_video) == "divprune"
+    assert auto.choose_method(1, 0, False, lambda m: m in ("pooling", "none")) == "pooling"
+    assert auto.choose_method(1, 0, False, lambda m: m == "none") == "none"
+
+
+def _request(**fields) -> dict:
+    return {"model": "m", "messages": image_messages(), **fields}
+
+
+def _busy(clock: Clock) -> auto.Load:
+    load = auto.Load(clock)
+    load.record(0, 0.95, 2)
+    return load
+
+
+def test_auto_resolves_to_a_method_and_ratio_before_vllm_sees_the_request(clock):
+    idle = rewrite(_request(prune="auto"), "/v1/chat/completions", ServerDefaults())
+    assert idle.payload["mm_processor_kwargs"] == {"prune": "none"}
+    assert idle.choice.method == "none" and idle.choice.ratio == 0.0
+    defaults = ServerDefaults(load=_busy(clock))
+    busy = rewrite(_request(prune="auto"), "/v1/chat/completions", defaults)
+    assert busy.payload["mm_processor_kwargs"] == {"prune": "divprune", "prune_ratio": 0.75}
+    assert busy.choice.reading == auto.Reading(0.95, 2, 0.0)
+    capped = rewrite(_request(prune="auto", prune_ratio=0.5), "/v1/chat/completions", defaults)
+    assert capped.payload["mm_processor_kwargs"]["prune_ratio"] == 0.5
+    budget = rewrite(_request(prune="auto", prune_budget=100), "/v1/chat/completions", defaults)
+    assert budget.payload["mm_processor_kwargs"] == {"prune": "divprune", "prune_budget": 100}
+    # A method parameter goes to the chosen method where it applies, and is dropped elsewhere.
+    seeded = rewrite(_request(prune="auto", prune_seed=7), "/v1/chat/completions", defaults)
+    assert seeded.payload["mm_processor_kwargs"] == {"prune": "divprune", "prune_ratio": 0.75}
+    by_default = ServerDefaults(method="auto", load=_busy(clock))
+    assert rewrite(_request(), "/v1/chat/completions", by_default).choice.ratio == 0.75
+    assert rewrite(_request(prune="none"), "/v1/chat/completions", by_default).choice is None
+    text_only = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "prune": "auto"}
+    assert rewrite(text_only, "/v1/chat/completions", defaults).choice is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"prune": "auto", "prune_keep": 10}, "prune_keep"),
+        ({"prune": "auto", "prune_ratio": 1.5}, "prune_ratio"),
+        ({"prune": "auto", "prune_ratio": 0.5, "prune_budget": 10}, "prune_ratio"),
+        ({"prune": "auto", "prune_alpha": 2}, "prune_alpha"),
+        ({"prune": "auto", "prune_layer": "two"}, "prune_layer"),
+        ({"prune": "auto", "prune_ration": 0.5}, "prune_ration"),
+    ],
+)
+def test_auto_takes_the_same_validation_as_any_method(fields, param):
+    with pytest.raises(PruneSpecError) as caught:
+        rewrite(_request(**fields), "/v1/chat/completions", ServerDefaults())
+    assert caught.value.field == param
+
+
+# -- served ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """tiny-llava with a pool of 80 KV blocks, every request `auto` unless it says otherwise."""
+    root = tmp_path_factory.mktemp("auto")
+    model = str(build_tiny_llava(root / "tiny-llava"))
+    command = pruned_command(
+        model,
+        *DEMO_ARGS,
+        "--served-model-name", TINY_NAME,
+        "--block-size", str(BLOCK_SIZE),
+        "--num-gpu-blocks-override", str(KV_BLOCKS),
+        "--prune-default", "auto",
+    )  # fmt: skip
+    with running(root, {"pruned": command}) as started:
+        yield started["pruned"]
+
+
+def _auto_request(server: Server) -> tuple[dict[str, str], int]:
+    """One streamed `auto` request: its headers (sent before generation starts) and its
+    prompt tokens (from the usage chunk at the end)."""
+    with server.client.chat.completions.with_streaming_response.create(
+        model=TINY_NAME,
+        messages=image_messages(),
+        max_tokens=1,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as response:
+        headers = {k: v for k, v in response.headers.items() if k.startswith("x-prune-")}
+        chunks = list(response.parse())
+    return headers, chunks[-1].usage.prompt_tokens
+
+
+def _reading(server: Server) -> dict:
+    return requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()["auto"]["reading"]
+
+
+def _hold(server: Server, done: list[bool]) -> None:
+    """An unpruned request that grows to 2,000 tokens of KV cache."""
+    server.client.chat.completions.create(
+        model=TINY_NAME,
+        messages=image_messages(),
+        max_tokens=1400,
+        extra_body={"prune": "none", "ignore_eos": True},
+    )
+    done.append(True)
+
+
+def _auto_ratio(server: Server, metrics_text: str, method: str) -> tuple[float, float]:
+    """(count, sum) of ``vllm_prune_auto_ratio`` for one method."""
+    values = {}
+    for line in metrics_text.splitlines():
+        for part in ("count", "sum"):
+            if line.startswith(f'vllm_prune_auto_ratio_{part}{{method="{method}"}}'):
+                values[part] = float(line.rsplit(" ", 1)[1])
+    return values.get("count", 0.0), values.get("sum", 0.0)
+
+
+def test_auto_keeps_every_token_idle_prunes_at_the_maximum_under_load_and_recovers(
+    auto_server: Server,
+):
+    unpruned = auto_server.client.chat.completions.create(
+        model=TINY_NAME, messages=image_messages(), max_tokens=1, extra_body={"prune": "none"}
+    ).usage.prompt_tokens
+
+    headers, prompt = _auto_request(auto_server)
+    assert headers["x-prune-method"] == "none" and headers["x-prune-ratio"] == "0"
+    assert prompt == unpruned
+
+    done: list[bool] = []
+    holders = [threading.Thread(target=_hold, args=(auto_server, done)) for _ in range(HOLDERS)]
+    for holder in holders:
+        holder.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        reading = _reading(auto_server)
+        if reading["waiting"] > 0 or reading["kv_usage"] >= 0.9:
+            break
+        time.sleep(0.2)
+    assert reading["waiting"] > 0 or reading["kv_usage"] >= 0.9, reading
+    headers, prompt = _auto_request(auto_server)
+    assert headers["x-prune-method"] == "divprune" and headers["x-prune-ratio"] == "0.75"
+    assert "waiting=" in headers["x-prune-load"] and "kv_usage=" in headers["x-prune-load"]
+    assert prompt == unpruned - (N - MAX_KEEP)
+    assert len(done) < HOLDERS  # decided while held requests still filled the pool
+    count, total = _auto_ratio(auto_server, auto_server.metrics_text(), "divprune")
+    assert count >= 1 and total == pytest.approx(0.75 * count)
+    assert _auto_ratio(auto_server, auto_server.metrics_text(), "none")[0] >= 1
+
+    for holder in holders:
+        holder.join(timeout=600)
+    assert len(done) == HOLDERS
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        headers, prompt = _auto_request(auto_server)
+        if headers["x-prune-ratio"] == "0":
+            break
+        time.sleep(1)
+    assert headers["x-prune-method"] == "none" and prompt == unpruned, headers
+    log = Path(auto_server.log).read_text()
+    assert "prune auto method=divprune ratio=0.75 kv_usage=" in log
+
+
+def test_the_methods_endpoint_shows_the_policy_and_the_load(auto_server: Server):
+    document = requests.get(f"{auto_server.url}/v1/prune/methods", timeout=10).json()
+    assert document["fields"]["prune"]["default"] == "auto"
+    assert "auto" in document["fields"]["prune"]["allowed"]
+    policy = document["auto"]["policy"]
+    assert policy["ratios"] == [0.0, 0.25, 0.5, 0.75] and policy["image_method"] == "divprune"
+    assert policy["thresholds"] == [0.5, 0.7, 0.9]
+    assert set(document["auto"]["reading"]) == {"kv_usage", "waiting", "age_s"}
+
+
+def test_a_bad_field_with_auto_is_a_400_naming_it(auto_server: Server):
+    response = requests.post(
+        f"{auto_server.url}/v1/chat/completions",
+        json={"model": TINY_NAME, "messages": image_messages(), "prune": "auto", "prune_keep": 9},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "prune_keep"
+    assert "prune_ratio" in response.json()["error"]["message"]
