@@ -176,8 +176,10 @@ def test_the_server_options_table_matches_serve_help():
             assert cell.startswith("none"), option
         elif default == "False":
             assert cell.startswith("off"), option
-        else:
+        elif re.fullmatch(r"[\d.]+", default):
             assert float(default) in numbers(cell), option
+        else:
+            assert f"`{default}`" in cell, option
 
 
 def test_the_load_tests_files_table_lists_every_script():

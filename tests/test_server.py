@@ -318,7 +318,7 @@ def test_methods_endpoint_lists_methods_parameters_and_defaults(server):
     assert methods["pooling"]["params"] == []
     assert document["fields"]["prune"]["default"] == "pooling"
     assert document["fields"]["prune_ratio"]["default"] == 0.75
-    assert document["fields"]["prune"]["allowed"] == method_names()
+    assert document["fields"]["prune"]["allowed"] == [*method_names(), "auto"]
     assert methods["dart"]["params"][0]["name"] == "prune_pivots"
     assert methods["hiprune"]["params"][0]["name"] == "prune_object_share"
     assert methods["hiprune"]["params"][0]["default"] == 0.1
