@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-kv-video soak fuzz tower-time dashboard-figure vllm-check
+.PHONY: install test serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-auto loadtest-kv-video soak fuzz tower-time dashboard-figure vllm-check
 
 install: $(STAMP)
 
@@ -93,6 +93,16 @@ loadtest: $(STAMP)
 loadtest-kv: $(STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.kv_capacity \
 	    $(if $(MODEL),--serve-model $(MODEL)) --out $(LOADTEST_OUT)/kv_capacity $(KV_ARGS)
+
+# A load that rises and falls (low, saturation, low) served unpruned, at auto's fixed
+# maximum (divprune 0.75) and with prune: auto; targets checked (about 2.5 minutes on
+# 2 CPU cores). Without URL: a local server with a small fixed KV cache; with URL: that one.
+AUTO_ARGS ?=
+loadtest-auto: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.auto_load \
+	    $(if $(URL),--url $(URL) $(if $(MODEL),--model $(MODEL)) \
+	        $(if $(TOKENIZER),--tokenizer $(TOKENIZER)),$(if $(MODEL),--serve-model $(MODEL))) \
+	    --out $(LOADTEST_OUT)/auto_load $(AUTO_ARGS)
 
 # The same for videos: one 8-frame 224 x 224 clip per request (sampled into 2 temporal
 # patches of 144 tokens), on the tiny Qwen2.5-VL fixture unless MODEL names a video model.

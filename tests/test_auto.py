@@ -9,6 +9,7 @@ every token again.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from openai import OpenAI
+from PIL import Image, ImageDraw
 
 from devtools.tiny_llava import build_tiny_llava
+from loadtests.content_keep import complexity, content_keeps, weight
 from loadtests.probe import image_messages
 from tests.conftest import BLOCK_SIZE, TINY_NAME, Server, pruned_command, running
 from vllm_prune import auto
@@ -63,12 +67,12 @@ def test_the_default_policy_steps_from_half_to_nine_tenths_of_the_kv_cache():
 
 def test_an_engine_never_heard_from_reads_idle(load):
     level, reading = load.level(POLICY)
-    assert level == 0 and reading == auto.Reading(0.0, 0, None)
+    assert level == 0 and reading == auto.IDLE
 
 
 def _steady(load: auto.Load, clock: Clock, usage: float, waiting: int = 0) -> int:
-    """The level after the engine has reported this load for a minute."""
-    load.record(0, usage, waiting)
+    """The level after a busy engine (4 running requests) has reported this load for a minute."""
+    load.record(0, usage, 4, waiting)
     clock.now += 60
     return load.level(POLICY)[0]
 
@@ -89,24 +93,40 @@ def test_a_load_hovering_at_a_threshold_does_not_flap(load, clock):
     assert _steady(load, clock, 0.3) == 0
 
 
-def test_the_average_follows_the_last_reading_while_no_new_one_comes(load, clock):
-    load.record(0, 1.0, 0)
+def test_a_busy_engine_is_averaged_and_an_idle_one_reads_idle_at_once(load, clock):
+    load.record(0, 1.0, 8, 0)
     clock.now += 0.5
-    load.record(0, 0.0, 0)  # the engine's last step freed its cache, then nothing more comes
+    load.record(0, 0.2, 2, 0)  # still busy: one low reading does not undo a busy period
     level, reading = load.level(POLICY)
-    assert reading.kv_usage == pytest.approx(1.0) and level == 3  # not undone by one reading
+    assert reading.kv_usage == pytest.approx(1.0) and level == 3
     clock.now += auto.SMOOTHING_S
-    assert load.reading().kv_usage == pytest.approx(0.3679, abs=1e-4)  # 1 / e
-    clock.now += 9 * auto.SMOOTHING_S
+    assert load.reading().kv_usage == pytest.approx(0.2 + 0.8 / math.e, abs=1e-4)
+    load.record(0, 0.0, 0, 0)  # the engine runs and holds nothing
     level, reading = load.level(POLICY)
-    assert reading.kv_usage < 0.01 and level == 0 and reading.age_s == pytest.approx(20.0)
+    assert reading.kv_usage == 0.0 and level == 0 and reading.age_s == 0.0
 
 
 def test_the_busiest_engine_counts(load, clock):
-    load.record(0, 0.1, 0)
-    load.record(1, 0.95, 0)
+    load.record(0, 0.1, 1, 0)
+    load.record(1, 0.95, 8, 0)
     clock.now += 60
     assert load.level(POLICY)[0] == 3
+
+
+def test_requests_the_engine_does_not_run_yet_count_at_a_running_ones_share(load, clock):
+    load.record(0, 0.1, 1, 0)  # one running request holds a tenth of the KV cache
+    for _ in range(5):
+        load.enter()  # a burst arrives: the engine runs one of them so far
+    level, reading = load.level(POLICY)
+    assert reading.pending == 4 and reading.projected == pytest.approx(0.5) and level == 1
+    for _ in range(8):
+        load.enter()
+    level, reading = load.level(POLICY)
+    assert reading.pending == 12 and level == 3
+    for _ in range(13):
+        load.leave()
+    load.record(0, 0.0, 0, 0)
+    assert load.level(POLICY) == (0, auto.Reading(0.0, 0, 0, 0.0, 0.0))
 
 
 def test_the_method_follows_the_shape_of_the_request_and_the_family():
@@ -127,7 +147,7 @@ def _request(**fields) -> dict:
 
 def _busy(clock: Clock) -> auto.Load:
     load = auto.Load(clock)
-    load.record(0, 0.95, 2)
+    load.record(0, 0.95, 4, 2)
     return load
 
 
@@ -138,7 +158,7 @@ def test_auto_resolves_to_a_method_and_ratio_before_vllm_sees_the_request(clock)
     defaults = ServerDefaults(load=_busy(clock))
     busy = rewrite(_request(prune="auto"), "/v1/chat/completions", defaults)
     assert busy.payload["mm_processor_kwargs"] == {"prune": "divprune", "prune_ratio": 0.75}
-    assert busy.choice.reading == auto.Reading(0.95, 2, 0.0)
+    assert busy.choice.reading == auto.Reading(0.95, 2, 0, 0.95, 0.0)
     capped = rewrite(_request(prune="auto", prune_ratio=0.5), "/v1/chat/completions", defaults)
     assert capped.payload["mm_processor_kwargs"]["prune_ratio"] == 0.5
     budget = rewrite(_request(prune="auto", prune_budget=100), "/v1/chat/completions", defaults)
@@ -209,11 +229,13 @@ def _reading(server: Server) -> dict:
     return requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()["auto"]["reading"]
 
 
-def _hold(server: Server, done: list[bool]) -> None:
-    """An unpruned request that grows to 2,000 tokens of KV cache."""
-    server.client.chat.completions.create(
+def _hold(server: Server, seed: int, done: list[bool]) -> None:
+    """An unpruned request that grows to 2,000 tokens of KV cache (a client and an image of
+    its own)."""
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    client.chat.completions.create(
         model=TINY_NAME,
-        messages=image_messages(),
+        messages=image_messages(seed=seed),
         max_tokens=1400,
         extra_body={"prune": "none", "ignore_eos": True},
     )
@@ -242,16 +264,18 @@ def test_auto_keeps_every_token_idle_prunes_at_the_maximum_under_load_and_recove
     assert prompt == unpruned
 
     done: list[bool] = []
-    holders = [threading.Thread(target=_hold, args=(auto_server, done)) for _ in range(HOLDERS)]
+    holders = [
+        threading.Thread(target=_hold, args=(auto_server, 100 + i, done)) for i in range(HOLDERS)
+    ]
     for holder in holders:
         holder.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(done) < HOLDERS:
         reading = _reading(auto_server)
-        if reading["waiting"] > 0 or reading["kv_usage"] >= 0.9:
+        if reading["waiting"] > 0 or reading["projected"] >= 0.9:
             break
-        time.sleep(0.2)
-    assert reading["waiting"] > 0 or reading["kv_usage"] >= 0.9, reading
+        time.sleep(0.1)
+    assert reading["waiting"] > 0 or reading["projected"] >= 0.9, reading
     headers, prompt = _auto_request(auto_server)
     assert headers["x-prune-method"] == "divprune" and headers["x-prune-ratio"] == "0.75"
     assert "waiting=" in headers["x-prune-load"] and "kv_usage=" in headers["x-prune-load"]
@@ -282,7 +306,9 @@ def test_the_methods_endpoint_shows_the_policy_and_the_load(auto_server: Server)
     policy = document["auto"]["policy"]
     assert policy["ratios"] == [0.0, 0.25, 0.5, 0.75] and policy["image_method"] == "divprune"
     assert policy["thresholds"] == [0.5, 0.7, 0.9]
-    assert set(document["auto"]["reading"]) == {"kv_usage", "waiting", "age_s"}
+    assert set(document["auto"]["reading"]) == {
+        "kv_usage", "waiting", "pending", "projected", "age_s",
+    }  # fmt: skip
 
 
 def test_a_bad_field_with_auto_is_a_400_naming_it(auto_server: Server):
@@ -294,3 +320,35 @@ def test_a_bad_field_with_auto_is_a_400_naming_it(auto_server: Server):
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "prune_keep"
     assert "prune_ratio" in response.json()["error"]["message"]
+
+
+# -- the content measure (loadtests/content_keep.py; measured, not used by auto) ----------------------------------------------------------------------
+
+
+def _squares(count: int, size: int = 336) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    for k in range(count):
+        x, y = 20 + (k % 6) * 50, 20 + (k // 6) * 50
+        draw.rectangle((x, y, x + 30, y + 30), fill="black")
+    return image
+
+
+def test_a_busier_image_measures_higher():
+    measures = [complexity(_squares(count)) for count in (0, 1, 6, 36)]
+    assert measures[0] == 0.0
+    assert measures == sorted(measures) and len(set(measures)) == 4
+    # The measure reads a fixed side: the same scene at another size measures about the same.
+    assert complexity(_squares(6).resize((672, 500))) == pytest.approx(measures[2], rel=0.2)
+    noise = Image.effect_noise((336, 336), 100).convert("RGB")
+    assert complexity(noise) > measures[3]
+
+
+def test_content_keeps_follow_the_weights_and_keep_the_mean():
+    weights = [weight(m, 0.5) for m in (0.0004, 0.0016, 0.0036)]  # sqrt: 0.02, 0.04, 0.06
+    reference = sum(weights) / 3
+    keeps = content_keeps([144] * 3, [576] * 3, weights, reference)
+    assert keeps == [72, 144, 216] and sum(keeps) == 3 * 144
+    # Within [floor, N]; a reference of 0 (nothing measured) keeps the fixed count.
+    assert content_keeps([144, 144], [576, 576], [0.0, 10.0], 1.0, [4, 4]) == [4, 576]
+    assert content_keeps([144], [576], [5.0], 0.0) == [144]

@@ -10,11 +10,16 @@ sends the API server; ``integration/load.py`` receives them) and turns it into a
   ``start`` and ``full``;
 - at ``full`` KV usage or with any request waiting: ``max_ratio``.
 
+The KV usage read is projected: requests this API server has accepted but the engine
+does not run yet (a burst still arriving) count at the KV share a running request holds,
+so the first requests of a burst are pruned as the burst will need, not as the idle
+engine they arrive at looks.
+
 Damping: KV usage is smoothed over ``SMOOTHING_S`` seconds (an exponential average that
-keeps moving towards the last reading while no new one comes, so an idle engine reads
-idle), a level is left downwards only ``hysteresis`` below the threshold that reached it,
-so a load that hovers at a threshold does not flap between two settings. Waiting
-requests are read unsmoothed: a queue is pruned at once.
+keeps moving towards the last reading while no new one comes), and a level is left
+downwards only ``hysteresis`` below the threshold that reached it, so a load that hovers
+at a threshold does not flap between two settings. Waiting requests are read unsmoothed:
+a queue is pruned at once; and an engine that runs and holds nothing reads idle at once.
 
 Pure Python, no vLLM: the policy and its state are tested on their own.
 """
@@ -70,11 +75,23 @@ class Policy:
 
 @dataclass(frozen=True)
 class Reading:
-    """The load behind one choice: smoothed KV usage (0 .. 1), requests waiting, its age."""
+    """The load behind one choice.
+
+    ``kv_usage``: the engine's smoothed KV-cache usage (0 .. 1); ``waiting``: its waiting
+    requests; ``pending``: requests this API server has accepted that the engine does not
+    run or hold yet (still arriving, decoding images); ``projected``: ``kv_usage`` plus the
+    pending requests at the KV share a running request holds; ``age_s``: since the
+    engine's last statistics (None: none received yet).
+    """
 
     kv_usage: float
     waiting: int
-    age_s: float | None  # None: no statistics received yet (an engine that never ran)
+    pending: int
+    projected: float
+    age_s: float | None
+
+
+IDLE = Reading(0.0, 0, 0, 0.0, None)
 
 
 @dataclass(frozen=True)
@@ -84,44 +101,80 @@ class Choice:
     reading: Reading
 
 
+@dataclass
+class _Engine:
+    """One engine's last statistics, and its KV usage averaged up to then."""
+
+    t: float
+    average: float
+    usage: float
+    running: int
+    waiting: int
+
+    def smoothed(self, now: float) -> float:
+        """The average moved towards the last usage for the time since it came."""
+        return self.usage + (self.average - self.usage) * math.exp(-(now - self.t) / SMOOTHING_S)
+
+
 class Load:
-    """The latest scheduler statistics of each engine, smoothed, and the level they set.
+    """The engines' load as their statistics report it, and the level it sets.
 
     ``record`` is called for every engine step's statistics (``integration/load.py``);
-    ``level`` when a request with ``prune: auto`` arrives. With several engines (data
-    parallel) the busiest one counts: a request may be routed to it.
+    ``enter`` and ``leave`` around every request this API server serves; ``level`` when a
+    request with ``prune: auto`` arrives. With several engines (data parallel) the busiest
+    one's KV usage counts: a request may be routed to it.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._engines: dict[int, tuple[float, float, float, int]] = {}  # t, ema, raw, waiting
+        self._engines: dict[int, _Engine] = {}
+        self._share = 0.0  # KV usage per running request, as last seen
+        self._in_flight = 0
         self._level = 0
 
-    def record(self, engine: int, kv_usage: float, waiting: int) -> None:
+    def record(self, engine: int, kv_usage: float, running: int, waiting: int) -> None:
         now = self._clock()
         with self._lock:
             previous = self._engines.get(engine)
-            ema = kv_usage if previous is None else _toward(previous, now)
-            self._engines[engine] = (now, ema, kv_usage, waiting)
+            # An engine that runs and holds nothing reads idle at once: nothing to protect.
+            idle = previous is None or (running == 0 and waiting == 0)
+            average = kv_usage if idle else previous.smoothed(now)
+            self._engines[engine] = _Engine(now, average, kv_usage, running, waiting)
+            if running > 0:
+                self._share = kv_usage / running
+
+    def enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def reading(self) -> Reading:
+        """The load now (for a request arriving now: not counted in flight yet)."""
         now = self._clock()
         with self._lock:
             engines = list(self._engines.values())
-        if not engines:
-            return Reading(0.0, 0, None)
-        kv = max(_toward(e, now) for e in engines)
-        waiting = max(e[3] for e in engines)
-        return Reading(round(kv, 4), waiting, round(now - max(e[0] for e in engines), 3))
+            in_flight, share = self._in_flight, self._share
+        if not engines and not in_flight:
+            return IDLE
+        kv = max((e.smoothed(now) for e in engines), default=0.0)
+        waiting = max((e.waiting for e in engines), default=0)
+        known = sum(e.running + e.waiting for e in engines)
+        pending = max(0, in_flight - known)
+        age = round(now - max(e.t for e in engines), 3) if engines else None
+        return Reading(round(kv, 4), waiting, pending, round(kv + pending * share, 4), age)
 
     def level(self, policy: Policy) -> tuple[int, Reading]:
         """The level this load sets, moved from the last one with hysteresis."""
         reading = self.reading()
+        load = reading.projected
         with self._lock:
             level = self._level
             reached = max(
-                (k for k in range(1, policy.levels + 1) if reading.kv_usage >= policy.threshold(k)),
+                (k for k in range(1, policy.levels + 1) if load >= policy.threshold(k)),
                 default=0,
             )
             if reading.waiting > 0:
@@ -129,18 +182,10 @@ class Load:
             elif reached >= level:
                 level = reached
             else:
-                while level > reached and reading.kv_usage < (
-                    policy.threshold(level) - policy.hysteresis
-                ):
+                while level > reached and load < policy.threshold(level) - policy.hysteresis:
                     level -= 1
             self._level = level
         return level, reading
-
-
-def _toward(engine: tuple[float, float, float, int], now: float) -> float:
-    """The engine's average moved towards its last reading for the time since it came."""
-    t, ema, raw, _ = engine
-    return raw + (ema - raw) * math.exp(-(now - t) / SMOOTHING_S)
 
 
 def choose_method(

@@ -687,9 +687,10 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     *_attributes(
         "vllm.v1.metrics.stats:SchedulerStats",
-        "kv_cache_usage num_waiting_reqs num_skipped_waiting_reqs",
-        "the load `prune: auto` follows: KV-cache usage and the waiting requests (deferred "
-        "ones included: they wait for room in the KV cache)",
+        "kv_cache_usage num_running_reqs num_waiting_reqs num_skipped_waiting_reqs",
+        "the load `prune: auto` follows: KV-cache usage, the running requests (the KV share "
+        "of one) and the waiting ones (deferred ones included: they wait for room in the KV "
+        "cache)",
     ),
     Reliance(
         "behaviour",

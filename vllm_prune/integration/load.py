@@ -36,7 +36,9 @@ class LoadReader(StatLoggerBase):
             return
         # Deferred waiting requests (no room in the KV cache) wait as much as the others.
         waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
-        auto.LOAD.record(engine_idx, scheduler_stats.kv_cache_usage, waiting)
+        auto.LOAD.record(
+            engine_idx, scheduler_stats.kv_cache_usage, scheduler_stats.num_running_reqs, waiting
+        )
 
     def log_engine_initialized(self) -> None:
         pass

@@ -30,7 +30,7 @@ from vllm_prune.observability import metrics
 from vllm_prune.spec import DEFAULT_RATIO, PruneSpecError
 
 from .methods_endpoint import METHODS_PATH, methods_document
-from .request_fields import ServerDefaults, rewrite
+from .request_fields import PRUNE_PATHS, ServerDefaults, rewrite
 
 logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is printed
 # What prune: auto chose for a request, on its response.
@@ -186,25 +186,37 @@ class PruneMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        if method is None:
-            await self.app(scope, replay, send)
-            return
+        # Requests on the generating endpoints count in flight until answered: prune: auto
+        # projects the KV cache of those the engine does not run yet.
+        load = auto.LOAD if scope["path"] in PRUNE_PATHS else None
+        if load is not None:
+            load.enter()
+        try:
+            if method is None:
+                await self.app(scope, replay, send)
+                return
 
-        timing = _Timing(started)
+            timing = _Timing(started)
 
-        async def timed_send(message: Message) -> None:
-            timing.see(message)
-            await send(message)
+            async def timed_send(message: Message) -> None:
+                timing.see(message)
+                await send(message)
 
-        await self.app(scope, replay, timed_send)
-        timing.observe(method)
+            await self.app(scope, replay, timed_send)
+            timing.observe(method)
+        finally:
+            if load is not None:
+                load.leave()
 
 
 def _reporting(send: Send, choice: auto.Choice) -> Send:
     """Report what ``prune: auto`` chose: the metrics, one log line, and response headers."""
     reading = choice.reading
     metrics.observe_auto(choice.method, choice.ratio, reading.kv_usage, reading.waiting)
-    load = f"kv_usage={reading.kv_usage:.3f}; waiting={reading.waiting}"
+    load = (
+        f"kv_usage={reading.kv_usage:.3f}; waiting={reading.waiting}; "
+        f"pending={reading.pending}; projected={reading.projected:.3f}"
+    )
     if reading.age_s is not None:
         load += f"; age_s={reading.age_s:.1f}"
     logger.info("prune auto method=%s ratio=%.4g %s", choice.method, choice.ratio, load)
