@@ -328,7 +328,7 @@ MESSAGES = (
 PRUNE_FIELDS = st.fixed_dictionaries(
     {},
     optional={
-        "prune": st.sampled_from([*method_names(), "", "NONE", "pool"]) | JSON,
+        "prune": st.sampled_from([*method_names(), "auto", "", "NONE", "pool"]) | JSON,
         "prune_ratio": st.floats(-1, 2) | JSON,
         "prune_keep": st.integers(-5, 5000) | JSON,
         "prune_budget": st.integers(-5, 5000) | JSON,
