@@ -39,7 +39,6 @@ import csv
 import json
 import multiprocessing
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -51,7 +50,14 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from loadtests.bench import Workload, bench_argv, command_line, run_bench, summarize_result
-from loadtests.local_server import DEFAULT_BLOCK_SIZE, LocalServer, local_server, serve_args
+from loadtests.local_server import (
+    LocalServer,
+    add_local_server_args,
+    add_target_args,
+    image_size,
+    local_server,
+    serve_args,
+)
 from loadtests.scrape import (
     COUNTERS,
     Sample,
@@ -588,18 +594,10 @@ def plot(out: Path, rows: list[Row]) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    from loadtests.sweep import _size
-
     p = argparse.ArgumentParser(
         prog="python -m loadtests.auto_load", description=__doc__.splitlines()[0]
     )
-    target = p.add_argument_group("target (no --url: a local server is started and stopped)")
-    target.add_argument("--url", help="server base URL, e.g. http://host:8000")
-    target.add_argument("--model", help="served model name (default: the server's first model)")
-    target.add_argument("--tokenizer", help="tokenizer for the random text (default: the model)")
-    target.add_argument(
-        "--metrics-url", help="/metrics to read (default URL/metrics; one replica's)"
-    )
+    add_target_args(p)
     load = p.add_argument_group("load")
     load.add_argument("--low-concurrency", type=int, default=1, help="default 1")
     load.add_argument(
@@ -612,7 +610,10 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--input-len", type=int, default=32, help="random text tokens (default 32)")
     load.add_argument("--output-len", type=int, default=64, help="generated tokens (default 64)")
     load.add_argument(
-        "--image-size", type=_size, default=(336, 336), help="WxH of every image (default 336x336)"
+        "--image-size",
+        type=image_size,
+        default=(336, 336),
+        help="WxH of every image (default 336x336)",
     )
     load.add_argument(
         "--warmup", type=int, default=8, help="unmeasured requests per setting first (default 8)"
@@ -622,19 +623,7 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--counter-interval", type=float, default=0.2, help="seconds between counter scrapes"
     )
-    local = p.add_argument_group("local server (without --url)")
-    local.add_argument("--serve-model", help="model path (default: vllm-prune serve's demo)")
-    local.add_argument(
-        "--serve-args",
-        type=shlex.split,
-        default=[],
-        help='more vllm serve options, e.g. --serve-args="--dtype float32 --enforce-eager"',
-    )
-    local.add_argument(
-        "--kv-blocks", type=int, default=256, help="KV blocks, fixed (default 256; 0: vLLM's own)"
-    )
-    local.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
-    local.add_argument("--max-num-seqs", type=int, default=256)
+    add_local_server_args(p)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     p.add_argument(
         "--plot-only", action="store_true", help="redraw OUT's plot from its summary and raw files"

@@ -7,8 +7,10 @@ queueing show on a CPU, where 1 GiB of KV would hold a million tiny-model tokens
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -156,3 +158,37 @@ def _stop(process: subprocess.Popen, timeout: float = 30) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``WxH`` -> (width, height), for options."""
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height)
+
+
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    """Where a load test sends its load: ``--url`` (else a local server of its own)."""
+    target = parser.add_argument_group("target (no --url: a local server is started and stopped)")
+    target.add_argument("--url", help="server base URL, e.g. http://host:8000")
+    target.add_argument("--model", help="served model name (default: the server's first model)")
+    target.add_argument("--tokenizer", help="tokenizer for the random text (default: the model)")
+    target.add_argument(
+        "--metrics-url", help="/metrics to sample (default URL/metrics; one replica's)"
+    )
+
+
+def add_local_server_args(parser: argparse.ArgumentParser) -> None:
+    """The local server a load test starts without ``--url``: model, options, a fixed KV."""
+    local = parser.add_argument_group("local server (without --url)")
+    local.add_argument("--serve-model", help="model path (default: vllm-prune serve's demo)")
+    local.add_argument(
+        "--serve-args",
+        type=shlex.split,
+        default=[],
+        help='more vllm serve options, e.g. --serve-args="--dtype float32 --enforce-eager"',
+    )
+    local.add_argument(
+        "--kv-blocks", type=int, default=256, help="KV blocks, fixed (default 256; 0: vLLM's own)"
+    )
+    local.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
+    local.add_argument("--max-num-seqs", type=int, default=256)

@@ -20,7 +20,6 @@ scenario's images in vLLM's caches.
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
 import sys
 from contextlib import AbstractContextManager, nullcontext
@@ -28,8 +27,10 @@ from pathlib import Path
 
 from loadtests.bench import Workload, bench_argv, command_line, run_bench, summarize_result
 from loadtests.local_server import (
-    DEFAULT_BLOCK_SIZE,
     LocalServer,
+    add_local_server_args,
+    add_target_args,
+    image_size,
     kv_config,
     local_server,
     serve_args,
@@ -50,26 +51,15 @@ def _floats(text: str) -> list[float]:
     return [float(item) for item in text.split(",") if item.strip()]
 
 
-def _size(text: str) -> tuple[int, int]:
-    width, _, height = text.lower().partition("x")
-    return int(width), int(height)
-
-
 def _sizes(text: str) -> tuple[tuple[int, int], ...]:
-    return tuple(_size(item) for item in text.split(",") if item.strip())
+    return tuple(image_size(item) for item in text.split(",") if item.strip())
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.sweep", description=__doc__.splitlines()[0]
     )
-    target = p.add_argument_group("target (no --url: a local server is started and stopped)")
-    target.add_argument("--url", help="server base URL, e.g. http://host:8000")
-    target.add_argument("--model", help="served model name (default: the server's first model)")
-    target.add_argument("--tokenizer", help="tokenizer for the random text (default: the model)")
-    target.add_argument(
-        "--metrics-url", help="/metrics to sample (default URL/metrics; one replica's)"
-    )
+    add_target_args(p)
     load = p.add_argument_group("load")
     load.add_argument(
         "--methods", default="none,pooling", help="comma-separated (default none,pooling)"
@@ -91,19 +81,7 @@ def parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--seed", type=int, default=0, help="first scenario's seed (default 0)")
     load.add_argument("--interval", type=float, default=0.05, help="seconds between scrapes")
-    local = p.add_argument_group("local server (without --url)")
-    local.add_argument("--serve-model", help="model path (default: vllm-prune serve's demo)")
-    local.add_argument(
-        "--serve-args",
-        type=shlex.split,
-        default=[],
-        help='more vllm serve options, e.g. --serve-args="--dtype float32 --enforce-eager"',
-    )
-    local.add_argument(
-        "--kv-blocks", type=int, default=256, help="KV blocks, fixed (default 256; 0: vLLM's own)"
-    )
-    local.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
-    local.add_argument("--max-num-seqs", type=int, default=256)
+    add_local_server_args(p)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     return p
 
