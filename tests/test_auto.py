@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from devtools.tiny_llava import build_tiny_llava
 from loadtests.content_keep import complexity, content_keeps, weight
-from loadtests.probe import image_messages
+from loadtests.probe import image_messages, metric
 from tests.conftest import BLOCK_SIZE, TINY_NAME, Server, pruned_command, running
 from vllm_prune import auto
 from vllm_prune.demo import SERVE_ARGS as DEMO_ARGS
@@ -31,7 +32,7 @@ from vllm_prune.spec import PruneSpecError
 
 N = 576  # tiny-llava's visual tokens per image
 MAX_KEEP = 144  # at the default policy's maximum ratio, 0.75
-KV_BLOCKS = 80  # of 32 tokens: six held requests of 2,000 tokens keep some waiting
+KV_BLOCKS = 80  # of 32 tokens: one and a quarter requests of 2,000 tokens
 HOLDERS = 6
 
 
@@ -206,7 +207,8 @@ def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--num-gpu-blocks-override", str(KV_BLOCKS),
         "--prune-default", "auto",
     )  # fmt: skip
-    with running(root, {"pruned": command}) as started:
+    # Development mode for vLLM's /pause and /resume (the held requests), on loopback only.
+    with running(root, {"pruned": command}, {"pruned": {"VLLM_SERVER_DEV_MODE": "1"}}) as started:
         yield started["pruned"]
 
 
@@ -229,7 +231,7 @@ def _reading(server: Server) -> dict:
     return requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()["auto"]["reading"]
 
 
-def _hold(server: Server, seed: int, done: list[bool]) -> None:
+def _hold(server: Server, seed: int) -> None:
     """An unpruned request that grows to 2,000 tokens of KV cache (a client and an image of
     its own)."""
     client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
@@ -239,7 +241,18 @@ def _hold(server: Server, seed: int, done: list[bool]) -> None:
         max_tokens=1400,
         extra_body={"prune": "none", "ignore_eos": True},
     )
-    done.append(True)
+
+
+def _processed(server: Server) -> float:
+    """Image requests the server's processor has counted (just before the engine)."""
+    return metric(server.metrics_text(), "vllm_prune_requests_total")
+
+
+def _wait_processed(server: Server, count: float, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while _processed(server) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processed(server) >= count
 
 
 def _auto_ratio(server: Server, metrics_text: str, method: str) -> tuple[float, float]:
@@ -255,48 +268,61 @@ def _auto_ratio(server: Server, metrics_text: str, method: str) -> tuple[float, 
 def test_auto_keeps_every_token_idle_prunes_at_the_maximum_under_load_and_recovers(
     auto_server: Server,
 ):
+    # Unpruned, and long enough for the engine to report it running: the KV share of one
+    # request, which requests still arriving are projected at.
     unpruned = auto_server.client.chat.completions.create(
-        model=TINY_NAME, messages=image_messages(), max_tokens=1, extra_body={"prune": "none"}
+        model=TINY_NAME,
+        messages=image_messages(),
+        max_tokens=64,
+        extra_body={"prune": "none", "ignore_eos": True},
     ).usage.prompt_tokens
 
     headers, prompt = _auto_request(auto_server)
     assert headers["x-prune-method"] == "none" and headers["x-prune-ratio"] == "0"
     assert prompt == unpruned
 
-    done: list[bool] = []
-    holders = [
-        threading.Thread(target=_hold, args=(auto_server, 100 + i, done)) for i in range(HOLDERS)
-    ]
-    for holder in holders:
-        holder.start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(done) < HOLDERS:
-        reading = _reading(auto_server)
-        if reading["waiting"] > 0 or reading["projected"] >= 0.9:
-            break
-        time.sleep(0.1)
-    assert reading["waiting"] > 0 or reading["projected"] >= 0.9, reading
-    headers, prompt = _auto_request(auto_server)
+    # Held requests: vLLM's scheduler is paused (its /pause, development mode) while six
+    # requests of 2,000 tokens each arrive, so the load is certain when the auto request
+    # comes: six requests the engine has not run yet, each at a running request's KV share
+    # (80 blocks hold one and a quarter of them). Once resumed they fill the pool.
+    before = _processed(auto_server)
+    requests.post(f"{auto_server.url}/pause?mode=keep", timeout=60).raise_for_status()
+    holders = [threading.Thread(target=_hold, args=(auto_server, 100 + i)) for i in range(HOLDERS)]
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            for holder in holders:
+                holder.start()
+            _wait_processed(auto_server, before + HOLDERS)
+            reading = _reading(auto_server)
+            assert reading["pending"] == HOLDERS and reading["projected"] >= 0.9, reading
+            held_auto = pool.submit(_auto_request, auto_server)
+            _wait_processed(auto_server, before + HOLDERS + 1)
+        finally:
+            requests.post(f"{auto_server.url}/resume", timeout=60).raise_for_status()
+        headers, prompt = held_auto.result(timeout=600)
     assert headers["x-prune-method"] == "divprune" and headers["x-prune-ratio"] == "0.75"
-    assert "waiting=" in headers["x-prune-load"] and "kv_usage=" in headers["x-prune-load"]
+    assert f"pending={HOLDERS}" in headers["x-prune-load"], headers
     assert prompt == unpruned - (N - MAX_KEEP)
-    assert len(done) < HOLDERS  # decided while held requests still filled the pool
     count, total = _auto_ratio(auto_server, auto_server.metrics_text(), "divprune")
-    assert count >= 1 and total == pytest.approx(0.75 * count)
+    assert count == 1 and total == pytest.approx(0.75)
     assert _auto_ratio(auto_server, auto_server.metrics_text(), "none")[0] >= 1
+    log = Path(auto_server.log).read_text()
+    assert "prune auto method=divprune ratio=0.75 kv_usage=" in log
 
     for holder in holders:
         holder.join(timeout=600)
-    assert len(done) == HOLDERS
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    assert not any(holder.is_alive() for holder in holders)
+    # The held requests are answered and the engine is idle: every token again (within a
+    # few requests: the last answer can reach the client a moment before the server has
+    # counted it out of flight).
+    deadline = time.monotonic() + 30
+    while True:
         headers, prompt = _auto_request(auto_server)
-        if headers["x-prune-ratio"] == "0":
+        if headers["x-prune-ratio"] == "0" or time.monotonic() > deadline:
             break
-        time.sleep(1)
-    assert headers["x-prune-method"] == "none" and prompt == unpruned, headers
-    log = Path(auto_server.log).read_text()
-    assert "prune auto method=divprune ratio=0.75 kv_usage=" in log
+        time.sleep(0.5)
+    assert headers["x-prune-method"] == "none" and headers["x-prune-ratio"] == "0", headers
+    assert prompt == unpruned
 
 
 def test_the_methods_endpoint_shows_the_policy_and_the_load(auto_server: Server):

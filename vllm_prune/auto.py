@@ -33,12 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 AUTO = "auto"
-# Which method auto uses, by the request's shape (docs/choosing-a-method.md#prune-auto):
-# a video: a temporal method (evs: vLLM's own EVS, the cheapest per-frame counts);
-# several images with a question: a text-guided one (cdprune: the best text-guided row of
-# the shapes table at 0.75 and 0.889); otherwise the policy's image method (divprune: the
-# best row of the shapes table at 0.889 and the best at 0.75 but random and vispruner, it
-# runs on every family; random's lead comes from the demo model's token dropout).
+# Which method auto uses, by the request's shape (docs/auto.md#which-method): a video: a
+# temporal method (evs: vLLM's own EVS, the cheapest per-frame counts); several images with
+# a question: a text-guided one (cdprune: the best text-guided row of the shapes table at
+# 0.75, tied at 0.889); otherwise the policy's image method (divprune: the best row of the
+# shapes table at 0.889 and the best at 0.75 but random and vispruner; it runs on every
+# family; random's lead comes from the demo model's token dropout).
 VIDEO_METHODS = ("evs", "vidcom2")
 QUESTION_METHODS = ("cdprune", "fastv_window")
 FALLBACK_METHODS = ("pooling", "random")

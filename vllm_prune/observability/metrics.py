@@ -87,7 +87,8 @@ AUTO_RATIO = Histogram(
 )
 AUTO_KV_USAGE = Histogram(
     "vllm_prune_auto_kv_usage",
-    "Per request with prune: auto, the engine's smoothed KV-cache usage (0 to 1) it read.",
+    "Per request with prune: auto, the KV-cache usage (0 to 1) the choice followed: the "
+    "engine's smoothed usage plus the requests still arriving, at a running request's share.",
     ["method"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
 )
@@ -144,6 +145,7 @@ def observe_latency(method: str, e2e_seconds: float, ttft_seconds: float | None)
 
 
 def observe_auto(method: str, ratio: float, kv_usage: float, waiting: int) -> None:
+    """``kv_usage``: the projected usage the choice followed (``auto.Reading.projected``)."""
     AUTO_RATIO.labels(method).observe(ratio)
     AUTO_KV_USAGE.labels(method).observe(kv_usage)
     AUTO_WAITING.labels(method).observe(waiting)

@@ -40,10 +40,21 @@ LOAD_HEADER = b"x-prune-load"
 
 
 def _support(scope: Scope) -> dict[str, str | None] | None:
-    """Per method, why the served model refuses it (None: it runs); None if unknown."""
-    config = getattr(getattr(scope.get("app"), "state", None), "vllm_config", None)
+    """Per method, why the served model refuses it (None: it runs); None if unknown.
+
+    The same for every request of a server, so it is worked out once and kept on the app.
+    """
+    state = getattr(scope.get("app"), "state", None)
+    known = getattr(state, "prune_support", None)
+    if known is not None:
+        return known
+    config = getattr(state, "vllm_config", None)
     hf_config = getattr(getattr(config, "model_config", None), "hf_config", None)
-    return None if hf_config is None else method_support(hf_config)
+    if hf_config is None:
+        return None
+    support = method_support(hf_config)
+    state.prune_support = support  # type: ignore[union-attr]
+    return support
 
 
 def _args(scope: Scope) -> Any:
@@ -212,7 +223,7 @@ class PruneMiddleware:
 def _reporting(send: Send, choice: auto.Choice) -> Send:
     """Report what ``prune: auto`` chose: the metrics, one log line, and response headers."""
     reading = choice.reading
-    metrics.observe_auto(choice.method, choice.ratio, reading.kv_usage, reading.waiting)
+    metrics.observe_auto(choice.method, choice.ratio, reading.projected, reading.waiting)
     load = (
         f"kv_usage={reading.kv_usage:.3f}; waiting={reading.waiting}; "
         f"pending={reading.pending}; projected={reading.projected:.3f}"
