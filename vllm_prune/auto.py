@@ -63,6 +63,18 @@ class Policy:
         if not 0.0 < self.max_ratio < 1.0:
             raise ValueError(f"max_ratio must be in (0, 1); got {self.max_ratio}")
 
+    @classmethod
+    def from_args(cls, args: object) -> Policy:
+        """``--prune-auto-*`` (vllm-prune serve), or the defaults where the parsed options
+        have none (plain ``vllm serve`` with the middleware)."""
+        default = cls()
+        return cls(
+            start=getattr(args, "prune_auto_start", default.start),
+            full=getattr(args, "prune_auto_full", default.full),
+            max_ratio=getattr(args, "prune_auto_max_ratio", default.max_ratio),
+            image_method=getattr(args, "prune_auto_method", default.image_method),
+        )
+
     def threshold(self, level: int) -> float:
         """The smoothed KV usage that reaches ``level`` (1 .. levels)."""
         if self.levels == 1:

@@ -62,17 +62,6 @@ def _args(scope: Scope) -> Any:
     return getattr(getattr(scope.get("app"), "state", None), "args", None)
 
 
-def policy(args: Any) -> auto.Policy:
-    """``--prune-auto-*`` (vllm-prune serve), or the defaults under plain ``vllm serve``."""
-    default = auto.Policy()
-    return auto.Policy(
-        start=getattr(args, "prune_auto_start", default.start),
-        full=getattr(args, "prune_auto_full", default.full),
-        max_ratio=getattr(args, "prune_auto_max_ratio", default.max_ratio),
-        image_method=getattr(args, "prune_auto_method", default.image_method),
-    )
-
-
 def _defaults(scope: Scope, support: bool = False) -> ServerDefaults:
     args = _args(scope)
     ratio = getattr(args, "prune_ratio", None)
@@ -81,7 +70,7 @@ def _defaults(scope: Scope, support: bool = False) -> ServerDefaults:
         ratio=DEFAULT_RATIO if ratio is None else ratio,
         local_files=bool(getattr(args, "allowed_local_media_path", "")),
         off=gate().off_reason(),
-        policy=policy(args),
+        policy=auto.Policy.from_args(args),
         support=_support(scope) if support else None,
     )
 

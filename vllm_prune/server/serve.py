@@ -149,12 +149,7 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
 def check_auto_policy(args: argparse.Namespace) -> None:
     """The --prune-auto-* options make a policy (start below full, a ratio above 0)."""
     try:
-        auto.Policy(
-            start=args.prune_auto_start,
-            full=args.prune_auto_full,
-            max_ratio=args.prune_auto_max_ratio,
-            image_method=args.prune_auto_method,
-        )
+        auto.Policy.from_args(args)
     except ValueError as err:
         sys.exit(f"vllm-prune serve: --prune-auto-*: {err}")
 
