@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-auto loadtest-kv-video soak fuzz tower-time dashboard-figure vllm-check
+.PHONY: install test serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-auto loadtest-kv-video soak fuzz tower-time dashboard-figure vllm-check model-list test-generic-tp2
 
 install: $(STAMP)
 
@@ -158,6 +158,16 @@ tower-time: $(STAMP)
 VLLM ?=
 vllm-check: $(STAMP)
 	$(BIN)/python -m devtools.vllm_check $(VLLM)
+
+# Every image-taking architecture vLLM registers and what vllm-prune does with it, from
+# vLLM's own registry (docs/model-support.md; the docs test fails when it is stale).
+model-list: $(STAMP)
+	$(BIN)/python -m devtools.model_list
+
+# The generic adapter's two-rank check for every family (CI runs one family per layout).
+test-generic-tp2: $(STAMP)
+	VLLM_PRUNE_TEST_GENERIC_TP2=all VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
+	    $(BIN)/python -m pytest -v tests/test_generic.py -k two_tensor_parallel
 
 clean:
 	rm -rf $(VENV) *.egg-info

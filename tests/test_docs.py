@@ -191,3 +191,28 @@ def test_the_load_tests_files_table_lists_every_script():
     listed = {name for row in rows for name in re.findall(r"`(\w+\.py)`", row[0])}
     scripts = {p.name for p in (ROOT / "loadtests").glob("*.py") if p.name != "__init__.py"}
     assert listed == scripts
+
+
+def test_the_model_support_page_is_generated_from_vllms_registry():
+    """docs/model-support.md is what devtools.model_list writes from the installed vLLM."""
+    from devtools import model_list
+
+    assert model_list.main(["--check"]) == 0, "run make model-list"
+    version, entries = model_list.classify()
+    by_name = {e.architecture: e for e in entries}
+    # The families served in the tests are where the page says they are.
+    for architecture in (
+        "LlavaForConditionalGeneration",
+        "Qwen2VLForConditionalGeneration",
+        "Gemma3ForConditionalGeneration",
+        "InternVLForConditionalGeneration",
+        "Idefics3ForConditionalGeneration",
+        "Mistral3ForConditionalGeneration",
+        "PaliGemmaForConditionalGeneration",
+    ):
+        assert by_name[architecture].status == model_list.PRUNED, architecture
+    for architecture in ("Glm4vForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"):
+        assert by_name[architecture].status == model_list.UNPRUNED, architecture
+    # Text-only and audio-only architectures are not listed.
+    assert "Qwen2AudioForConditionalGeneration" not in by_name
+    assert version in (ROOT / "docs" / "model-support.md").read_text()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import Part
 from .methods import Context, Reduced, get_method
 from .observability import trace
 
@@ -28,10 +29,15 @@ class PrunePlan:
     params: dict[str, int | float]
     text_ids: torch.Tensor  # [T], int64; empty unless the method needs text
     frame_keeps: tuple[int, ...] = ()  # a video's tokens kept per frame; () for an image
+    parts: tuple[tuple[Part, int], ...] = ()  # generic adapter: each part and its keep
 
     def for_frame(self, frame: int) -> PrunePlan:
         """A video's plan for one of its frames, pruned as an image."""
         return PrunePlan(self.method, self.frame_keeps[frame], self.params, self.text_ids)
+
+    def for_part(self, keep: int) -> PrunePlan:
+        """The plan of one part of an image (a tile, a row, a grid), keeping ``keep``."""
+        return PrunePlan(self.method, keep, self.params, self.text_ids)
 
 
 def square_grid(num_tokens: int) -> tuple[int, int]:

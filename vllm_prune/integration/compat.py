@@ -644,6 +644,82 @@ LEDGER: tuple[Reliance, ...] = (
         "a pruned image returns the kept rows of every column block, in one order "
         "(tests/test_families.py against transformers' Qwen3-VL)",
     ),
+    # -- the generic adapter: every other multimodal model (integration.generic) ------------
+    *_imports(
+        f"{_MODELS}.registry",
+        "_MULTIMODAL_MODELS",
+        "the architectures the plugin points at the generic adapter (and devtools.model_list "
+        "lists); each one's vLLM module and class come from ModelRegistry's lazy entry",
+    ),
+    *_attributes(
+        f"{_MODELS}.registry:_ModelRegistry", "models", "the registered entry of an architecture"
+    ),
+    *_attributes(
+        f"{_MODELS}.registry:_LazyRegisteredModel",
+        "module_name class_name",
+        "where vLLM's own class of an architecture lives, for the generic subclass",
+    ),
+    *_attributes(
+        "vllm.multimodal.registry:_ProcessorFactories",
+        "info processor dummy_inputs",
+        "the generic subclass registers vLLM's own factories, its processor factory wrapped "
+        "(read from the model class's `_processor_factory`, set by `register_processor`)",
+    ),
+    *_imports(
+        f"{_MODELS}.interfaces",
+        "supports_mrope",
+        "a model with M-RoPE positions is not pruned by the generic path (not declared yet)",
+    ),
+    *_imports(
+        "vllm.multimodal.processing",
+        "EncDecMultiModalProcessor PromptUpdateDetails",
+        "an encoder-decoder model is not pruned; each image's placeholder is vLLM's own "
+        "`PromptUpdateDetails` (`full`, `is_embed`), rebuilt with its runs shrunk",
+    ),
+    *_attributes(
+        "vllm.multimodal.processing:PromptUpdateDetails",
+        "full is_embed from_seq",
+        "the placeholder tokens and the mask of the positions that take the image's rows",
+    ),
+    *_attributes(
+        "vllm.multimodal.processing:PromptUpdate",
+        "modality content resolve",
+        "the image update of vLLM's own `_get_prompt_updates`, resolved per item",
+    ),
+    *_attributes(
+        "vllm.multimodal.inputs:MultiModalKwargsItems",
+        "from_hf_inputs",
+        "the processed items the prompt updates read, built as vLLM builds them",
+    ),
+    *_attributes(
+        _PROCESSOR,
+        "_get_prompt_updates _get_mm_fields_config _apply_hf_processor_main",
+        "the generic adapter reads vLLM's own prompt updates of a processed image (at start "
+        "on a dummy image, then per request) and wraps their content",
+    ),
+    *_attributes(
+        "vllm.multimodal.processing.context:BaseProcessingInfo",
+        "parse_mm_data get_supported_mm_limits get_hf_config",
+        "the start-up check parses a dummy image and asks whether the model takes images",
+    ),
+    *_attributes(
+        f"{_MODELS}.interfaces:SupportsMultiModal",
+        "get_language_model embed_multimodal",
+        "the decoder the scout pass runs; one tensor of content rows per image",
+    ),
+    *_attributes(
+        "vllm.config.compilation:CompilationConfig",
+        "cudagraph_mm_encoder",
+        "encoder CUDA graphs run the tower without `embed_multimodal`: refused at start",
+    ),
+    Reliance(
+        "behaviour",
+        "an image's placeholder is one prompt update whose `is_embed` positions carry one "
+        "placeholder id that no structure token shares, and `embed_multimodal` returns one "
+        "tensor per image with a row per `is_embed` position, in order",
+        "checked per architecture at start on a dummy image (generic.decide) and per image "
+        "in the engine (generic.prune_image); tests/test_generic.py serves five families",
+    ),
     # -- the scout pass: vLLM's decoder layers, read by signals.scout ----------------------
     *_attributes(
         f"{_MODELS}.llama:LlamaModel", "embed_tokens layers", "the question's embeddings; layers"
@@ -761,9 +837,7 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     # -- the LLM's CUDA graphs must run Qwen's forward (qwen2_vl.graph_refusal) ------------
     *_imports("vllm.config", "CUDAGraphMode", "FULL graphs for prefills are refused (Qwen)"),
-    *_attributes(
-        "vllm.config:VllmConfig", "compilation_config", "the graph settings Qwen refuses"
-    ),
+    *_attributes("vllm.config:VllmConfig", "compilation_config", "the graph settings Qwen refuses"),
     *_attributes(
         "vllm.config.compilation:CompilationConfig",
         "cudagraph_mode",

@@ -11,13 +11,15 @@ says why), so vLLM serves every model unpruned, exactly as without the plugin.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from ..observability import trace
 from . import compat, parallel
 
 logger = logging.getLogger("vllm.prune")  # under vLLM's handler, so it is printed
 
-# Architecture name (as in config.json) -> our subclass, as "module:Class".
+# Architecture name (as in config.json) -> our family file's subclass, as "module:Class".
+# Every other multimodal architecture goes to the generic adapter (``generic_targets``).
 OVERRIDES = {
     "LlavaForConditionalGeneration": (
         "vllm_prune.integration.llava:PruneLlavaForConditionalGeneration"
@@ -44,6 +46,29 @@ OVERRIDES = {
         "vllm_prune.integration.qwen3_5:PruneQwen3_5MoeForConditionalGeneration"
     ),
 }
+
+GENERIC_MODULE = "vllm_prune.integration.generic"
+MODELS_PACKAGE = "vllm.model_executor.models."
+
+
+def generic_targets(registry: Any) -> dict[str, str]:
+    """Every multimodal architecture vLLM registered -> its generic pruning subclass.
+
+    By import path only (``integration.generic`` builds the class when vLLM loads it),
+    so this is cheap in every process; whether pruning holds is decided there, at start.
+    """
+    from vllm.model_executor.models.registry import _MULTIMODAL_MODELS
+
+    targets = {}
+    for architecture in _MULTIMODAL_MODELS:
+        registered = registry.models.get(architecture)
+        module = getattr(registered, "module_name", "")
+        if architecture in OVERRIDES or not module.startswith(MODELS_PACKAGE):
+            continue
+        name = f"Prune__{module[len(MODELS_PACKAGE) :]}__{registered.class_name}"
+        targets[architecture] = f"{GENERIC_MODULE}:{name}"
+    return targets
+
 
 _registered = False
 
@@ -72,6 +97,6 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
-    for architecture, target in OVERRIDES.items():
+    for architecture, target in {**generic_targets(ModelRegistry), **OVERRIDES}.items():
         ModelRegistry.register_model(architecture, target)
     trace.rank = parallel.tensor_parallel_rank

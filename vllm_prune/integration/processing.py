@@ -34,8 +34,9 @@ from vllm.multimodal.parse import (
 )
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
 
+from .. import layout
 from ..methods import get_method, method_names
-from ..methods.base import IN_TOWER, SCOUT, TOWER_ATTENTION, VISION_ATTENTION
+from ..methods.base import GRID, IN_TOWER, SCOUT, TOWER_ATTENTION, VISION_ATTENTION
 from ..methods.params import LAYER_FIELD
 from ..observability import metrics
 from ..spec import (
@@ -94,6 +95,8 @@ def fit_keeps(spec: PruneSpec, tokens: list[int], frames: list[int]) -> list[int
 class PruneProcessorMixin:
     """Shared prune handling; ``self`` is also a vLLM ``BaseMultiModalProcessor``."""
 
+    prunes_videos = True  # False: videos pass through unpruned (the generic adapter)
+
     def _visual_tokens(self, mm_items: MultiModalDataItems, processed: BatchFeature) -> list[int]:
         """Unpruned visual tokens of each image, as vLLM itself counts them."""
         raise NotImplementedError
@@ -102,6 +105,16 @@ class PruneProcessorMixin:
     def vision_attention_refusal(cls, hf_config: Any) -> str | None:
         """Why this model cannot give methods the vision tower's attention they read, or None."""
         return "this model family has no [CLS] attention row to read"
+
+    def _image_parts(
+        self,
+        mm_items: MultiModalDataItems,
+        processed: BatchFeature,
+        hf_kwargs: Mapping[str, object],
+    ) -> list[list[layout.Part]] | None:
+        """Each image's parts (the generic adapter, from vLLM's own prompt updates), or None
+        where the family counts its tokens itself (``_visual_tokens``)."""
+        return None
 
     def _patches(self, processed: BatchFeature, tokens: list[int]) -> list[int]:
         """Vision-tower patches of each image before training-aware merging."""
@@ -172,7 +185,7 @@ class PruneProcessorMixin:
     ) -> BatchFeature:
         spec = parse_spec(hf_kwargs)
         images = mm_items.get_count("image", strict=False)
-        videos = mm_items.get_count("video", strict=False)
+        videos = mm_items.get_count("video", strict=False) if self.prunes_videos else 0
         if images or videos:
             self._check_supported(spec.method, mm_items)
         if videos:
@@ -182,7 +195,11 @@ class PruneProcessorMixin:
         processed = super()._apply_hf_processor_main(mm_items, plain_kwargs)  # type: ignore[misc]
         if not images and not videos:
             return processed
-        image_tokens = self._visual_tokens(mm_items, processed) if images else []
+        parts = self._image_parts(mm_items, processed, plain_kwargs) if images else None
+        if parts is not None:
+            image_tokens = [sum(p.size for p in item) for item in parts]
+        else:
+            image_tokens = self._visual_tokens(mm_items, processed) if images else []
         grids = self._video_grids(processed) if videos else []
         video_tokens = [t * h * w for t, h, w in grids]
         keeps = fit_keeps(
@@ -196,6 +213,10 @@ class PruneProcessorMixin:
                     keeps[:images],
                     text_ids,
                     self._patches(processed, image_tokens),
+                    parts=[
+                        list(zip(item, layout.part_keeps(item, keep), strict=True))
+                        for item, keep in zip(parts or [], keeps[:images], strict=True)
+                    ],
                 )
             )
         if videos:
@@ -261,6 +282,11 @@ class PruneProcessorMixin:
         return None
 
     @classmethod
+    def grid_refusal(cls, hf_config: Any) -> str | None:
+        """Why this model's token grid is not known to the spatial methods, or None."""
+        return None
+
+    @classmethod
     def family_refusal(cls, method: str, hf_config: Any) -> str | None:
         """Why this model (its Hugging Face config) cannot run ``method`` at all, or None.
 
@@ -271,6 +297,10 @@ class PruneProcessorMixin:
             refusal = cls.vision_attention_refusal(hf_config)
             if refusal is not None:
                 return f"'{method}' reads the vision tower's attention: {refusal}"
+        if GRID in needs:
+            refusal = cls.grid_refusal(hf_config)
+            if refusal is not None:
+                return f"'{method}' works on the image's token grid: {refusal}"
         if SCOUT in needs:
             refusal = cls.scout_refusal(hf_config)
             if refusal is not None:

@@ -1,9 +1,11 @@
-"""Which methods a served model runs, from its Hugging Face config.
+"""Which methods a served model runs.
 
 ``GET /v1/prune/methods`` reports it, so a client learns what the model refuses before
-sending images. The answer is each family processor's own refusal
-(``PruneProcessorMixin.family_refusal``), the one a request would get as a 400; where
-the version gate switched pruning off, every method but ``none`` gives its reason.
+sending images, and a server whose model is not pruned at all answers a request that
+names a method with a 400 saying why. A family file's answer is its processor's own
+refusal (``PruneProcessorMixin.family_refusal``), the one a request would get as a 400;
+any other model's is the generic adapter's decision (``generic.decide``). Where the
+version gate switched pruning off, every method but ``none`` gives its reason.
 """
 
 from __future__ import annotations
@@ -15,18 +17,43 @@ from ..methods import method_names
 from .compat import gate
 from .plugin import OVERRIDES
 
-UNPRUNED = "vllm-prune does not prune this model family; its images are served unpruned"
+UNPRUNED = "vllm-prune does not prune this model; its images are served unpruned"
 
 
-def method_support(hf_config: Any) -> dict[str, str | None]:
-    """Per method: why the model refuses it, or None where it runs."""
+def _all_refused(reason: str) -> dict[str, str | None]:
+    return {m: None if m == "none" else reason for m in method_names()}
+
+
+def method_support(model_config: Any) -> dict[str, str | None]:
+    """Per method: why the served model (vLLM's ``ModelConfig``) refuses it, or None."""
     off = gate().off_reason()
     if off is not None:
-        return {m: None if m == "none" else off for m in method_names()}
+        return _all_refused(off)
+    hf_config = model_config.hf_config
     architectures = getattr(hf_config, "architectures", None) or []
     target = next((OVERRIDES[a] for a in architectures if a in OVERRIDES), None)
-    if target is None:
-        return {m: None if m == "none" else UNPRUNED for m in method_names()}
-    module, _, name = target.partition(":")
-    processor = getattr(importlib.import_module(module), name).prune_processor
-    return {m: processor.family_refusal(m, hf_config) for m in method_names()}
+    if target is not None:
+        module, _, name = target.partition(":")
+        processor = getattr(importlib.import_module(module), name).prune_processor
+        return {m: processor.family_refusal(m, hf_config) for m in method_names()}
+    if not architectures or not model_config.is_multimodal_model:
+        return _all_refused(UNPRUNED)
+    from . import generic
+
+    decision = generic.DECISIONS.get(architectures[0])
+    if decision is None:  # decided when vLLM builds the model's processor
+        from vllm.multimodal import MULTIMODAL_REGISTRY
+
+        MULTIMODAL_REGISTRY.create_processor(model_config)
+        decision = generic.DECISIONS.get(architectures[0])
+    if decision is None:
+        return _all_refused(UNPRUNED)
+    return generic.refusals(decision, hf_config)
+
+
+def unpruned_reason(support: dict[str, str | None]) -> str | None:
+    """Why the model is not pruned at all (every method but ``none`` refused alike), or None."""
+    reasons = {reason for method, reason in support.items() if method != "none"}
+    if len(reasons) == 1 and None not in reasons:
+        return next(iter(reasons))
+    return None

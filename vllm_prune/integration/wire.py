@@ -8,7 +8,9 @@ model's ``embed_multimodal`` pops them and decodes one ``PrunePlan`` per image.
 Every image carries the fields, unpruned ones included (method ``none``), so
 items from different requests always batch together. A video carries the same
 fields under ``video_``-prefixed names (a field belongs to one modality), plus
-each frame's ``keep`` (``video_prune_frame_keeps``).
+each frame's ``keep`` (``video_prune_frame_keeps``). An image of the generic
+adapter carries its parts (``prune_parts``: run, rows, keep and grid of each tile,
+row or run; ``layout``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from vllm.multimodal.inputs import MultiModalFieldConfig
 
+from ..layout import Part
 from ..methods import get_method, method_by_id, method_id
 from ..plan import PrunePlan
 from ..spec import PruneSpec
@@ -31,6 +34,7 @@ TOKENS_KEY = "prune_tokens"  # the image's unpruned visual tokens, N
 PATCHES_KEY = "prune_patches"  # its vision-tower patches before training-aware merging
 KEYS = (METHOD_KEY, KEEP_KEY, PARAMS_KEY, TEXT_IDS_KEY, TOKENS_KEY, PATCHES_KEY)
 FRAME_KEEPS_KEY = "prune_frame_keeps"  # videos: the tokens each frame keeps (padded with -1)
+PARTS_KEY = "prune_parts"  # generic adapter: [P, 5] run, size, keep, h, w (-1 rows pad)
 MODALITIES = ("image", "video")
 
 
@@ -40,7 +44,7 @@ def key(name: str, modality: str) -> str:
 
 
 def keys(modality: str) -> tuple[str, ...]:
-    names = KEYS if modality == "image" else (*KEYS, FRAME_KEEPS_KEY)
+    names = (*KEYS, PARTS_KEY) if modality == "image" else (*KEYS, FRAME_KEEPS_KEY)
     return tuple(key(name, modality) for name in names)
 
 
@@ -56,12 +60,14 @@ def encode(
     patches: Sequence[int] | None = None,
     modality: str = "image",
     frame_keeps: Sequence[Sequence[int]] = (),
+    parts: Sequence[Sequence[tuple[Part, int]]] = (),
 ) -> dict[str, torch.Tensor]:
     """Per-item prune fields of one modality for items of ``num_tokens`` visual tokens,
     each keeping ``keeps`` (``spec.keeps_for``; a video's ``frame_keeps`` per frame).
 
     ``patches``: each item's patches before training-aware merging (default: no
-    merging, the same as ``num_tokens``).
+    merging, the same as ``num_tokens``). ``parts``: each image's parts with the
+    tokens each keeps (the generic adapter; none for the family files).
     """
     method = get_method(spec.method)
     values = [float(spec.params[p.name]) for p in method.params]
@@ -80,7 +86,28 @@ def encode(
         longest = max((len(f) for f in frame_keeps), default=0)
         padded = [list(f) + [-1] * (longest - len(f)) for f in frame_keeps]
         fields[FRAME_KEEPS_KEY] = torch.tensor(padded, dtype=torch.long).reshape(count, longest)
+    if parts:
+        longest = max(len(p) for p in parts)
+        rows = [
+            [_part_row(part, kept) for part, kept in item] + [[-1] * 5] * (longest - len(item))
+            for item in parts
+        ]
+        fields[PARTS_KEY] = torch.tensor(rows, dtype=torch.long).reshape(count, longest, 5)
     return {key(name, modality): value for name, value in fields.items()}
+
+
+def _part_row(part: Part, kept: int) -> list[int]:
+    h, w = part.grid or (0, 0)  # 0 x 0: the grid is not known
+    return [part.run, part.size, kept, h, w]
+
+
+def _parts(rows: torch.Tensor) -> tuple[tuple[Part, int], ...]:
+    """One image's (part, keep) pairs without the rows that pad them to the request's longest."""
+    found = []
+    for run, size, kept, h, w in rows.reshape(-1, 5).tolist():
+        if run >= 0:
+            found.append((Part(run, size, (h, w) if h > 0 else None), kept))
+    return tuple(found)
 
 
 def _per_item(value: object) -> list[torch.Tensor]:
@@ -102,8 +129,11 @@ def pop_plans(kwargs: dict[str, object], modality: str = "image") -> list[PruneP
     frames: list[tuple[int, ...]] = [()] * len(keeps)
     if modality != "image":
         frames = [_unpadded(f) for f in _per_item(kwargs.pop(key(FRAME_KEEPS_KEY, modality)))]
+    parts: list[tuple[tuple[Part, int], ...]] = [()] * len(keeps)
+    if key(PARTS_KEY, modality) in kwargs:
+        parts = [_parts(p) for p in _per_item(kwargs.pop(key(PARTS_KEY, modality)))]
     plans = []
-    for m, k, p, t, f in zip(methods, keeps, params, texts, frames, strict=True):
+    for m, k, p, t, f, s in zip(methods, keeps, params, texts, frames, parts, strict=True):
         method = method_by_id(int(m))
         values = dict(zip((q.name for q in method.params), p.reshape(-1).tolist(), strict=True))
         for q in method.params:
@@ -116,6 +146,7 @@ def pop_plans(kwargs: dict[str, object], modality: str = "image") -> list[PruneP
                 params=values,
                 text_ids=t.reshape(-1),
                 frame_keeps=f,
+                parts=s,
             )
         )
     return plans
@@ -155,3 +186,9 @@ def frame_keeps(item: Mapping[str, object]) -> list[int]:
 def _unpadded(frame_keeps: torch.Tensor) -> tuple[int, ...]:
     """One video's per-frame counts without the -1 that pads them to the longest video."""
     return tuple(v for v in frame_keeps.reshape(-1).tolist() if v >= 0)
+
+
+def item_parts(item: Mapping[str, object]) -> tuple[tuple[Part, int], ...]:
+    """The (part, keep) pairs of a processed image item; () where it has none."""
+    field = item.get(PARTS_KEY) if hasattr(item, "get") else None  # type: ignore[union-attr]
+    return () if field is None else _parts(field.data)  # type: ignore[attr-defined]

@@ -93,6 +93,8 @@ IN_TOWER = "in_tower"
 TEXT = "text"  # text_embeddings (the request must carry its question)
 # text_attention, question_attention, visual_attention, visual_hidden, last_hidden:
 SCOUT = "scout"
+# Reads the image's token grid (neighbours, windows): refused where the model's grid is unknown.
+GRID = "grid"
 
 
 def require(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .base import (
+    GRID,
     SCOUT,
     TEXT,
     Context,
@@ -56,7 +57,7 @@ class FastVWindow(PruneMethod):
             description="Window side in tokens; each window keeps its share of tokens.",
         ),
     )
-    needs = frozenset({TEXT, SCOUT})
+    needs = frozenset({TEXT, SCOUT, GRID})
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from .base import IN_TOWER, Context, PruneMethod, Reduced, require
+from .base import GRID, IN_TOWER, Context, PruneMethod, Reduced, require
 from .registry import register
 
 
@@ -96,7 +96,7 @@ class FlowCutState:
 class FlowCut(PruneMethod):
     name = "flowcut"
     summary = "Patches dropped inside the vision tower by their information flow (FlowCut)."
-    needs = frozenset({IN_TOWER})
+    needs = frozenset({IN_TOWER, GRID})
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context

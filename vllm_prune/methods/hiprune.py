@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .base import (
+    GRID,
     TOWER_ATTENTION,
     Context,
     Param,
@@ -55,7 +56,7 @@ def anchors_with_neighbours(anchors: torch.Tensor, grid: tuple[int, int]) -> tor
 class HiPrune(PruneMethod):
     name = "hiprune"
     summary = "Object anchors and their neighbours, then global registers, by tower attention."
-    needs = frozenset({TOWER_ATTENTION})
+    needs = frozenset({TOWER_ATTENTION, GRID})
     params = (
         Param(
             "prune_object_share",

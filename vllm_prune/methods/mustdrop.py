@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import (
+    GRID,
     SCOUT,
     TEXT,
     VISION_ATTENTION,
@@ -90,7 +91,7 @@ class MustDrop(PruneMethod):
     name = "mustdrop"
     summary = "Flat windows merged, key tokens by [CLS] attention, the rest by the question."
     params = (LAYER_PARAM,)
-    needs = frozenset({VISION_ATTENTION, TEXT, SCOUT})
+    needs = frozenset({VISION_ATTENTION, TEXT, SCOUT, GRID})
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Context, PruneMethod, Reduced, check_inputs, evenly_spaced
+from .base import GRID, Context, PruneMethod, Reduced, check_inputs, evenly_spaced
 from .registry import register
 
 
@@ -45,6 +45,7 @@ def cell_centres(size: int, cells: int) -> torch.Tensor:
 class Pooling(PruneMethod):
     name = "pooling"
     summary = "Average pooling over the token grid to exactly keep tokens."
+    needs = frozenset({GRID})
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context

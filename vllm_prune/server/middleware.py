@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vllm_prune import auto
 from vllm_prune.integration.compat import gate
-from vllm_prune.integration.support import method_support
+from vllm_prune.integration.support import method_support, unpruned_reason
 from vllm_prune.observability import metrics
 from vllm_prune.spec import DEFAULT_RATIO, PruneSpecError
 
@@ -49,10 +49,10 @@ def _support(scope: Scope) -> dict[str, str | None] | None:
     if known is not None:
         return known
     config = getattr(state, "vllm_config", None)
-    hf_config = getattr(getattr(config, "model_config", None), "hf_config", None)
-    if hf_config is None:
+    model_config = getattr(config, "model_config", None)
+    if model_config is None:
         return None
-    support = method_support(hf_config)
+    support = method_support(model_config)
     state.prune_support = support  # type: ignore[union-attr]
     return support
 
@@ -62,16 +62,17 @@ def _args(scope: Scope) -> Any:
     return getattr(getattr(scope.get("app"), "state", None), "args", None)
 
 
-def _defaults(scope: Scope, support: bool = False) -> ServerDefaults:
+def _defaults(scope: Scope) -> ServerDefaults:
     args = _args(scope)
     ratio = getattr(args, "prune_ratio", None)
+    support = _support(scope)
     return ServerDefaults(
         method=getattr(args, "prune_default", None),
         ratio=DEFAULT_RATIO if ratio is None else ratio,
         local_files=bool(getattr(args, "allowed_local_media_path", "")),
-        off=gate().off_reason(),
+        off=gate().off_reason() or (unpruned_reason(support) if support else None),
         policy=auto.Policy.from_args(args),
-        support=_support(scope) if support else None,
+        support=support,
     )
 
 
@@ -163,7 +164,7 @@ class PruneMiddleware:
             payload = None  # not JSON (forms, malformed): vLLM answers it itself
         if isinstance(payload, dict):
             try:
-                rewritten = rewrite(payload, scope["path"], _defaults(scope, support=True))
+                rewritten = rewrite(payload, scope["path"], _defaults(scope))
             except PruneSpecError as err:
                 await _send_json(send, 400, _error(err))
                 return

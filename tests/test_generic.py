@@ -1,0 +1,307 @@
+"""Models pruned by the generic adapter, end to end: InternVL, Gemma 3, PaliGemma, Idefics3
+and Mistral 3, each a tiny checkpoint built offline; and models it serves unpruned.
+
+Each pruned family is served by our server and by plain vLLM with every plugin off
+(and, for one family of each placeholder layout, by our server on two tensor-parallel
+ranks: one run of several tiles, tiles as runs between tags, rows closed by breaks);
+the servers run for that family's tests, then stop. ``make test-generic-tp2`` runs
+the two-rank test for every family.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+import torch
+
+from devtools.tiny_idefics_mistral_glm import (
+    build_tiny_glm4v,
+    build_tiny_idefics3,
+    build_tiny_llava_onevision,
+    build_tiny_mistral3,
+)
+from devtools.tiny_internvl_gemma import (
+    build_tiny_gemma3,
+    build_tiny_internvl,
+    build_tiny_paligemma,
+)
+from loadtests.probe import image_messages, noise_image_data_url
+from vllm_prune import layout
+from vllm_prune.integration.families import MROPE, SEPARATOR_ROWS, family_of
+from vllm_prune.methods import Context, get_method, method_names
+from vllm_prune.methods.base import GRID, IN_TOWER, SCOUT, TOWER_ATTENTION, VISION_ATTENTION
+
+from .conftest import (
+    BLOCK_SIZE,
+    TRACE_FILE,
+    TWO_RANKS,
+    Server,
+    ask_traced,
+    assert_same_on_two_ranks,
+    plain_command,
+    pruned_command,
+    running,
+)
+
+TOWER = {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER}
+
+
+@dataclass(frozen=True)
+class Generic:
+    name: str
+    build: object  # (path) -> path
+    architecture: str  # as config.json names it
+    size: tuple[int, int]  # the test image
+    runs: tuple[int, ...]  # its embed runs, as vLLM lays out its placeholder
+    scout: bool  # the LLM is Llama-style: the scout methods run
+    two_ranks: bool = False  # served on two ranks in CI (one family per layout)
+    args: tuple[str, ...] = field(default=())
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.runs)
+
+    def refused(self) -> set[str]:
+        refused = set()
+        for method in method_names():
+            needs = get_method(method).needs
+            if needs & TOWER or (SCOUT in needs and not self.scout):
+                refused.add(method)
+            if GRID in needs and family_of(self.architecture).grid is None:
+                refused.add(method)
+        return refused
+
+    def runnable(self) -> list[str]:
+        return [m for m in method_names() if m != "none" and m not in self.refused()]
+
+
+FAMILIES = [
+    # 896 x 448: two 448 px tiles and the thumbnail, 256 tokens each, in one run.
+    Generic("internvl", build_tiny_internvl, "InternVLForConditionalGeneration", (896, 448),
+            (768,), scout=True, two_ranks=True),
+    # <start_of_image>, 16 x 16 soft tokens, <end_of_image>.
+    Generic("gemma3", build_tiny_gemma3, "Gemma3ForConditionalGeneration", (448, 448), (256,),
+            scout=False, two_ranks=True),
+    # 16 x 16 <image> before the prompt (one image per prompt).
+    Generic("paligemma", build_tiny_paligemma, "PaliGemmaForConditionalGeneration", (448, 448),
+            (256,), scout=False),
+    # 2 x 1 tiles and the global image, 8 x 8 tokens each, between tile tags.
+    Generic("idefics3", build_tiny_idefics3, "Idefics3ForConditionalGeneration", (896, 448),
+            (64, 64, 64), scout=True),
+    # 8 rows of 16 [IMG], each closed by [IMG_BREAK] (the last by [IMG_END]).
+    Generic("mistral3", build_tiny_mistral3, "Mistral3ForConditionalGeneration", (896, 448),
+            (16,) * 8, scout=True, two_ranks=True),
+]  # fmt: skip
+TWO_RANKS_ALL = os.environ.get("VLLM_PRUNE_TEST_GENERIC_TP2") == "all"
+ARGS = [
+    "--enforce-eager", "--max-model-len", "4096", "--dtype", "float32",
+    "--block-size", str(BLOCK_SIZE), "--served-model-name", "tiny",
+    "--limit-mm-per-prompt", '{"image": 2}',
+]  # fmt: skip
+
+
+@dataclass
+class Served:
+    family: Generic
+    pruned: Server
+    plain: Server
+    tp2: Server | None
+    trace: Path
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=lambda f: f.name)
+def served(request, tmp_path_factory) -> Served:
+    family: Generic = request.param
+    root: Path = tmp_path_factory.mktemp(family.name)
+    model = str(family.build(root / "model"))  # type: ignore[operator]
+    args = [*ARGS, *family.args]
+    if family.name == "paligemma":  # one image per prompt
+        args[args.index("--limit-mm-per-prompt") + 1] = '{"image": 1}'
+    commands = {"pruned": pruned_command(model, *args), "plain": plain_command(model, *args)}
+    if family.two_ranks or TWO_RANKS_ALL:
+        commands["tp2"] = pruned_command(model, *args, "--tensor-parallel-size", "2")
+    with running(root, commands, envs={"tp2": TWO_RANKS}) as started:
+        yield Served(
+            family, started["pruned"], started["plain"], started.get("tp2"), root / TRACE_FILE
+        )
+
+
+def ask(server: Server, family: Generic, extra: dict | None, seed: int = 11):
+    return server.client.chat.completions.create(
+        model="tiny",
+        messages=image_messages("what color is the square ?", seed=seed, size=family.size),
+        max_tokens=4,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={**(extra or {}), "return_token_ids": True},
+    )
+
+
+def keep(n: int, ratio: float) -> int:
+    return max(1, round(n * (1 - ratio)))
+
+
+def logprobs(response) -> list[float]:
+    return [t.logprob for t in response.choices[0].logprobs.content]
+
+
+def test_none_and_no_fields_match_plain_vllm(served: Served):
+    reference = ask(served.plain, served.family, None)
+    for extra in (None, {"prune": "none"}):
+        ours = ask(served.pruned, served.family, extra)
+        assert ours.prompt_token_ids == reference.prompt_token_ids
+        assert ours.choices[0].message.content == reference.choices[0].message.content
+        assert logprobs(ours) == pytest.approx(logprobs(reference), rel=1e-5, abs=1e-6)
+    pruned = ask(served.pruned, served.family, {"prune": "pooling", "prune_ratio": 0.75})
+    assert logprobs(pruned) != pytest.approx(logprobs(reference), rel=1e-5, abs=1e-6)
+
+
+def model_dir(served: Served) -> Path:
+    return served.pruned.log.parent / "model"
+
+
+def image_positions(served: Served, prompt: list[int]) -> list[bool]:
+    """Which positions of an unpruned prompt hold the image's rows (its embed token id)."""
+    config = json.loads((model_dir(served) / "config.json").read_text())
+    embed_id = next(config[k] for k in ("image_token_id", "image_token_index") if k in config)
+    return [token == embed_id for token in prompt]
+
+
+def test_counts_are_exact_for_every_method_ratio_keep_and_budget(served: Served):
+    family = served.family
+    unpruned = ask(served.pruned, family, {"prune": "none"})
+    assert layout.runs_of(image_positions(served, unpruned.prompt_token_ids)) == list(family.runs)
+    total = unpruned.usage.prompt_tokens
+    for method in family.runnable():
+        for ratio in (0.75, 0.889):
+            response = ask(served.pruned, family, {"prune": method, "prune_ratio": ratio})
+            expected = total - (family.tokens - keep(family.tokens, ratio))
+            assert response.usage.prompt_tokens == expected, (method, ratio)
+    response = ask(served.pruned, family, {"prune": "pooling", "prune_keep": 40})
+    assert response.usage.prompt_tokens == total - family.tokens + 40
+    response = ask(served.pruned, family, {"prune": "random", "prune_budget": 30})
+    assert response.usage.prompt_tokens == total - family.tokens + 30
+
+
+def test_pruned_prompt_keeps_the_format_and_rows_are_the_methods_selection(served: Served):
+    """``random`` (seeded, blind to the features) keeps, in each part, exactly the rows its
+    own draw picks on that part's grid; every structure token stays in the prompt."""
+    family = served.family
+    unpruned = ask(served.pruned, family, {"prune": "none"}, seed=5).prompt_token_ids
+    mask = image_positions(served, unpruned)
+    extra = {"prune": "random", "prune_ratio": 0.75, "prune_seed": 7}
+    messages = image_messages("what color is the square ?", seed=5, size=family.size)
+    traced = ask_traced(served.pruned, served.trace, "tiny", messages, extra)
+    pruned = ask(served.pruned, family, extra, seed=5).prompt_token_ids
+
+    declared = family_of(family.architecture)
+    tile = None
+    if declared.tile is not None:
+        from transformers import AutoConfig
+
+        tile = declared.tile(AutoConfig.from_pretrained(model_dir(served)))
+    parts = layout.parts_of(layout.runs_of(mask), declared.grid, tile)
+    keeps = layout.part_keeps(parts, keep(family.tokens, 0.75))
+    assert pruned == layout.shrink(unpruned, mask, layout.run_keeps(parts, keeps))
+    assert len(pruned) == len(unpruned) - family.tokens + sum(keeps)
+
+    random = get_method("random")
+    names = [f"part{i}" if len(parts) > 1 else None for i in range(len(parts))]
+    expected = {}
+    for name, part, kept in zip(names, parts, keeps, strict=True):
+        if kept:
+            rows = torch.zeros(part.size, 4)
+            ctx = Context(params={"prune_seed": 7})
+            expected[(None, name)] = tuple(
+                random.reduce(rows, part.grid or (1, part.size), kept, ctx).indices.tolist()
+            )
+    assert traced.kept == expected
+
+
+def test_methods_the_family_cannot_run_are_refused_with_the_reason(served: Served):
+    family = served.family
+    document = requests.get(f"{served.pruned.url}/v1/prune/methods", timeout=10).json()
+    support = {m["name"]: (m["supported"], m["refusal"]) for m in document["data"]}
+    assert {m for m, (ok, _) in support.items() if not ok} == family.refused()
+    for method in sorted(family.refused()):
+        with pytest.raises(openai.BadRequestError) as caught:
+            ask(served.pruned, family, {"prune": method})
+        body = caught.value.body
+        assert body["param"] == "prune"
+        assert body["message"].startswith(support[method][1])
+        assert ("vision tower" if get_method(method).needs & TOWER else "scout pass") in body[
+            "message"
+        ]
+    assert ask(served.pruned, family, {"prune": "pooling"}).usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "served",
+    [f for f in FAMILIES if f.two_ranks or TWO_RANKS_ALL],
+    ids=lambda f: f.name,
+    indirect=True,
+)
+def test_two_tensor_parallel_ranks_keep_what_one_keeps(served: Served):
+    assert served.tp2 is not None
+    family = served.family
+    messages = image_messages("what color is the square ?", seed=23, size=family.size)
+    for method in ["none", *family.runnable()]:
+        extra = {"prune": method, "prune_ratio": 0.75}
+        one = ask_traced(served.pruned, served.trace, "tiny", messages, extra)
+        two = ask_traced(served.tp2, served.trace, "tiny", messages, extra)
+        assert bool(one.kept) == (method != "none"), method
+        assert_same_on_two_ranks(one, two, tolerance=1e-3)
+
+
+# -- Models the generic path does not hold for: served unpruned, and a method is a 400 ----
+
+UNPRUNED = [
+    ("llava-onevision", build_tiny_llava_onevision, SEPARATOR_ROWS),
+    ("glm4v", build_tiny_glm4v, MROPE),
+]
+
+
+@pytest.fixture(scope="module")
+def unpruned_servers(tmp_path_factory) -> dict[str, Server]:
+    root: Path = tmp_path_factory.mktemp("unpruned")
+    commands = {name: pruned_command(str(build(root / name)), *ARGS) for name, build, _ in UNPRUNED}
+    with running(root, commands) as started:
+        yield started
+
+
+@pytest.mark.parametrize(("name", "reason"), [(n, r) for n, _, r in UNPRUNED])
+def test_a_model_the_adapter_does_not_hold_for_is_served_unpruned_and_says_why(
+    unpruned_servers, name, reason
+):
+    server = unpruned_servers[name]
+    document = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()
+    support = {m["name"]: (m["supported"], m["refusal"]) for m in document["data"]}
+    assert support["none"] == (True, None)
+    assert all(ok is False and reason in why for m, (ok, why) in support.items() if m != "none")
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": noise_image_data_url(3, (448, 448))}},
+                {"type": "text", "text": "what color ?"},
+            ],
+        }
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=1, extra_body={"prune": "pooling"}
+        )
+    assert caught.value.body["param"] == "prune"
+    assert reason in caught.value.body["message"]
+    full = server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
+    none = server.client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=1, extra_body={"prune": "none"}
+    )
+    assert full.usage.prompt_tokens == none.usage.prompt_tokens > 100

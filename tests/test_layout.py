@@ -1,0 +1,47 @@
+"""The generic adapter's layout arithmetic: runs, parts, shares and shrunk placeholders."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_prune.layout import Part, part_keeps, parts_of, run_keeps, runs_of, shrink
+
+IMG, BREAK, END, BEGIN = 9, 1, 2, 3
+
+
+def test_runs_of_an_is_embed_mask():
+    assert runs_of([False, True, True, False, True, False]) == [2, 1]
+    assert runs_of([True] * 4) == [4]
+    assert runs_of([False, False]) == []
+
+
+def test_parts_follow_the_family_declaration():
+    # InternVL: one run of three 16 x 16 tiles.
+    assert parts_of([768], "square", tile=256) == [Part(0, 256, (16, 16))] * 3
+    # Idefics3: one tile per run.
+    assert parts_of([64, 64], "square") == [Part(0, 64, (8, 8)), Part(1, 64, (8, 8))]
+    # Mistral 3: each run is a row.
+    assert parts_of([16, 16], "rows") == [Part(0, 16, (1, 16)), Part(1, 16, (1, 16))]
+    # Not declared, or not a square: no grid.
+    assert parts_of([50], None) == [Part(0, 50, None)]
+    assert parts_of([50], "square") == [Part(0, 50, None)]
+
+
+def test_keep_is_shared_in_proportion_and_summed_per_run():
+    parts = parts_of([768, 256], "square", tile=256)
+    keeps = part_keeps(parts, 10)
+    assert sum(keeps) == 10 and keeps == [3, 3, 2, 2]
+    assert run_keeps(parts, keeps) == [8, 2]
+
+
+def test_shrink_keeps_every_structure_token_in_place():
+    full = [BEGIN, IMG, IMG, IMG, BREAK, IMG, IMG, IMG, END]
+    mask = [t == IMG for t in full]
+    assert shrink(full, mask, [1, 2]) == [BEGIN, IMG, BREAK, IMG, IMG, END]
+    assert shrink(full, mask, [0, 3]) == [BEGIN, BREAK, IMG, IMG, IMG, END]
+    assert shrink(full, mask, [3, 3]) == full
+
+
+def test_shrink_needs_a_keep_per_run():
+    with pytest.raises(IndexError):
+        shrink([IMG, BREAK, IMG], [True, False, True], [1])

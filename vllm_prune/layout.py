@@ -1,0 +1,105 @@
+"""Where an image's visual tokens sit in its placeholder, and how ``keep`` is shared out.
+
+Most vision-language models vLLM serves build an image's placeholder from
+structure tokens that stay text (begin/end markers, tile tags, row breaks) and
+runs of embed positions that take the image's rows, in order (vLLM's
+``is_embed`` mask). A run may hold several tiles (InternVL puts every tile of an
+image in one run). Pruning keeps the format: each structure token stays where it
+is, each run shrinks, and each part (a tile, a row, a whole run) keeps its share
+of ``keep`` in proportion to its size and is pruned on its own grid.
+
+Pure Python and torch, no vLLM: the processor (API server) fixes the parts and their
+counts, the prompt and the model (engine) follow them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .methods.base import proportional_quotas
+
+
+@dataclass(frozen=True)
+class Part:
+    """One prunable part of an image: which run it is in, its rows, its token grid.
+
+    ``grid`` is None where the model's grid is not known (spatial methods are refused).
+    """
+
+    run: int
+    size: int
+    grid: tuple[int, int] | None
+
+
+def runs_of(mask: Sequence[bool]) -> list[int]:
+    """Lengths of the runs of consecutive True in an ``is_embed`` mask, in order."""
+    runs, length = [], 0
+    for embed in mask:
+        if embed:
+            length += 1
+        elif length:
+            runs.append(length)
+            length = 0
+    if length:
+        runs.append(length)
+    return runs
+
+
+def square(size: int) -> tuple[int, int] | None:
+    """The square grid of ``size`` tokens, or None when ``size`` is not a square."""
+    side = math.isqrt(size)
+    return (side, side) if side * side == size else None
+
+
+def parts_of(runs: Sequence[int], grid: str | None, tile: int | None = None) -> list[Part]:
+    """An image's parts from its embed runs and its family's grid declaration.
+
+    ``grid``: ``"square"`` (each run, or each ``tile`` tokens of it, is a square
+    grid), ``"rows"`` (each run is one row of the image), or None (not known).
+    ``tile``: tokens per tile where one run holds several tiles of equal size.
+    """
+    parts = []
+    for run, size in enumerate(runs):
+        if tile and size > tile and size % tile == 0:
+            parts += [Part(run, tile, square(tile) if grid == "square" else None)] * (size // tile)
+        elif grid == "square":
+            parts.append(Part(run, size, square(size)))
+        elif grid == "rows":
+            parts.append(Part(run, size, (1, size)))
+        else:
+            parts.append(Part(run, size, None))
+    return parts
+
+
+def part_keeps(parts: Sequence[Part], keep: int) -> list[int]:
+    """``keep`` shared out over the parts in proportion to their size (largest remainder)."""
+    return proportional_quotas([p.size for p in parts], keep)
+
+
+def run_keeps(parts: Sequence[Part], keeps: Sequence[int]) -> list[int]:
+    """The tokens each run keeps: the sum of its parts' keeps."""
+    totals = [0] * (max((p.run for p in parts), default=-1) + 1)
+    for part, kept in zip(parts, keeps, strict=True):
+        totals[part.run] += kept
+    return totals
+
+
+def shrink(full: Sequence[int], mask: Sequence[bool], keeps: Sequence[int]) -> list[int]:
+    """A placeholder with run ``r`` cut to its first ``keeps[r]`` embed positions.
+
+    Every structure (non-embed) token stays where it is; an embed position carries a
+    placeholder id only, so which positions of a run stay does not matter.
+    """
+    out, run, seen, inside = [], -1, 0, False
+    for token, embed in zip(full, mask, strict=True):
+        if embed and not inside:
+            run, seen = run + 1, 0
+        inside = bool(embed)
+        if embed:
+            seen += 1
+            if seen > keeps[run]:
+                continue
+        out.append(token)
+    return out
