@@ -174,6 +174,24 @@ def test_auto_resolves_to_a_method_and_ratio_before_vllm_sees_the_request(clock)
     assert rewrite(text_only, "/v1/chat/completions", defaults).choice is None
 
 
+def test_auto_leaves_a_request_unpruned_where_the_model_cannot_prune_its_video(clock):
+    """The generic adapter serves videos unpruned (a named method on one is a 400): auto
+    then picks none rather than a method the processor would refuse."""
+    video = {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}}
+    request = _request(prune="auto")
+    request["messages"][0]["content"].insert(0, video)
+    busy = _busy(clock)
+    chosen = rewrite(request, "/v1/chat/completions", ServerDefaults(load=busy))
+    assert chosen.choice.method == "evs"
+    kept = rewrite(request, "/v1/chat/completions", ServerDefaults(load=busy, videos=False))
+    assert kept.choice.method == "none"
+    assert kept.payload["mm_processor_kwargs"] == {"prune": "none"}
+    images_only = rewrite(
+        _request(prune="auto"), "/v1/chat/completions", ServerDefaults(load=busy, videos=False)
+    )
+    assert images_only.choice.method == "divprune"
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [

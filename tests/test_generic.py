@@ -61,6 +61,7 @@ class Generic:
     runs: tuple[int, ...]  # its embed runs, as vLLM lays out its placeholder
     scout: bool  # the LLM is Llama-style: the scout methods run
     two_ranks: bool = False  # served on two ranks in CI (one family per layout)
+    other_sizes: tuple[tuple[tuple[int, int], tuple[int, ...]], ...] = ()  # (size, runs)
     args: tuple[str, ...] = field(default=())
 
     @property
@@ -83,8 +84,9 @@ class Generic:
 
 FAMILIES = [
     # 896 x 448: two 448 px tiles and the thumbnail, 256 tokens each, in one run.
+    # 448 x 448: one tile, no thumbnail.
     Generic("internvl", build_tiny_internvl, "InternVLForConditionalGeneration", (896, 448),
-            (768,), scout=True, two_ranks=True),
+            (768,), scout=True, two_ranks=True, other_sizes=(((448, 448), (256,)),)),
     # <start_of_image>, 16 x 16 soft tokens, <end_of_image>.
     Generic("gemma3", build_tiny_gemma3, "Gemma3ForConditionalGeneration", (448, 448), (256,),
             scout=False, two_ranks=True),
@@ -132,10 +134,10 @@ def served(request, tmp_path_factory) -> Served:
         )
 
 
-def ask(server: Server, family: Generic, extra: dict | None, seed: int = 11):
+def ask(server: Server, family: Generic, extra: dict | None, seed: int = 11, size=None):
     return server.client.chat.completions.create(
         model="tiny",
-        messages=image_messages("what color is the square ?", seed=seed, size=family.size),
+        messages=image_messages("what color is the square ?", seed=seed, size=size or family.size),
         max_tokens=4,
         temperature=0.0,
         logprobs=True,
@@ -188,6 +190,12 @@ def test_counts_are_exact_for_every_method_ratio_keep_and_budget(served: Served)
     assert response.usage.prompt_tokens == total - family.tokens + 40
     response = ask(served.pruned, family, {"prune": "random", "prune_budget": 30})
     assert response.usage.prompt_tokens == total - family.tokens + 30
+    for size, runs in family.other_sizes:
+        unpruned = ask(served.pruned, family, {"prune": "none"}, size=size)
+        assert layout.runs_of(image_positions(served, unpruned.prompt_token_ids)) == list(runs)
+        pruned = ask(served.pruned, family, {"prune": "pooling", "prune_ratio": 0.75}, size=size)
+        kept = keep(sum(runs), 0.75)
+        assert pruned.usage.prompt_tokens == unpruned.usage.prompt_tokens - sum(runs) + kept
 
 
 def test_pruned_prompt_keeps_the_format_and_rows_are_the_methods_selection(served: Served):

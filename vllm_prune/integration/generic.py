@@ -169,8 +169,8 @@ def _refusal(processor: BaseMultiModalProcessor, base: type, family: Family) -> 
     try:
         mm_items = processor.info.parse_mm_data({"image": [image]}, validate=False)
         processed = processor._apply_hf_processor_main(mm_items, {})
-        ((full, mask),) = placeholders(processor, mm_items, processed, {})
-        _check_shrinks(processor, mm_items, processed, full, mask)
+        ((full, mask, is_embed),) = placeholders(processor, mm_items, processed, {})
+        _check_shrinks(full, mask, is_embed)
     except LayoutError as err:
         return str(err)
     except Exception as err:  # noqa: BLE001  any failure means: do not prune this model
@@ -209,13 +209,17 @@ def _vllm_prompt_updates(
     return own._get_prompt_updates(processor, mm_items, hf_kwargs, out_mm_kwargs)
 
 
+IsEmbed = Callable[[list[int]], torch.Tensor] | None
+
+
 def placeholders(
     processor: BaseMultiModalProcessor,
     mm_items: MultiModalDataItems,
     processed: BatchFeature,
     hf_kwargs: Mapping[str, object],
-) -> list[tuple[list[int], list[bool]]]:
-    """Each image's unpruned placeholder tokens and their ``is_embed`` mask, as vLLM makes them.
+) -> list[tuple[list[int], list[bool], IsEmbed]]:
+    """Each image's unpruned placeholder tokens, their ``is_embed`` mask and the function
+    that makes it (None: every position), as vLLM makes them.
 
     Refused (``LayoutError``) where an embed position and a structure token share an
     id: a shrunk placeholder would then not mark the same positions.
@@ -236,23 +240,12 @@ def placeholders(
             raise LayoutError("its placeholder has no embed positions")
         if embed_ids & structure_ids:
             raise LayoutError("a token id of its placeholder marks both image rows and structure")
-        found.append((full, [bool(e) for e in mask]))
+        found.append((full, [bool(e) for e in mask], content.is_embed))
     return found
 
 
-def _check_shrinks(
-    processor: BaseMultiModalProcessor,
-    mm_items: MultiModalDataItems,
-    processed: BatchFeature,
-    full: list[int],
-    mask: list[bool],
-) -> None:
+def _check_shrinks(full: list[int], mask: list[bool], is_embed: IsEmbed) -> None:
     """A placeholder whose runs are halved still marks exactly the kept positions."""
-    fields = processor._get_mm_fields_config(processed, {})
-    update = _image_update(
-        processor, mm_items, {}, MultiModalKwargsItems.from_hf_inputs(processed, fields)
-    )
-    is_embed = update.resolve(0).content.is_embed
     keeps = [max(1, run // 2) for run in layout.runs_of(mask)]
     shrunk = layout.shrink(full, mask, keeps)
     marked = [True] * len(shrunk) if is_embed is None else is_embed(shrunk).tolist()
@@ -276,7 +269,7 @@ class GenericPruneProcessorMixin(PruneProcessorMixin):
         tile = self.family.tile(hf_config) if self.family.tile is not None else None
         return [
             layout.parts_of(layout.runs_of(mask), self.family.grid, tile)
-            for _, mask in placeholders(self, mm_items, processed, hf_kwargs)  # type: ignore[arg-type]
+            for _, mask, _ in placeholders(self, mm_items, processed, hf_kwargs)  # type: ignore[arg-type]
         ]
 
     def _get_prompt_updates(
@@ -417,6 +410,7 @@ def prune_image(image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> t
 def refusals(decision: Decision, hf_config: Any) -> dict[str, str | None]:
     """Per method, why the model of ``decision`` refuses it (None: it runs)."""
     if decision.refusal is not None:
-        return {m: None if m == "none" else decision.refusal for m in method_names()}
+        why = f"vllm-prune serves {decision.architecture} unpruned: {decision.refusal}"
+        return {m: None if m == "none" else why for m in method_names()}
     rules = type("Rules", (GenericPruneProcessorMixin,), {"family": decision.family})
     return {m: rules.family_refusal(m, hf_config) for m in method_names()}

@@ -9,9 +9,7 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
         "pos self",
         "kw reuse_client=True",
     ),
-    "vllm.connections:HTTPConnection.get_async_client": (
-        "pos self",
-    ),
+    "vllm.connections:HTTPConnection.get_async_client": ("pos self",),
     "vllm.model_executor.models.interfaces:SupportsMultiModal.embed_input_ids": (
         "pos self",
         "pos input_ids",
@@ -247,9 +245,7 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
         "pos vllm_config",
         "pos engine_index=0",
     ),
-    "vllm.v1.metrics.loggers:StatLoggerBase.log_engine_initialized": (
-        "pos self",
-    ),
+    "vllm.v1.metrics.loggers:StatLoggerBase.log_engine_initialized": ("pos self",),
     "vllm.v1.metrics.loggers:StatLoggerBase.record": (
         "pos self",
         "pos scheduler_stats",

@@ -185,8 +185,9 @@ class PruneProcessorMixin:
     ) -> BatchFeature:
         spec = parse_spec(hf_kwargs)
         images = mm_items.get_count("image", strict=False)
-        videos = mm_items.get_count("video", strict=False) if self.prunes_videos else 0
-        if images or videos:
+        sent_videos = mm_items.get_count("video", strict=False)
+        videos = sent_videos if self.prunes_videos else 0
+        if images or sent_videos:
             self._check_supported(spec.method, mm_items)
         if videos:
             self._check_video_frames(mm_items)
@@ -215,8 +216,10 @@ class PruneProcessorMixin:
                     self._patches(processed, image_tokens),
                     parts=[
                         list(zip(item, layout.part_keeps(item, keep), strict=True))
-                        for item, keep in zip(parts or [], keeps[:images], strict=True)
-                    ],
+                        for item, keep in zip(parts, keeps[:images], strict=True)
+                    ]
+                    if parts is not None
+                    else (),
                 )
             )
         if videos:

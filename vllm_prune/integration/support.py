@@ -57,3 +57,10 @@ def unpruned_reason(support: dict[str, str | None]) -> str | None:
     if len(reasons) == 1 and None not in reasons:
         return next(iter(reasons))
     return None
+
+
+def prunes_videos(hf_config: Any) -> bool:
+    """Whether a request's videos are pruned: a family file prunes them (where its model
+    takes videos); the generic adapter serves them unpruned."""
+    architectures = getattr(hf_config, "architectures", None) or []
+    return any(a in OVERRIDES for a in architectures)

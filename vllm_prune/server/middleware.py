@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vllm_prune import auto
 from vllm_prune.integration.compat import gate
-from vllm_prune.integration.support import method_support, unpruned_reason
+from vllm_prune.integration.support import method_support, prunes_videos, unpruned_reason
 from vllm_prune.observability import metrics
 from vllm_prune.spec import DEFAULT_RATIO, PruneSpecError
 
@@ -57,6 +57,14 @@ def _support(scope: Scope) -> dict[str, str | None] | None:
     return support
 
 
+def _prunes_videos(scope: Scope) -> bool:
+    """Whether the served model's videos are pruned (a family file's are; the generic
+    adapter's are not)."""
+    config = getattr(getattr(scope.get("app"), "state", None), "vllm_config", None)
+    hf_config = getattr(getattr(config, "model_config", None), "hf_config", None)
+    return prunes_videos(hf_config) if hf_config is not None else True
+
+
 def _args(scope: Scope) -> Any:
     """The server's parsed options (vLLM keeps them on ``app.state.args``), or None."""
     return getattr(getattr(scope.get("app"), "state", None), "args", None)
@@ -73,6 +81,7 @@ def _defaults(scope: Scope) -> ServerDefaults:
         off=gate().off_reason() or (unpruned_reason(support) if support else None),
         policy=auto.Policy.from_args(args),
         support=support,
+        videos=_prunes_videos(scope),
     )
 
 

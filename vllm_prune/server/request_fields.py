@@ -66,6 +66,7 @@ class ServerDefaults:
     ``off``: why this server does not prune (the version gate), None where it does.
     ``policy``, ``load``: what ``prune: auto`` follows (``--prune-auto-*``, the engine's load);
     ``support``: per method, why the served model refuses it (None: it runs; unknown: None).
+    ``videos``: whether the served model's videos are pruned (the generic adapter's are not).
     """
 
     method: str | None = None
@@ -75,6 +76,7 @@ class ServerDefaults:
     policy: auto.Policy = field(default_factory=auto.Policy)
     load: auto.Load = field(default=auto.LOAD, compare=False)
     support: Mapping[str, str | None] | None = None
+    videos: bool = True
 
 
 @dataclass(frozen=True)
@@ -296,7 +298,7 @@ def _auto_spec(
     question = path != CHAT_BATCH_PATH and bool(last_user_text(payload, path).strip())
     support = defaults.support
     method = "none"
-    if ratio > 0:
+    if ratio > 0 and (defaults.videos or not videos):  # a video this model cannot prune: none
         method = auto.choose_method(
             images,
             videos,
