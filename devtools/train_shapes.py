@@ -85,7 +85,7 @@ from devtools.shapes_llava import (
 from devtools.tiny_llava import IMAGE_SIZE, IMAGE_TOKEN, PATCH_SIZE
 from vllm_prune.eval import shapes
 from vllm_prune.eval.sample import SHORT_ANSWER
-from vllm_prune.methods.base import Context
+from vllm_prune.methods.base import MODEL_SIGNALS, Context
 from vllm_prune.methods.registry import get_method
 from vllm_prune.spec import METHOD_FIELD, RATIO_FIELD, PruneSpec
 
@@ -350,8 +350,9 @@ def method_reducer(name: str, ratio: float) -> Reducer:
     request's prune fields set it up on the server (keep count, parameter defaults):
     what the served model sees under it, for ``evaluate``."""
     method = get_method(name)
-    if method.needs:
-        raise ValueError(f"{name} needs model signals ({', '.join(sorted(method.needs))})")
+    signals = method.needs & MODEL_SIGNALS
+    if signals:
+        raise ValueError(f"{name} needs model signals ({', '.join(sorted(signals))})")
     spec = PruneSpec.from_fields({METHOD_FIELD: name, RATIO_FIELD: ratio})
     assert spec is not None
     keep, context = spec.keep_for(GRID * GRID), Context(params=dict(spec.params))

@@ -322,7 +322,7 @@ def test_methods_endpoint_lists_methods_parameters_and_defaults(server):
     assert methods["dart"]["params"][0]["name"] == "prune_pivots"
     assert methods["hiprune"]["params"][0]["name"] == "prune_object_share"
     assert methods["hiprune"]["params"][0]["default"] == 0.1
-    assert methods["flowcut"]["needs"] == ["in_tower"]
+    assert methods["flowcut"]["needs"] == ["grid", "in_tower"]
     # The served model (LLaVA-1.5 with a CLIP tower) runs every method.
     assert all(m["supported"] and m["refusal"] is None for m in methods.values())
     # The version gate: the installed vLLM is a checked release, so nothing was found.

@@ -50,6 +50,7 @@ from PIL import Image
 
 from vllm_prune.eval.sample import image_bytes
 from vllm_prune.methods import Context, get_method, method_names
+from vllm_prune.methods.base import MODEL_SIGNALS
 from vllm_prune.observability.trace import ENV, TraceError, TraceLine, read_trace
 
 IMAGE_SIZE, PATCH = 336, 14  # LLaVA-1.5: CLIP ViT-L/14 at 336 px
@@ -68,7 +69,7 @@ def computable(method: str) -> None:
     """Refuse methods whose selection needs a model signal the server does not expose."""
     if method not in method_names():
         raise AnalyzeError(f"unknown method {method!r}; allowed: {', '.join(EXACT + APPROXIMATE)}")
-    needs = get_method(method).needs
+    needs = get_method(method).needs & MODEL_SIGNALS
     if needs:
         raise AnalyzeError(
             f"{method} selects from model signals ({', '.join(sorted(needs))}) that the server "

@@ -60,6 +60,10 @@ FAMILIES: dict[str, Family] = {
     "SmolVLMForConditionalGeneration": Family(grid="square"),
     # a run of [IMG] per row of patches, each row closed by [IMG_BREAK] ([IMG_END] last).
     "Mistral3ForConditionalGeneration": Family(grid="rows"),
+    # <|image_start|>, each 336 px tile's 12 x 12 <|patch|> run between tile separators,
+    # <|image|> and the global view's run, <|image_end|> (checked on the processor side:
+    # vLLM 0.32's CPU build does not serve Llama 4 images).
+    "Llama4ForConditionalGeneration": Family(grid="square"),
     "LlavaOnevisionForConditionalGeneration": Family(unpruned=SEPARATOR_ROWS),
     "Phi3VForCausalLM": Family(unpruned=SEPARATOR_ROWS),
     "Phi4MMForCausalLM": Family(unpruned=SEPARATOR_ROWS),

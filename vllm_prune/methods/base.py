@@ -95,6 +95,8 @@ TEXT = "text"  # text_embeddings (the request must carry its question)
 SCOUT = "scout"
 # Reads the image's token grid (neighbours, windows): refused where the model's grid is unknown.
 GRID = "grid"
+# What only a model can measure (not the grid, which comes with the image).
+MODEL_SIGNALS = frozenset({VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER, TEXT, SCOUT})
 
 
 def require(

@@ -100,6 +100,16 @@ AUTO_WAITING = Histogram(
 )
 
 
+def _read(config: object, name: str) -> object:
+    """A config value, or None where it is absent or not one value: transformers raises
+    for an attribute that differs per layer (Gemma 4's ``head_dim``), and the count then
+    falls back to the model-wide value (an estimate for such models)."""
+    try:
+        return getattr(config, name, None)
+    except Exception:  # noqa: BLE001  e.g. AmbiguousGlobalPerLayerAttributeError
+        return None
+
+
 def kv_bytes_per_token(hf_text_config: object, dtype: torch.dtype) -> int:
     """2 (K and V) x layers x KV heads x head dim x bytes per element, whole model.
 
@@ -107,12 +117,12 @@ def kv_bytes_per_token(hf_text_config: object, dtype: torch.dtype) -> int:
     fixed-size state, not a KV entry per token, so only the attention layers count.
     """
     layers = int(hf_text_config.num_hidden_layers)  # type: ignore[attr-defined]
-    layer_types = getattr(hf_text_config, "layer_types", None)
+    layer_types = _read(hf_text_config, "layer_types")
     if layer_types:
         layers = sum(t != "linear_attention" for t in layer_types)
     heads = int(hf_text_config.num_attention_heads)  # type: ignore[attr-defined]
-    kv_heads = int(getattr(hf_text_config, "num_key_value_heads", None) or heads)
-    head_dim = getattr(hf_text_config, "head_dim", None) or (
+    kv_heads = int(_read(hf_text_config, "num_key_value_heads") or heads)
+    head_dim = _read(hf_text_config, "head_dim") or (
         int(hf_text_config.hidden_size) // heads  # type: ignore[attr-defined]
     )
     element_bytes = torch.empty((), dtype=dtype).element_size()
