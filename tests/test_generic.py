@@ -1,5 +1,5 @@
-"""Models pruned by the generic adapter, end to end: InternVL, Gemma 3, PaliGemma, Idefics3
-and Mistral 3, each a tiny checkpoint built offline; and models it serves unpruned.
+"""Models pruned by the generic adapter, end to end: InternVL, Gemma 3, Gemma 4, PaliGemma,
+Idefics3 and Mistral 3, each a tiny checkpoint built offline; and models it serves unpruned.
 
 Each pruned family is served by our server and by plain vLLM with every plugin off
 (and, for one family of each placeholder layout, by our server on two tensor-parallel
@@ -31,6 +31,7 @@ from devtools.tiny_internvl_gemma import (
     build_tiny_internvl,
     build_tiny_paligemma,
 )
+from devtools.tiny_llama4_gemma4 import build_tiny_gemma4
 from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune import layout
 from vllm_prune.integration.families import MROPE, SEPARATOR_ROWS, family_of
@@ -78,6 +79,11 @@ class Generic:
                 refused.add(method)
         return refused
 
+    @property
+    def probe(self) -> str:
+        """A method the family runs: ``pooling`` where its grid is declared."""
+        return "pooling" if family_of(self.architecture).grid is not None else "divprune"
+
     def runnable(self) -> list[str]:
         return [m for m in method_names() if m != "none" and m not in self.refused()]
 
@@ -90,6 +96,9 @@ FAMILIES = [
     # <start_of_image>, 16 x 16 soft tokens, <end_of_image>.
     Generic("gemma3", build_tiny_gemma3, "Gemma3ForConditionalGeneration", (448, 448), (256,),
             scout=False, two_ranks=True),
+    # <|image>, 11 x 23 soft tokens (the grid follows the image: not declared), <image|>.
+    Generic("gemma4", build_tiny_gemma4, "Gemma4ForConditionalGeneration", (896, 448), (253,),
+            scout=False),
     # 16 x 16 <image> before the prompt (one image per prompt).
     Generic("paligemma", build_tiny_paligemma, "PaliGemmaForConditionalGeneration", (448, 448),
             (256,), scout=False),
@@ -161,7 +170,7 @@ def test_none_and_no_fields_match_plain_vllm(served: Served):
         assert ours.prompt_token_ids == reference.prompt_token_ids
         assert ours.choices[0].message.content == reference.choices[0].message.content
         assert logprobs(ours) == pytest.approx(logprobs(reference), rel=1e-5, abs=1e-6)
-    pruned = ask(served.pruned, served.family, {"prune": "pooling", "prune_ratio": 0.75})
+    pruned = ask(served.pruned, served.family, {"prune": served.family.probe, "prune_ratio": 0.75})
     assert logprobs(pruned) != pytest.approx(logprobs(reference), rel=1e-5, abs=1e-6)
 
 
@@ -186,14 +195,14 @@ def test_counts_are_exact_for_every_method_ratio_keep_and_budget(served: Served)
             response = ask(served.pruned, family, {"prune": method, "prune_ratio": ratio})
             expected = total - (family.tokens - keep(family.tokens, ratio))
             assert response.usage.prompt_tokens == expected, (method, ratio)
-    response = ask(served.pruned, family, {"prune": "pooling", "prune_keep": 40})
+    response = ask(served.pruned, family, {"prune": family.probe, "prune_keep": 40})
     assert response.usage.prompt_tokens == total - family.tokens + 40
     response = ask(served.pruned, family, {"prune": "random", "prune_budget": 30})
     assert response.usage.prompt_tokens == total - family.tokens + 30
     for size, runs in family.other_sizes:
         unpruned = ask(served.pruned, family, {"prune": "none"}, size=size)
         assert layout.runs_of(image_positions(served, unpruned.prompt_token_ids)) == list(runs)
-        pruned = ask(served.pruned, family, {"prune": "pooling", "prune_ratio": 0.75}, size=size)
+        pruned = ask(served.pruned, family, {"prune": family.probe, "prune_ratio": 0.75}, size=size)
         kept = keep(sum(runs), 0.75)
         assert pruned.usage.prompt_tokens == unpruned.usage.prompt_tokens - sum(runs) + kept
 
@@ -244,10 +253,17 @@ def test_methods_the_family_cannot_run_are_refused_with_the_reason(served: Serve
         body = caught.value.body
         assert body["param"] == "prune"
         assert body["message"].startswith(support[method][1])
-        assert ("vision tower" if get_method(method).needs & TOWER else "scout pass") in body[
-            "message"
-        ]
-    assert ask(served.pruned, family, {"prune": "pooling"}).usage.prompt_tokens > 0
+        needs = get_method(method).needs
+        # The first reason that applies, in the order the refusal checks them.
+        reason = (
+            "vision tower"
+            if needs & TOWER
+            else "token grid"
+            if GRID in needs and (family_of(family.architecture).grid is None)
+            else "scout pass"
+        )
+        assert reason in body["message"], (method, body["message"])
+    assert ask(served.pruned, family, {"prune": family.probe}).usage.prompt_tokens > 0
 
 
 @pytest.mark.parametrize(

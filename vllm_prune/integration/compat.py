@@ -718,7 +718,7 @@ LEDGER: tuple[Reliance, ...] = (
         "placeholder id that no structure token shares, and `embed_multimodal` returns one "
         "tensor per image with a row per `is_embed` position, in order",
         "checked per architecture at start on a dummy image (generic.decide) and per image "
-        "in the engine (generic.prune_image); tests/test_generic.py serves five families",
+        "in the engine (generic.prune_image); tests/test_generic.py serves six families",
     ),
     # -- the scout pass: vLLM's decoder layers, read by signals.scout ----------------------
     *_attributes(
