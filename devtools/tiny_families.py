@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tiny_llava import WORDS, word_tokenizer, write_random_weights
+from .tiny_llava import TINY_LLM, WORDS, save_checkpoint, word_tokenizer, write_random_weights
 
 QWEN_SPECIAL = [
     "<unk>",
@@ -74,11 +74,7 @@ def build_tiny_qwen2_vl(path: Path, version: str = "2") -> Path:
     vocab = tokenizer.get_vocab()
     text = dict(
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_LLM,
         max_position_embeddings=8192,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": MROPE_SECTION},
         bos_token_id=vocab["<|im_start|>"],
@@ -173,10 +169,7 @@ def build_tiny_llava_next(path: Path) -> Path:
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
-    config.architectures = ["LlavaNextForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "LlavaNextForConditionalGeneration")
     write_random_weights(
         LlavaNextForConditionalGeneration, config, path / "model.safetensors", checkpoint_name
     )
@@ -210,11 +203,7 @@ def build_tiny_qwen3(path: Path, variant: str = "vl") -> Path:
     vocab = tokenizer.get_vocab()
     text: dict = dict(
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_LLM,
         head_dim=32,
         max_position_embeddings=8192,
         rope_parameters={

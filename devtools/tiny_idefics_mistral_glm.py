@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tiny_llava import WORDS, word_tokenizer, write_random_weights
+from .tiny_llava import TINY_LLM, WORDS, save_checkpoint, word_tokenizer, write_random_weights
 
 # ---------------------------------------------------------------- Idefics3
 
@@ -57,11 +57,7 @@ def tiny_text_config(
     to save)."""
     return dict(
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_LLM,
         head_dim=32,
         max_position_embeddings=8192,
         bos_token_id=vocab[bos],
@@ -122,10 +118,7 @@ def build_tiny_idefics3(path: Path) -> Path:
         pad_token_id=vocab["<pad>"],
         tie_word_embeddings=False,
     )
-    config.architectures = ["Idefics3ForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "Idefics3ForConditionalGeneration")
     write_random_weights(Idefics3ForConditionalGeneration, config, path / "model.safetensors")
     return path
 
@@ -200,10 +193,7 @@ def build_tiny_mistral3(path: Path) -> Path:
         vision_feature_layer=-1,
         tie_word_embeddings=False,
     )
-    config.architectures = ["Mistral3ForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "Mistral3ForConditionalGeneration")
     write_random_weights(Mistral3ForConditionalGeneration, config, path / "model.safetensors")
     return path
 
@@ -300,10 +290,7 @@ def build_tiny_llava_onevision(path: Path) -> Path:
         vision_aspect_ratio="anyres_max_9",
         tie_word_embeddings=False,
     )
-    config.architectures = ["LlavaOnevisionForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "LlavaOnevisionForConditionalGeneration")
     write_random_weights(
         LlavaOnevisionForConditionalGeneration,
         config,
@@ -376,11 +363,7 @@ def build_tiny_glm4v(path: Path) -> Path:
     )
     text = dict(
         vocab_size=len(vocab),
-        hidden_size=128,  # head_dim 32 = 128 / 4 heads (GLM-4 has no head_dim setting)
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_LLM,  # head_dim 32 = 128 / 4 heads (GLM-4 has no head_dim setting)
         max_position_embeddings=8192,
         rope_parameters={
             "rope_type": "default",
@@ -411,9 +394,6 @@ def build_tiny_glm4v(path: Path) -> Path:
         video_start_token_id=vocab["<|begin_of_video|>"],
         video_end_token_id=vocab["<|end_of_video|>"],
     )
-    config.architectures = ["Glm4vForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "Glm4vForConditionalGeneration")
     write_random_weights(Glm4vForConditionalGeneration, config, path / "model.safetensors")
     return path

@@ -28,7 +28,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .tiny_families import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL
-from .tiny_llava import WEIGHTS_SEED, WORDS, word_tokenizer, write_random_weights
+from .tiny_llava import (
+    TINY_LLM,
+    WEIGHTS_SEED,
+    WORDS,
+    save_checkpoint,
+    word_tokenizer,
+    write_random_weights,
+)
 
 # ---------------------------------------------------------------- InternVL
 
@@ -169,11 +176,7 @@ def build_tiny_internvl(path: Path, max_tiles: int = 6) -> Path:
     text = dict(
         model_type="qwen2",
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,  # head_dim 32, the CPU kernels' minimum
-        num_key_value_heads=2,
+        **TINY_LLM,
         max_position_embeddings=8192,
         bos_token_id=vocab["<|im_start|>"],
         eos_token_id=vocab["<|im_end|>"],
@@ -196,10 +199,7 @@ def build_tiny_internvl(path: Path, max_tiles: int = 6) -> Path:
         downsample_ratio=INTERNVL_DOWNSAMPLE,
         tie_word_embeddings=False,  # untied: safetensors will not save shared tensors
     )
-    config.architectures = ["InternVLForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "InternVLForConditionalGeneration")
     # transformers 5's names are the ones vLLM's InternS1 mapper expects.
     write_random_weights(InternVLForConditionalGeneration, config, path / "model.safetensors")
     return path
@@ -238,11 +238,7 @@ def build_tiny_gemma3(path: Path) -> Path:
     )
     text = dict(
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_LLM,
         head_dim=32,
         query_pre_attn_scalar=32,
         sliding_window=512,
@@ -260,10 +256,7 @@ def build_tiny_gemma3(path: Path) -> Path:
         eoi_token_index=vocab[GEMMA3_TOKENS["eoi_token"]],
         image_token_index=vocab[GEMMA3_TOKENS["image_token"]],
     )
-    config.architectures = ["Gemma3ForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "Gemma3ForConditionalGeneration")
     write_tied_weights(Gemma3ForConditionalGeneration, config, path / "model.safetensors")
     return path
 
@@ -300,11 +293,7 @@ def build_tiny_paligemma(path: Path) -> Path:
     text = dict(
         model_type="gemma",
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_LLM,
         head_dim=32,
         hidden_activation="gelu_pytorch_tanh",  # what vLLM reads (else it warns)
         max_position_embeddings=8192,
@@ -320,10 +309,7 @@ def build_tiny_paligemma(path: Path) -> Path:
         projection_dim=128,  # the LLM's hidden size
         hidden_size=128,
     )
-    config.architectures = ["PaliGemmaForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "PaliGemmaForConditionalGeneration")
     write_tied_weights(PaliGemmaForConditionalGeneration, config, path / "model.safetensors")
     return path
 

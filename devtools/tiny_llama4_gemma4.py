@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .tiny_internvl_gemma import named_word_tokenizer
-from .tiny_llava import WEIGHTS_SEED, WORDS
+from .tiny_llava import TINY_LLM, WEIGHTS_SEED, WORDS, save_checkpoint
 
 # ---------------------------------------------------------------- Llama 4
 
@@ -123,12 +123,8 @@ def build_tiny_llama4(path: Path) -> Path:
     )
     text = dict(
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,  # each expert's
+        **TINY_LLM,  # its intermediate_size: each expert's
         intermediate_size_mlp=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=32,  # the CPU kernels' minimum
         num_local_experts=2,
         num_experts_per_tok=1,
@@ -158,10 +154,7 @@ def build_tiny_llama4(path: Path) -> Path:
         eoi_token_index=vocab[LLAMA4_TOKENS["eoi_token"]],
         image_token_index=vocab[LLAMA4_TOKENS["patch_token"]],  # the embed positions
     )
-    config.architectures = ["Llama4ForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "Llama4ForConditionalGeneration")
     return path
 
 
@@ -208,11 +201,7 @@ def build_tiny_gemma4(path: Path) -> Path:
     vocab = tokenizer.get_vocab()
     text = dict(
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_LLM,
         head_dim=32,
         global_head_dim=64,  # the global layer's heads are twice as wide, as released
         sliding_window=512,
@@ -250,10 +239,7 @@ def build_tiny_gemma4(path: Path) -> Path:
         eoa_token_index=vocab[GEMMA4_TOKENS["eoa_token"]],
         audio_token_id=vocab[GEMMA4_TOKENS["audio_token"]],
     )
-    config.architectures = ["Gemma4ForConditionalGeneration"]
-    config.dtype = "float32"
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "Gemma4ForConditionalGeneration")
     write_tied_gemma4_weights(Gemma4ForConditionalGeneration, config, path / "model.safetensors")
     return path
 

@@ -46,6 +46,25 @@ CHECKPOINT_PREFIXES = {
 }
 
 
+# The LLM of every tiny checkpoint: 2 layers, grouped-query attention (4 heads over 2 KV
+# heads), head_dim 32 = 128 / 4, the CPU attention kernels' minimum.
+TINY_LLM = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
+def save_checkpoint(path: Path, config, processor, architecture: str) -> None:  # type: ignore[no-untyped-def]
+    """Config (named ``architecture``, float32) and processor at ``path``, as vLLM reads them."""
+    config.architectures = [architecture]
+    config.dtype = "float32"
+    config.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
 def default_dir() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "vllm-prune" / "tiny-llava"
@@ -96,11 +115,7 @@ def tiny_llama_config(vocab: dict[str, int], max_positions: int):  # type: ignor
 
     return LlamaConfig(
         vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_LLM,
         head_dim=32,
         max_position_embeddings=max_positions,
         bos_token_id=vocab["<s>"],
@@ -150,11 +165,7 @@ def build_tiny_llava(path: Path | None = None) -> Path:
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
-    config.architectures = ["LlavaForConditionalGeneration"]
-    config.dtype = "float32"
-
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
+    save_checkpoint(path, config, processor, "LlavaForConditionalGeneration")
     write_random_weights(
         LlavaForConditionalGeneration, config, path / "model.safetensors", checkpoint_name
     )
