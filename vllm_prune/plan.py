@@ -9,13 +9,12 @@ here, on the image's features and what was measured for the method's needs
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .layout import Part
+from .layout import Part, square
 from .methods import Context, Reduced, get_method
 from .observability import trace
 
@@ -42,8 +41,7 @@ class PrunePlan:
 
 def square_grid(num_tokens: int) -> tuple[int, int]:
     """The token grid of a square image; a 1 x N strip when N is not a square."""
-    side = math.isqrt(num_tokens)
-    return (side, side) if side * side == num_tokens else (1, num_tokens)
+    return square(num_tokens) or (1, num_tokens)
 
 
 def reduce_plan(

@@ -408,9 +408,6 @@ def prune_image(image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> t
 
 
 def refusals(decision: Decision, hf_config: Any) -> dict[str, str | None]:
-    """Per method, why the model of ``decision`` refuses it (None: it runs)."""
-    if decision.refusal is not None:
-        why = f"vllm-prune serves {decision.architecture} unpruned: {decision.refusal}"
-        return {m: None if m == "none" else why for m in method_names()}
+    """Per method, why the model of a decision that holds refuses it (None: it runs)."""
     rules = type("Rules", (GenericPruneProcessorMixin,), {"family": decision.family})
     return {m: rules.family_refusal(m, hf_config) for m in method_names()}

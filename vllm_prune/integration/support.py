@@ -48,6 +48,10 @@ def method_support(model_config: Any) -> dict[str, str | None]:
         decision = generic.DECISIONS.get(architectures[0])
     if decision is None:
         return _all_refused(UNPRUNED)
+    if decision.refusal is not None:
+        return _all_refused(
+            f"vllm-prune serves {decision.architecture} unpruned: {decision.refusal}"
+        )
     return generic.refusals(decision, hf_config)
 
 

@@ -190,5 +190,5 @@ def _unpadded(frame_keeps: torch.Tensor) -> tuple[int, ...]:
 
 def item_parts(item: Mapping[str, object]) -> tuple[tuple[Part, int], ...]:
     """The (part, keep) pairs of a processed image item; () where it has none."""
-    field = item.get(PARTS_KEY) if hasattr(item, "get") else None  # type: ignore[union-attr]
+    field = item.get(PARTS_KEY)
     return () if field is None else _parts(field.data)  # type: ignore[attr-defined]
