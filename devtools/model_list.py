@@ -22,6 +22,10 @@ import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vllm_prune.integration.families import Family
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "model-support.md"
 PRUNED, NO_SPATIAL, UNPRUNED = (
@@ -75,16 +79,26 @@ def classify() -> tuple[str, list[Entry]]:
             entry = Entry(architecture, name, UNPRUNED, "no multimodal processor of its own")
         elif isinstance(processor, type) and issubclass(processor, EncDecMultiModalProcessor):
             entry = Entry(architecture, name, UNPRUNED, "encoder-decoder: images go to the encoder")
-        elif supports_mrope(cls):
+        elif supports_mrope(cls) and not family.mrope:
             entry = Entry(architecture, name, UNPRUNED, MROPE)
-        elif family.grid is not None:
-            entry = Entry(architecture, name, PRUNED, f"generic adapter, grid: {family.grid}")
+        elif family.knows_grid:
+            entry = Entry(architecture, name, PRUNED, "generic adapter, " + _declared(family))
         else:
             entry = Entry(
                 architecture, name, NO_SPATIAL, "generic adapter, if its start-up check holds"
             )
         entries.append(entry)
     return str(vllm.__version__), entries
+
+
+def _declared(family: Family) -> str:
+    """What a pruned family declares, in words."""
+    said = [f"grid: {family.grid}"] if family.grid else []
+    if family.parts is not None:
+        said.append(f"parts: `{family.parts.__name__}`")
+    if family.mrope:
+        said.append("M-RoPE positions")
+    return ", ".join(said)
 
 
 def _takes_images(cls: type) -> bool:

@@ -1,5 +1,6 @@
 """Models pruned by the generic adapter, end to end: InternVL, Gemma 3, Gemma 4, PaliGemma,
-Idefics3 and Mistral 3, each a tiny checkpoint built offline; and models it serves unpruned.
+Idefics3, Mistral 3 and LLaVA-OneVision, each a tiny checkpoint built offline; and models it
+serves unpruned.
 
 Each pruned family is served by our server and by plain vLLM with every plugin off
 (and, for one family of each placeholder layout, by our server on two tensor-parallel
@@ -34,7 +35,7 @@ from devtools.tiny_internvl_gemma import (
 from devtools.tiny_llama4_gemma4 import build_tiny_gemma4
 from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune import layout
-from vllm_prune.integration.families import MROPE, SEPARATOR_ROWS, family_of
+from vllm_prune.integration.families import MROPE, family_of
 from vllm_prune.methods import Context, get_method, method_names
 from vllm_prune.methods.base import GRID, IN_TOWER, SCOUT, TOWER_ATTENTION, VISION_ATTENTION
 
@@ -64,10 +65,19 @@ class Generic:
     two_ranks: bool = False  # served on two ranks in CI (one family per layout)
     other_sizes: tuple[tuple[tuple[int, int], tuple[int, ...]], ...] = ()  # (size, runs)
     args: tuple[str, ...] = field(default=())
+    # A family that declares its parts (separator rows, a grid that follows the image):
+    # the test image's parts, by hand.
+    declared: tuple[layout.Part, ...] = ()
+
+    @property
+    def embedded(self) -> int:
+        """The image's embed positions in an unpruned prompt."""
+        return sum(self.runs)
 
     @property
     def tokens(self) -> int:
-        return sum(self.runs)
+        """The image's content tokens (what ``keep`` is a share of)."""
+        return sum(p.size for p in self.declared) if self.declared else self.embedded
 
     def refused(self) -> set[str]:
         refused = set()
@@ -75,14 +85,14 @@ class Generic:
             needs = get_method(method).needs
             if needs & TOWER or (SCOUT in needs and not self.scout):
                 refused.add(method)
-            if GRID in needs and family_of(self.architecture).grid is None:
+            if GRID in needs and not family_of(self.architecture).knows_grid:
                 refused.add(method)
         return refused
 
     @property
     def probe(self) -> str:
         """A method the family runs: ``pooling`` where its grid is declared."""
-        return "pooling" if family_of(self.architecture).grid is not None else "divprune"
+        return "pooling" if family_of(self.architecture).knows_grid else "divprune"
 
     def runnable(self) -> list[str]:
         return [m for m in method_names() if m != "none" and m not in self.refused()]
@@ -108,6 +118,15 @@ FAMILIES = [
     # 8 rows of 16 [IMG], each closed by [IMG_BREAK] (the last by [IMG_END]).
     Generic("mistral3", build_tiny_mistral3, "Mistral3ForConditionalGeneration", (896, 448),
             (16,) * 8, scout=True, two_ranks=True),
+    # One run: the base image's 8 x 8, then the stitched crops' 8 x 16, each row followed by
+    # an image_newline row (8 separators: 64 + 8 x 17 = 200 positions, 192 content tokens).
+    Generic("llava-onevision", build_tiny_llava_onevision,
+            "LlavaOnevisionForConditionalGeneration", (896, 448), (200,), scout=True,
+            declared=(layout.Part(0, 64, (8, 8)), layout.Part(0, 128, (8, 16), newlines=1))),
+    # One run of 11 x 22 <|image|> between <|begin_of_image|> and <|end_of_image|>, with
+    # M-RoPE positions (the grid follows the image: image_grid_thw).
+    Generic("glm4v", build_tiny_glm4v, "Glm4vForConditionalGeneration", (896, 448), (242,),
+            scout=False, two_ranks=True, declared=(layout.Part(0, 242, (11, 22)),)),
 ]  # fmt: skip
 TWO_RANKS_ALL = os.environ.get("VLLM_PRUNE_TEST_GENERIC_TP2") == "all"
 ARGS = [
@@ -193,12 +212,15 @@ def test_counts_are_exact_for_every_method_ratio_keep_and_budget(served: Served)
     for method in family.runnable():
         for ratio in (0.75, 0.889):
             response = ask(served.pruned, family, {"prune": method, "prune_ratio": ratio})
-            expected = total - (family.tokens - keep(family.tokens, ratio))
+            expected = total - family.embedded + keep(family.tokens, ratio)
             assert response.usage.prompt_tokens == expected, (method, ratio)
     response = ask(served.pruned, family, {"prune": family.probe, "prune_keep": 40})
-    assert response.usage.prompt_tokens == total - family.tokens + 40
+    assert response.usage.prompt_tokens == total - family.embedded + 40
     response = ask(served.pruned, family, {"prune": "random", "prune_budget": 30})
-    assert response.usage.prompt_tokens == total - family.tokens + 30
+    assert response.usage.prompt_tokens == total - family.embedded + 30
+    # Every content token kept: the image as vLLM lays it out, separators included.
+    response = ask(served.pruned, family, {"prune": "random", "prune_keep": family.tokens})
+    assert response.usage.prompt_tokens == total
     for size, runs in family.other_sizes:
         unpruned = ask(served.pruned, family, {"prune": "none"}, size=size)
         assert layout.runs_of(image_positions(served, unpruned.prompt_token_ids)) == list(runs)
@@ -224,10 +246,11 @@ def test_pruned_prompt_keeps_the_format_and_rows_are_the_methods_selection(serve
         from transformers import AutoConfig
 
         tile = declared.tile(AutoConfig.from_pretrained(model_dir(served)))
-    parts = layout.parts_of(layout.runs_of(mask), declared.grid, tile)
+    parts = list(family.declared) or layout.parts_of(layout.runs_of(mask), declared.grid, tile)
+    assert layout.run_lengths(parts) == list(family.runs)
     keeps = layout.part_keeps(parts, keep(family.tokens, 0.75))
     assert pruned == layout.shrink(unpruned, mask, layout.run_keeps(parts, keeps))
-    assert len(pruned) == len(unpruned) - family.tokens + sum(keeps)
+    assert len(pruned) == len(unpruned) - family.embedded + sum(keeps)
 
     random = get_method("random")
     names = [f"part{i}" if len(parts) > 1 else None for i in range(len(parts))]
@@ -259,7 +282,7 @@ def test_methods_the_family_cannot_run_are_refused_with_the_reason(served: Serve
             "vision tower"
             if needs & TOWER
             else "token grid"
-            if GRID in needs and (family_of(family.architecture).grid is None)
+            if GRID in needs and not family_of(family.architecture).knows_grid
             else "scout pass"
         )
         assert reason in body["message"], (method, body["message"])
@@ -286,21 +309,27 @@ def test_two_tensor_parallel_ranks_keep_what_one_keeps(served: Served):
 
 # -- Models the generic path does not hold for: served unpruned, and a method is a 400 ----
 
+# GLM-OCR: GLM-4.1V's processor and placeholder, M-RoPE, its own vision tower; not declared
+# (untested), so served unpruned. The tiny GLM-4.1V checkpoint under its name, dummy weights.
+GLM_OCR = {"architectures": ["GlmOcrForConditionalGeneration"]}
 UNPRUNED = [
-    ("llava-onevision", build_tiny_llava_onevision, SEPARATOR_ROWS),
-    ("glm4v", build_tiny_glm4v, MROPE),
-]
+    ("glm-ocr", build_tiny_glm4v, MROPE, ("--hf-overrides", json.dumps(GLM_OCR),
+                                         "--load-format", "dummy")),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def unpruned_servers(tmp_path_factory) -> dict[str, Server]:
     root: Path = tmp_path_factory.mktemp("unpruned")
-    commands = {name: pruned_command(str(build(root / name)), *ARGS) for name, build, _ in UNPRUNED}
+    commands = {
+        name: pruned_command(str(build(root / name)), *ARGS, *args)
+        for name, build, _, args in UNPRUNED
+    }
     with running(root, commands) as started:
         yield started
 
 
-@pytest.mark.parametrize(("name", "reason"), [(n, r) for n, _, r in UNPRUNED])
+@pytest.mark.parametrize(("name", "reason"), [(n, r) for n, _, r, _ in UNPRUNED])
 def test_a_model_the_adapter_does_not_hold_for_is_served_unpruned_and_says_why(
     unpruned_servers, name, reason
 ):

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_prune.layout import Part, part_keeps, parts_of, run_keeps, runs_of, shrink
+from vllm_prune.layout import (
+    Part,
+    content_rows,
+    part_keeps,
+    parts_of,
+    run_keeps,
+    run_lengths,
+    runs_of,
+    shrink,
+)
 
 IMG, BREAK, END, BEGIN = 9, 1, 2, 3
 
@@ -45,3 +54,16 @@ def test_shrink_keeps_every_structure_token_in_place():
 def test_shrink_needs_a_keep_per_run():
     with pytest.raises(IndexError):
         shrink([IMG, BREAK, IMG], [True, False, True], [1])
+
+
+def test_separator_rows_are_laid_out_but_are_not_content():
+    # LLaVA-OneVision: a 2 x 2 base, then a 2 x 3 grid with a newline row after each row.
+    parts = [Part(0, 4, (2, 2)), Part(0, 6, (2, 3), newlines=1)]
+    assert [p.embedded for p in parts] == [4, 8]
+    assert run_lengths(parts) == [12]
+    # rows 7 and 11 are the newlines
+    assert content_rows(parts) == [0, 1, 2, 3, 4, 5, 6, 8, 9, 10]
+    # Parts without separators: their rows in order, run after run.
+    plain = parts_of([3, 2], None)
+    assert run_lengths(plain) == [3, 2]
+    assert content_rows(plain) == [0, 1, 2, 3, 4]

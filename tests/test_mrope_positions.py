@@ -322,3 +322,85 @@ def _flatten(media: list) -> list:
     for m in media:
         out += [m, ("text", 2)]
     return out
+
+
+# -- the generic adapter's M-RoPE families (GLM-4.1V): the model's own positions, grown ----
+
+
+def glm_positions(tokens: list[int], features: list) -> tuple[torch.Tensor, int]:
+    """vLLM's ``Glm4vForConditionalGeneration.get_mrope_input_positions`` with its own
+    ``iter_mm_grid_thw`` (which reads each image's grid and checks its placeholder)."""
+    from vllm.model_executor.models.glm4_1v import Glm4vForConditionalGeneration
+
+    config = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2))
+    fake = SimpleNamespace(config=config)
+    fake.iter_mm_grid_thw = lambda f: Glm4vForConditionalGeneration.iter_mm_grid_thw(fake, f)
+    return Glm4vForConditionalGeneration.get_mrope_input_positions(fake, tokens, features)
+
+
+def glm_image(offset: int, length: int, h: int, w: int):
+    from vllm.multimodal.inputs import MultiModalFeatureSpec, PlaceholderRange
+
+    grid = SimpleNamespace(data=torch.tensor([1, 2 * h, 2 * w]))
+    return MultiModalFeatureSpec(
+        data={"image_grid_thw": grid},  # type: ignore[arg-type]
+        modality="image",
+        identifier=f"image-{offset}",
+        mm_position=PlaceholderRange(offset=offset, length=length),
+    )
+
+
+@pytest.mark.parametrize("after", [4, 0])
+def test_generic_positions_are_the_models_own_at_the_kept_rows(after):
+    """Two images, the first pruned to 10 of 8 x 6 and the last to 7 of 4 x 5, one unpruned
+    between: retained rows get their unpruned positions (base + the offset forward adds),
+    every other token its own, and generation continues where it would unpruned."""
+    from vllm_prune.integration.positions import positions_of_pruned
+
+    IMG = 9
+    grids = [(8, 6, 10), (4, 4, 16), (4, 5, 7)]  # h, w, kept
+    text = [5, 3, 2, after]
+    unpruned_tokens, pruned_tokens, unpruned_items, pruned_items, cuts = [], [], [], [], {}
+    for (h, w, kept), before in zip(grids, text, strict=False):
+        unpruned_tokens += [1] * before
+        pruned_tokens += [1] * before
+        unpruned_items.append(glm_image(len(unpruned_tokens), h * w, h, w))
+        pruned_items.append(glm_image(len(pruned_tokens), kept, h, w))
+        if kept < h * w:
+            cuts[len(pruned_tokens)] = (kept, h * w)
+        unpruned_tokens += [IMG] * (h * w)
+        pruned_tokens += [IMG] * kept
+    unpruned_tokens += [1] * after
+    pruned_tokens += [1] * after
+    expected, expected_delta = glm_positions(unpruned_tokens, unpruned_items)
+
+    ours, delta = positions_of_pruned(
+        glm_positions, pruned_tokens, pruned_items, lambda f: cuts.get(f.mm_position.offset)
+    )
+    assert ours.shape == (3, len(pruned_tokens))
+    assert len(pruned_tokens) + delta == len(unpruned_tokens) + expected_delta
+    at, unpruned_at = 0, 0
+    for index, ((h, w, kept), before) in enumerate(zip(grids, text, strict=False)):
+        assert torch.equal(
+            ours[:, at : at + before], expected[:, unpruned_at : unpruned_at + before]
+        )
+        at, unpruned_at = at + before, unpruned_at + before
+        rows = retained(h * w, kept, seed=index)
+        image = ours[:, at : at + kept].clone()
+        if kept < h * w:
+            image += grid_offsets(rows, w)  # what forward adds
+        else:
+            rows = torch.arange(h * w)
+        assert torch.equal(image, expected[:, unpruned_at + rows]), index
+        at, unpruned_at = at + kept, unpruned_at + h * w
+    assert torch.equal(ours[:, at:], expected[:, unpruned_at:])
+
+
+def test_generic_positions_of_an_unpruned_prompt_are_the_models_own():
+    from vllm_prune.integration.positions import positions_of_pruned
+
+    tokens = [1] * 3 + [9] * 48 + [1] * 4
+    items = [glm_image(3, 48, 8, 6)]
+    expected = glm_positions(tokens, items)
+    ours = positions_of_pruned(glm_positions, tokens, items, lambda f: None)
+    assert torch.equal(ours[0], expected[0]) and ours[1] == expected[1]

@@ -26,11 +26,20 @@ class Part:
     """One prunable part of an image: which run it is in, its rows, its token grid.
 
     ``grid`` is None where the model's grid is not known (spatial methods are refused).
+    ``newlines``: separator rows the model's embedding holds after each row of the grid
+    (LLaVA-OneVision's ``image_newline``); never content, and dropped when the image is
+    pruned (the kept tokens of a row no longer fill it, so a newline would mark nothing).
     """
 
     run: int
     size: int
     grid: tuple[int, int] | None
+    newlines: int = 0
+
+    @property
+    def embedded(self) -> int:
+        """The part's rows in the model's embedding: content and separators."""
+        return self.size + (self.grid[0] * self.newlines if self.grid else 0)
 
 
 def runs_of(mask: Sequence[bool]) -> list[int]:
@@ -73,6 +82,24 @@ def parts_of(runs: Sequence[int], grid: str | None, tile: int | None = None) -> 
     return parts
 
 
+def run_lengths(parts: Sequence[Part]) -> list[int]:
+    """Each run's embed positions as the parts lay them out (content and separators)."""
+    return _per_run(parts, [p.embedded for p in parts])
+
+
+def content_rows(parts: Sequence[Part]) -> list[int]:
+    """Where the parts' content rows are in the image's embedding, part after part."""
+    rows, start = [], 0
+    for part in parts:
+        if part.newlines and part.grid:
+            h, w = part.grid
+            rows += [start + r * (w + part.newlines) + c for r in range(h) for c in range(w)]
+        else:
+            rows += range(start, start + part.size)
+        start += part.embedded
+    return rows
+
+
 def part_keeps(parts: Sequence[Part], keep: int) -> list[int]:
     """``keep`` shared out over the parts in proportion to their size (largest remainder)."""
     return proportional_quotas([p.size for p in parts], keep)
@@ -80,9 +107,13 @@ def part_keeps(parts: Sequence[Part], keep: int) -> list[int]:
 
 def run_keeps(parts: Sequence[Part], keeps: Sequence[int]) -> list[int]:
     """The tokens each run keeps: the sum of its parts' keeps."""
+    return _per_run(parts, keeps)
+
+
+def _per_run(parts: Sequence[Part], values: Sequence[int]) -> list[int]:
     totals = [0] * (max((p.run for p in parts), default=-1) + 1)
-    for part, kept in zip(parts, keeps, strict=True):
-        totals[part.run] += kept
+    for part, value in zip(parts, values, strict=True):
+        totals[part.run] += value
     return totals
 
 

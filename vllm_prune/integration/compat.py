@@ -668,7 +668,46 @@ LEDGER: tuple[Reliance, ...] = (
     *_imports(
         f"{_MODELS}.interfaces",
         "supports_mrope",
-        "a model with M-RoPE positions is not pruned by the generic path (not declared yet)",
+        "a model with M-RoPE positions is pruned by the generic path only where its family "
+        "declares them (families.Family.mrope); its subclass then carries the position offsets",
+    ),
+    *_attributes(
+        f"{_MODELS}.llava_next:LlavaNextProcessingInfo",
+        "get_vision_encoder_info _get_num_unpadded_features get_hf_config",
+        "LLaVA-OneVision's declared parts (families.llava_next_parts): the base grid and the "
+        "unpadded crop grid whose rows each end in a newline row, as vLLM counts them",
+    ),
+    *_attributes(
+        f"{_MODELS}.vision:VisionEncoderInfo",
+        "get_patch_grid_length get_image_size",
+        "the base image's side in tokens and the crop size, for the anyres grid",
+    ),
+    *_attributes(
+        f"{_MODELS}.glm4_1v:Glm4vForConditionalGeneration",
+        "get_mrope_input_positions embed_input_ids forward",
+        "overridden by the generic M-RoPE subclass (generic.GenericMropeModel, built at run "
+        "time): its own positions on the prompt grown unpruned; the kept rows' offset "
+        "channels stripped, then added to this step's positions (integration.positions)",
+    ),
+    *_imports(
+        "vllm.multimodal.inputs",
+        "PlaceholderRange",
+        "a cut image's placeholder grown back to its unpruned length, for the model's positions",
+    ),
+    *_imports(
+        "vllm.multimodal.parse",
+        "ImageSize",
+        "the dummy image's size handed to a family's declared parts",
+    ),
+    Reliance(
+        "behaviour",
+        "GLM-4.1V's image is one run of `<|image|>` placeholders (`is_embed` None) on the "
+        "`image_grid_thw` grid merged `vision_config.spatial_merge_size`, and its "
+        "`get_mrope_input_positions` gives the run the grid's positions in raster order from "
+        "the run's first, reading each item's `mm_position` (`offset`, `length`, `is_embed`) "
+        "and its `image_grid_thw`",
+        "positions.positions_of_pruned grows each cut run back and calls vLLM's own "
+        "(tests/test_mrope_positions.py against it, tests/test_generic.py served)",
     ),
     *_imports(
         "vllm.multimodal.processing",

@@ -1,16 +1,20 @@
 """What the generic adapter needs to know about a model family beyond vLLM's own classes.
 
 A family is a small declaration keyed by architecture name, not a class: its
-token grid (for the spatial methods), tiles that share one embed run, or why the
-generic path does not hold for it. An architecture without an entry is pruned by
+token grid (for the spatial methods), tiles that share one embed run, separator
+rows its embeddings hold, or why the generic path does not hold for it. An architecture without an entry is pruned by
 the generic path when its start-up check holds, without the spatial methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+from ..layout import Part
 
 
 @dataclass(frozen=True)
@@ -18,11 +22,23 @@ class Family:
     """``grid``: "square" (each run or tile is a square grid), "rows" (each run is a row of
     the image) or None (unknown: spatial methods are refused). ``tile``: tokens per tile
     where one run holds several tiles (from the Hugging Face config). ``unpruned``: why the
-    generic path does not hold for this family (it is then served unpruned)."""
+    generic path does not hold for this family (it is then served unpruned). ``parts``:
+    where the runs alone do not give an image's parts (separator rows in its embeddings,
+    a grid that follows the image), its parts from vLLM's processing info, the processed
+    images, the image's index and its (width, height). ``mrope``: the model's M-RoPE
+    positions follow each image's grid, raster order from where its one run starts
+    (``positions``)."""
 
     grid: str | None = None
     tile: Callable[[Any], int] | None = None
     unpruned: str | None = None
+    parts: Callable[[Any, Mapping[str, Any], int, int, int], list[Part]] | None = None
+    mrope: bool = False
+
+    @property
+    def knows_grid(self) -> bool:
+        """Whether each part's token grid is known (the spatial methods run)."""
+        return self.grid is not None or self.parts is not None
 
 
 def _pair(value: Any) -> int:
@@ -35,6 +51,38 @@ def internvl_tile(hf_config: Any) -> int:
     side = _pair(vision.image_size) // _pair(vision.patch_size)
     shuffled = int(side * float(getattr(hf_config, "downsample_ratio", 0.5)))
     return shuffled * shuffled
+
+
+def llava_next_parts(
+    info: Any, processed: Mapping[str, Any], index: int, width: int, height: int
+) -> list[Part]:
+    """LLaVA-NeXT's layout (LLaVA-OneVision's too), one run: the base image (``s x s``),
+    then its crops stitched and unpadded (``h x w``) with an ``image_newline`` row after
+    each row. ``h x w`` is vLLM's own count (OneVision's shrinks a grid over 9 crops)."""
+    vision = info.get_vision_encoder_info()
+    side = vision.get_patch_grid_length()
+    rows, cols = get_anyres_image_grid_shape(
+        (height, width), info.get_hf_config().image_grid_pinpoints, vision.get_image_size()
+    )
+    content, newlines = info._get_num_unpadded_features(
+        original_height=height,
+        original_width=width,
+        npatches=side,
+        num_patch_height=rows,
+        num_patch_width=cols,
+    )
+    h, w = newlines, content // newlines
+    return [Part(0, side * side, (side, side)), Part(0, h * w, (h, w), newlines=1)]
+
+
+def merged_grid_parts(
+    info: Any, processed: Mapping[str, Any], index: int, width: int, height: int
+) -> list[Part]:
+    """Qwen-style towers (GLM-4.1V): one run, the ``t x h x w`` patch grid the processor
+    reports (``image_grid_thw``) merged ``m x m`` by the tower."""
+    merge = int(info.get_hf_config().vision_config.spatial_merge_size)
+    t, h, w = (int(v) for v in processed["image_grid_thw"][index])
+    return [Part(0, t * (h // merge) * (w // merge), (h // merge, w // merge))]
 
 
 SEPARATOR_ROWS = (
@@ -64,7 +112,12 @@ FAMILIES: dict[str, Family] = {
     # <|image|> and the global view's run, <|image_end|> (checked on the processor side:
     # vLLM 0.32's CPU build does not serve Llama 4 images).
     "Llama4ForConditionalGeneration": Family(grid="square"),
-    "LlavaOnevisionForConditionalGeneration": Family(unpruned=SEPARATOR_ROWS),
+    # the base image's run, then the stitched crops with a newline row after each row.
+    "LlavaOnevisionForConditionalGeneration": Family(parts=llava_next_parts),
+    # <|begin_of_image|>, the merged h x w grid of <|image|> (one run), <|end_of_image|>;
+    # M-RoPE positions as Qwen2-VL's.
+    "Glm4vForConditionalGeneration": Family(parts=merged_grid_parts, mrope=True),
+    "Glm4vMoeForConditionalGeneration": Family(parts=merged_grid_parts, mrope=True),
     "Phi3VForCausalLM": Family(unpruned=SEPARATOR_ROWS),
     "Phi4MMForCausalLM": Family(unpruned=SEPARATOR_ROWS),
     "Phi4MultimodalForCausalLM": Family(unpruned=SEPARATOR_ROWS),

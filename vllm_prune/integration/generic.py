@@ -37,8 +37,8 @@ from transformers import BatchFeature
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, supports_mrope
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.inputs import MultiModalKwargsItems
-from vllm.multimodal.parse import MultiModalDataItems
+from vllm.multimodal.inputs import MultiModalFeatureSpec, MultiModalKwargsItems
+from vllm.multimodal.parse import ImageEmbeddingItems, ImageSize, MultiModalDataItems
 from vllm.multimodal.processing import (
     BaseMultiModalProcessor,
     EncDecMultiModalProcessor,
@@ -47,13 +47,14 @@ from vllm.multimodal.processing import (
 )
 
 from .. import layout
-from ..methods import method_names
+from ..methods import Reduced, method_names
 from ..plan import PrunePlan, reduce_plan
 from ..signals.observe import observe, rows_of
 from ..spec import METHOD_FIELD
 from . import wire
 from .families import MROPE, Family, family_of
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
+from .positions import PositionOffsetsMixin, grid_offsets, positions_of_pruned
 from .processing import PruneProcessorMixin, refuse
 
 logger = logging.getLogger("vllm.prune")
@@ -99,7 +100,8 @@ DECISIONS: dict[str, Decision] = {}  # by architecture, in this process
 def pruning_model(base: type) -> type:
     """A subclass of vLLM's model class ``base`` that prunes, with its processor wrapped."""
     factories = base._processor_factory  # type: ignore[attr-defined]
-    model = type(f"Prune{base.__name__}", (GenericPruneModel, base), {"__module__": __name__})
+    mixin = GenericMropeModel if supports_mrope(base) else GenericPruneModel
+    model = type(f"Prune{base.__name__}", (mixin, base), {"__module__": __name__})
     return MULTIMODAL_REGISTRY.register_processor(
         _processor_factory(factories.processor, base),
         info=factories.info,
@@ -161,7 +163,7 @@ def decide(processor: BaseMultiModalProcessor, base: type) -> Decision:
 def _refusal(processor: BaseMultiModalProcessor, base: type, family: Family) -> str | None:
     if isinstance(processor, EncDecMultiModalProcessor):
         return "it is an encoder-decoder model: its images go to the encoder, not the prompt"
-    if supports_mrope(base):
+    if supports_mrope(base) and not family.mrope:
         return MROPE
     if "image" not in processor.info.get_supported_mm_limits():
         return "it takes no images"
@@ -171,6 +173,8 @@ def _refusal(processor: BaseMultiModalProcessor, base: type, family: Family) -> 
         processed = processor._apply_hf_processor_main(mm_items, {})
         ((full, mask, is_embed),) = placeholders(processor, mm_items, processed, {})
         _check_shrinks(full, mask, is_embed)
+        if family.parts is not None:
+            declared_parts(family, processor.info, processed, 0, ImageSize(*DUMMY_IMAGE), mask)
     except LayoutError as err:
         return str(err)
     except Exception as err:  # noqa: BLE001  any failure means: do not prune this model
@@ -244,6 +248,28 @@ def placeholders(
     return found
 
 
+def declared_parts(
+    family: Family,
+    info: Any,
+    processed: Mapping[str, Any],
+    index: int,
+    size: ImageSize,
+    mask: list[bool],
+) -> list[layout.Part]:
+    """The parts a family declares for image ``index`` (``Family.parts``), checked against
+    the runs of its placeholder (``LayoutError`` where they differ)."""
+    assert family.parts is not None
+    parts = family.parts(info, processed, index, size.width, size.height)
+    if layout.run_lengths(parts) != layout.runs_of(mask):
+        raise LayoutError(
+            f"its placeholder's embed runs {layout.runs_of(mask)} are not the declared parts "
+            f"with their separator rows ({layout.run_lengths(parts)})"
+        )
+    if family.mrope and len(parts) != 1:
+        raise LayoutError("its M-RoPE positions are declared for images of one part only")
+    return parts
+
+
 def _check_shrinks(full: list[int], mask: list[bool], is_embed: IsEmbed) -> None:
     """A placeholder whose runs are halved still marks exactly the kept positions."""
     keeps = [max(1, run // 2) for run in layout.runs_of(mask)]
@@ -267,9 +293,14 @@ class GenericPruneProcessorMixin(PruneProcessorMixin):
     ) -> list[list[layout.Part]]:
         hf_config = self.info.get_hf_config()  # type: ignore[attr-defined]
         tile = self.family.tile(hf_config) if self.family.tile is not None else None
+        masks = [m for _, m, _ in placeholders(self, mm_items, processed, hf_kwargs)]  # type: ignore[arg-type]
+        images = self._images(mm_items)
+        if self.family.parts is None or isinstance(images, ImageEmbeddingItems):
+            # Precomputed embeddings of a family with separators: only 'none' gets here.
+            return [layout.parts_of(layout.runs_of(m), self.family.grid, tile) for m in masks]
         return [
-            layout.parts_of(layout.runs_of(mask), self.family.grid, tile)
-            for _, mask, _ in placeholders(self, mm_items, processed, hf_kwargs)  # type: ignore[arg-type]
+            declared_parts(self.family, self.info, processed, i, images.get_image_size(i), m)  # type: ignore[attr-defined]
+            for i, m in enumerate(masks)
         ]
 
     def _get_prompt_updates(
@@ -287,7 +318,7 @@ class GenericPruneProcessorMixin(PruneProcessorMixin):
 
     @classmethod
     def grid_refusal(cls, hf_config: Any) -> str | None:
-        if cls.family.grid is None:
+        if not cls.family.knows_grid:
             return "vllm-prune does not know this model's token grid"
         return None
 
@@ -303,6 +334,14 @@ class GenericPruneProcessorMixin(PruneProcessorMixin):
 
     def _check_supported(self, method: str, mm_items: MultiModalDataItems) -> None:
         super()._check_supported(method, mm_items)
+        if method != "none" and self.family.parts is not None and "image" in mm_items:
+            if isinstance(self._images(mm_items), ImageEmbeddingItems):
+                raise refuse(
+                    METHOD_FIELD,
+                    f"this model's image embeddings hold separator rows that vllm-prune finds "
+                    f"from the image's size, so '{method}' cannot prune precomputed image "
+                    "embeddings; send the image itself, or 'none'",
+                )
         if method != "none" and mm_items.get_count("video", strict=False):
             raise refuse(
                 METHOD_FIELD,
@@ -342,9 +381,9 @@ class GenericPruneModel:
     """Mixed into vLLM's model class: prunes each image's rows part by part."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
-        if vllm_config.compilation_config.cudagraph_mm_encoder:
-            refuse_encoder_graphs(vllm_config)
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
+        if vllm_config.compilation_config.cudagraph_mm_encoder and prunes(vllm_config):
+            raise ValueError(ENCODER_GRAPHS_REFUSAL)
         super().__init__(vllm_config=vllm_config, prefix=prefix)  # type: ignore[call-arg]
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
@@ -354,23 +393,68 @@ class GenericPruneModel:
             return embeddings
         llm = decoder(self.get_language_model())  # type: ignore[attr-defined]
         return [
-            prune_image(image, plan, llm) for image, plan in zip(embeddings, plans, strict=True)
+            self._pruned(image, plan, llm) for image, plan in zip(embeddings, plans, strict=True)
         ]
 
+    def _pruned(self, image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> torch.Tensor:
+        reduced = prune_image(image, plan, llm)
+        return image if reduced is None else reduced.features
 
-def refuse_encoder_graphs(vllm_config: VllmConfig) -> None:
-    """Encoder CUDA graphs run the vision tower without ``embed_multimodal``, so a pruned
-    image would get every row: a model the generic path prunes does not start with them."""
+
+class GenericMropeModel(PositionOffsetsMixin, GenericPruneModel):
+    """An M-RoPE model's pruning: each kept row carries its offset inside the image's grid
+    (``positions``), and the prompt's positions are the model's own, computed as if no
+    image were pruned."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._position_offsets = None
+        if prunes(vllm_config):
+            self._init_positions(vllm_config.compilation_config)
+
+    def _pruned(self, image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> torch.Tensor:
+        reduced = prune_image(image, plan, llm)
+        if reduced is None:
+            return image  # unpruned: exactly what vLLM returns
+        ((part, _),) = plan.parts  # one part (generic.declared_parts)
+        _, width = part.grid or (1, part.size)
+        offsets = grid_offsets(reduced.indices.to(image.device), width).T
+        return torch.cat([reduced.features, offsets.to(reduced.features.dtype)], dim=-1)
+
+    def get_mrope_input_positions(
+        self, input_tokens: list[int], mm_features: list[MultiModalFeatureSpec]
+    ) -> tuple[torch.Tensor, int]:
+        own = super().get_mrope_input_positions  # type: ignore[misc]
+        return positions_of_pruned(own, input_tokens, mm_features, _cut_of)
+
+
+def _cut_of(feature: MultiModalFeatureSpec) -> tuple[int, int] | None:
+    """(rows kept, rows unpruned) of a pruned image, or None."""
+    if feature.modality != "image" or feature.data is None:
+        return None
+    parts = wire.item_parts(feature.data)
+    kept = sum(k for _, k in parts)
+    unpruned = sum(p.embedded for p, _ in parts)
+    return (kept, unpruned) if parts and kept != sum(p.size for p, _ in parts) else None
+
+
+ENCODER_GRAPHS_REFUSAL = (
+    "vllm-prune: encoder CUDA graphs (cudagraph_mm_encoder) run the vision tower without the "
+    "step that prunes its rows; turn cudagraph_mm_encoder off, or serve without pruning "
+    "with VLLM_PLUGINS=''"
+)
+
+
+def prunes(vllm_config: VllmConfig) -> bool:
+    """Whether the generic path holds for the served architecture (decided here if vLLM
+    has not built its processor in this process yet)."""
     architectures = vllm_config.model_config.architectures or []
-    if architectures and architectures[0] not in DECISIONS:
+    if not architectures:
+        return False
+    if architectures[0] not in DECISIONS:
         MULTIMODAL_REGISTRY.create_processor(vllm_config.model_config)  # decides
-    decision = DECISIONS.get(architectures[0]) if architectures else None
-    if decision is not None and decision.refusal is None:
-        raise ValueError(
-            "vllm-prune: encoder CUDA graphs (cudagraph_mm_encoder) run the vision tower "
-            "without the step that prunes its rows; turn cudagraph_mm_encoder off, or serve "
-            "without pruning with VLLM_PLUGINS=''"
-        )
+    decision = DECISIONS.get(architectures[0])
+    return decision is not None and decision.refusal is None
 
 
 def decoder(language_model: torch.nn.Module) -> torch.nn.Module:
@@ -378,33 +462,38 @@ def decoder(language_model: torch.nn.Module) -> torch.nn.Module:
     return language_model if hasattr(language_model, "layers") else language_model.model
 
 
-def prune_image(image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> torch.Tensor:
-    """The rows one image keeps: each part pruned on its own, in order."""
-    sizes = [part.size for part, _ in plan.parts]
-    if sum(sizes) != image.shape[0]:
+def prune_image(image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> Reduced | None:
+    """The rows one image keeps: each part pruned on its own, in order, separator rows
+    dropped; ``indices`` are the kept rows' places among the content rows. None where the
+    image keeps every content row: it goes on whole, as vLLM made it (separators too)."""
+    parts = [part for part, _ in plan.parts]
+    embedded = sum(part.embedded for part in parts)
+    if embedded != image.shape[0]:
         raise ValueError(
             f"vllm-prune: the model returned {image.shape[0]} rows for an image whose "
-            f"placeholder has {sum(sizes)} embed positions"
+            f"placeholder has {embedded} embed positions"
         )
-    if plan.keep == image.shape[0]:
-        return image
+    if plan.keep == sum(part.size for part in parts):
+        return None
+    if embedded != sum(part.size for part in parts):
+        image = image[torch.tensor(layout.content_rows(parts), device=image.device)]
     found = observe(llm, image, plan, sum_over_ranks=sum_over_tensor_parallel)
-    kept, start = [], 0
+    kept, indices, start = [], [], 0
     many = len(plan.parts) > 1
     for index, (part, keep) in enumerate(plan.parts):
         rows = torch.arange(start, start + part.size)
+        if keep:
+            reduced = reduce_plan(
+                image[rows.to(image.device)],
+                part.grid or (1, part.size),
+                plan.for_part(keep),
+                part=f"part{index}" if many else None,
+                **rows_of(found, rows),
+            )
+            kept.append(reduced.features)
+            indices.append(reduced.indices.cpu() + start)
         start += part.size
-        if keep == 0:
-            continue
-        reduced = reduce_plan(
-            image[rows.to(image.device)],
-            part.grid or (1, part.size),
-            plan.for_part(keep),
-            part=f"part{index}" if many else None,
-            **rows_of(found, rows),
-        )
-        kept.append(reduced.features)
-    return torch.cat(kept)
+    return Reduced(features=torch.cat(kept), indices=torch.cat(indices))
 
 
 def refusals(decision: Decision, hf_config: Any) -> dict[str, str | None]:

@@ -19,6 +19,8 @@ positions when the request arrives (``get_mrope_input_positions``). So:
    scheduled tokens, and ``forward`` adds them, in place, to the positions of
    this step (vLLM rewrites that buffer from its per-request copy every step).
 The result: each retained token's position equals its unpruned position.
+The offset channels and the step that adds them are ``positions``'s, shared with the
+generic adapter's M-RoPE families.
 
 vLLM's own hook for this (``SupportsMultiModalPruning.recompute_mrope_positions``)
 runs only when ``--video-pruning-rate`` > 0, which also turns on EVS for
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import BatchFeature
-from vllm.config import CUDAGraphMode, VllmConfig
+from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLDummyInputsBuilder,
@@ -63,35 +65,12 @@ from ..plan import PrunePlan, reduce_plan, reduce_video_plan
 from ..signals.observe import observe
 from . import wire
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
+from .positions import PositionOffsetsMixin, graph_refusal, grid_offsets
 from .processing import PruneProcessorMixin
 
-POSITION_CHANNELS = 3  # (t, h, w) offset of each retained row inside its image grid
+__all__ = ["graph_refusal", "grid_offsets"]  # read here by the tests of this family
+
 PRUNED_MODALITIES = ("image", "video")  # kept off the encoder CUDA graphs
-
-
-def graph_refusal(compilation_config: Any) -> str | None:
-    """Why the LLM's CUDA graphs would lose a pruned prompt's positions, or None.
-
-    The retained rows' offsets are added to the positions in ``forward``, so every
-    step with image or video tokens must run it. Graphs that replay a prefill whole
-    skip it: FULL graphs for mixed batches (``-cc.cudagraph_mode=FULL``), and 0.34's
-    breakable CUDA graphs (the default of Qwen3.5 on NVIDIA GPUs). Piecewise graphs
-    (the default otherwise) call ``forward`` and are fine.
-    """
-    mode = compilation_config.cudagraph_mode
-    # 0.34: CompilationConfig.use_breakable_cudagraph (absent before)
-    if getattr(compilation_config, "use_breakable_cudagraph", False):
-        graphs = "breakable CUDA graphs (VLLM_USE_BREAKABLE_CUDAGRAPH=1)"
-    elif mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL:
-        graphs = f"FULL CUDA graphs for prefills (cudagraph_mode {mode.name})"
-    else:
-        return None
-    return (
-        "vllm-prune: pruned Qwen images and videos need their positions added in the "
-        f"model's forward, which {graphs} replay without running; serve with the default "
-        "piecewise CUDA graphs (vllm-prune serve sets VLLM_USE_BREAKABLE_CUDAGRAPH=0) or "
-        "--enforce-eager"
-    )
 
 
 VIDEO_PRUNING_RATE_REFUSAL = (
@@ -181,11 +160,6 @@ class PruneQwen2_5_VLMultiModalProcessor(PruneQwenProcessorMixin, Qwen2_5_VLMult
     pass
 
 
-def grid_offsets(indices: torch.Tensor, grid_w: int) -> torch.Tensor:
-    """(t, h, w) offsets inside an image's token grid of raster ``indices``: [3, K]."""
-    return torch.stack([torch.zeros_like(indices), indices // grid_w, indices % grid_w])
-
-
 # Per image or video, in prompt order: (offset, t, h, w, t_factor, tokens in the prompt),
 # and for a pruned video the tokens each of its frames keeps.
 MediaItem = (
@@ -231,7 +205,7 @@ def pruned_mrope_positions(
     return torch.from_numpy(positions), end - len(input_tokens)
 
 
-class PruneQwenModelMixin:
+class PruneQwenModelMixin(PositionOffsetsMixin):
     """Shared by the Qwen generations; ``self`` is also their vLLM model class.
 
     Qwen3-VL (``integration.qwen3_vl``) differs in three hooks: where its items' grids
@@ -244,10 +218,7 @@ class PruneQwenModelMixin:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         if getattr(self, "is_multimodal_pruning_enabled", False):
             raise ValueError(VIDEO_PRUNING_RATE_REFUSAL)
-        refusal = graph_refusal(vllm_config.compilation_config)
-        if refusal is not None:
-            raise ValueError(refusal)
-        self._position_offsets: torch.Tensor | None = None
+        self._init_positions(vllm_config.compilation_config)
 
     def get_mrope_input_positions(
         self, input_tokens: list[int], mm_features: list[MultiModalFeatureSpec]
@@ -270,10 +241,6 @@ class PruneQwenModelMixin:
             else:
                 items.append((offset, t, h, w, t_factor, length))
         return items
-
-    def _embedding_width(self) -> int:
-        """Columns of an item's embedding as vLLM makes it (ours come after)."""
-        return int(self.config.text_config.hidden_size)  # type: ignore[attr-defined]
 
     def _visual_width(self) -> int:
         """The leading columns that are the token's features (what methods see)."""
@@ -350,53 +317,6 @@ class PruneQwenModelMixin:
         image = grid_offsets(torch.arange(h * w), w)
         text = torch.arange(plan.text_ids.numel()) + max(h, w)
         return torch.cat([image, text.expand(3, -1)], dim=1)
-
-    def embed_input_ids(
-        self,
-        input_ids: torch.Tensor,
-        multimodal_embeddings: MultiModalEmbeddings | None = None,
-        *,
-        is_multimodal: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        self._position_offsets = None
-        if not multimodal_embeddings or is_multimodal is None:
-            return super().embed_input_ids(  # type: ignore[misc]
-                input_ids, multimodal_embeddings, is_multimodal=is_multimodal
-            )
-        hidden = self._embedding_width()
-        if any(e.shape[-1] != hidden for e in multimodal_embeddings):
-            offsets = [
-                e[:, hidden:].round().long()
-                if e.shape[-1] != hidden
-                else e.new_zeros(e.shape[0], POSITION_CHANNELS, dtype=torch.long)
-                for e in multimodal_embeddings
-            ]
-            multimodal_embeddings = [e[:, :hidden] for e in multimodal_embeddings]
-            per_token = torch.zeros(
-                POSITION_CHANNELS, input_ids.shape[0], dtype=torch.long, device=input_ids.device
-            )
-            per_token[:, is_multimodal] = torch.cat(offsets).T.to(per_token.device)
-            self._position_offsets = per_token
-        return super().embed_input_ids(  # type: ignore[misc]
-            input_ids, multimodal_embeddings, is_multimodal=is_multimodal
-        )
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        intermediate_tensors: object = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: object,
-    ) -> object:
-        if self._position_offsets is not None:
-            offsets, self._position_offsets = self._position_offsets, None
-            # In place: the same buffer feeds the captured graphs; vLLM rewrites
-            # it from the request's own positions at the next step.
-            positions[:, : offsets.shape[1]] += offsets.to(positions.dtype)
-        return super().forward(  # type: ignore[misc]
-            input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs
-        )
 
     def get_encoder_cudagraph_config(self):  # type: ignore[no-untyped-def]
         config = super().get_encoder_cudagraph_config()  # type: ignore[misc]

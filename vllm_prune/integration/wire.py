@@ -9,8 +9,8 @@ Every image carries the fields, unpruned ones included (method ``none``), so
 items from different requests always batch together. A video carries the same
 fields under ``video_``-prefixed names (a field belongs to one modality), plus
 each frame's ``keep`` (``video_prune_frame_keeps``). An image of the generic
-adapter carries its parts (``prune_parts``: run, rows, keep and grid of each tile,
-row or run; ``layout``).
+adapter carries its parts (``prune_parts``: run, rows, keep, grid and separator rows of
+each tile, row or run; ``layout``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ TOKENS_KEY = "prune_tokens"  # the image's unpruned visual tokens, N
 PATCHES_KEY = "prune_patches"  # its vision-tower patches before training-aware merging
 KEYS = (METHOD_KEY, KEEP_KEY, PARAMS_KEY, TEXT_IDS_KEY, TOKENS_KEY, PATCHES_KEY)
 FRAME_KEEPS_KEY = "prune_frame_keeps"  # videos: the tokens each frame keeps (padded with -1)
-PARTS_KEY = "prune_parts"  # generic adapter: [P, 5] run, size, keep, h, w (-1 rows pad)
+PARTS_KEY = "prune_parts"  # generic adapter: [P, 6] run, size, keep, h, w, newlines (-1 pads)
+PART_COLUMNS = 6
 MODALITIES = ("image", "video")
 
 
@@ -89,24 +90,27 @@ def encode(
     if parts:
         longest = max(len(p) for p in parts)
         rows = [
-            [_part_row(part, kept) for part, kept in item] + [[-1] * 5] * (longest - len(item))
+            [_part_row(part, kept) for part, kept in item]
+            + [[-1] * PART_COLUMNS] * (longest - len(item))
             for item in parts
         ]
-        fields[PARTS_KEY] = torch.tensor(rows, dtype=torch.long).reshape(count, longest, 5)
+        fields[PARTS_KEY] = torch.tensor(rows, dtype=torch.long).reshape(
+            count, longest, PART_COLUMNS
+        )
     return {key(name, modality): value for name, value in fields.items()}
 
 
 def _part_row(part: Part, kept: int) -> list[int]:
     h, w = part.grid or (0, 0)  # 0 x 0: the grid is not known
-    return [part.run, part.size, kept, h, w]
+    return [part.run, part.size, kept, h, w, part.newlines]
 
 
 def _parts(rows: torch.Tensor) -> tuple[tuple[Part, int], ...]:
     """One image's (part, keep) pairs without the rows that pad them to the request's longest."""
     found = []
-    for run, size, kept, h, w in rows.reshape(-1, 5).tolist():
+    for run, size, kept, h, w, newlines in rows.reshape(-1, PART_COLUMNS).tolist():
         if run >= 0:
-            found.append((Part(run, size, (h, w) if h > 0 else None), kept))
+            found.append((Part(run, size, (h, w) if h > 0 else None, newlines), kept))
     return tuple(found)
 
 
