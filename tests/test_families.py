@@ -61,10 +61,11 @@ class Family:
 
 # Read the vision tower (or cut inside it), which these families do not let us do.
 VISION = ("cls_attention", "flowcut", "hiprune", "mustdrop", "visionzip", "vispruner")
-# Read attention from the scout pass, which Qwen3's LLM does not run yet.
+# Read attention from the scout pass, which Qwen3.5's linear-attention layers do not have
+# and Qwen3-VL-MoE's fused-MoE layers do not run outside vLLM's forward.
 SCOUTED = tuple(m for m in method_names() if SCOUT in get_method(m).needs)
-QWEN3_REFUSED = tuple(sorted({*VISION, *SCOUTED}))
-QWEN3_5 = ((448, 448), 196, QWEN3_REFUSED, "bfloat16", ("--mm-encoder-tp-mode", "data"))
+NO_SCOUT = tuple(sorted({*VISION, *SCOUTED}))
+QWEN3_5 = ((448, 448), 196, NO_SCOUT, "bfloat16", ("--mm-encoder-tp-mode", "data"))
 FAMILIES = [
     # 672 x 672: base 24 x 24 + a 48 x 48 stitched grid with 48 newlines.
     Family("llava-next", build_tiny_llava_next, (672, 672), 576 + 48 * 49, VISION),
@@ -72,8 +73,8 @@ FAMILIES = [
     Family("qwen2-vl", lambda p: build_tiny_qwen2_vl(p, "2"), (448, 448), 256, VISION),
     Family("qwen2.5-vl", lambda p: build_tiny_qwen2_vl(p, "2.5"), (448, 448), 256, VISION),
     # 448 x 448: 28 x 28 patches of 16 px, merged 2 x 2 -> 14 x 14 tokens; DeepStack.
-    Family("qwen3-vl", build_tiny_qwen3, (448, 448), 196, QWEN3_REFUSED),
-    Family("qwen3-vl-moe", lambda p: build_tiny_qwen3(p, "vl-moe"), (448, 448), 196, QWEN3_REFUSED),
+    Family("qwen3-vl", build_tiny_qwen3, (448, 448), 196, VISION),
+    Family("qwen3-vl-moe", lambda p: build_tiny_qwen3(p, "vl-moe"), (448, 448), 196, NO_SCOUT),
     # Qwen3.5: Qwen3-VL's tower without DeepStack, a hybrid (linear-attention) LLM.
     Family("qwen3.5", lambda p: build_tiny_qwen3(p, "3.5"), *QWEN3_5),
     Family("qwen3.5-moe", lambda p: build_tiny_qwen3(p, "3.5-moe"), *QWEN3_5),

@@ -105,7 +105,7 @@ FAMILIES = [
             (768,), scout=True, two_ranks=True, other_sizes=(((448, 448), (256,)),)),
     # <start_of_image>, 16 x 16 soft tokens, <end_of_image>.
     Generic("gemma3", build_tiny_gemma3, "Gemma3ForConditionalGeneration", (448, 448), (256,),
-            scout=False, two_ranks=True),
+            scout=True, two_ranks=True),
     # <|image>, 11 x 23 soft tokens (the grid follows the image: not declared), <image|>.
     Generic("gemma4", build_tiny_gemma4, "Gemma4ForConditionalGeneration", (896, 448), (253,),
             scout=False),

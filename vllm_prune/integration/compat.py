@@ -784,6 +784,37 @@ LEDGER: tuple[Reliance, ...] = (
         "qkv_proj o_proj rotary_emb q_size kv_size num_heads num_kv_heads head_dim scaling",
         "as for Llama",
     ),
+    *_attributes(
+        f"{_MODELS}.gemma3:Gemma3Attention",
+        "qkv_proj o_proj rotary_emb q_size kv_size num_heads num_kv_heads head_dim scaling "
+        "q_norm k_norm is_sliding config",
+        "the scout on Gemma 3: per-head query/key norms, each layer's own rotary embedding, "
+        "the local layers' window (`config.sliding_window`)",
+    ),
+    *_attributes(
+        f"{_MODELS}.gemma3:Gemma3DecoderLayer",
+        "self_attn input_layernorm post_attention_layernorm pre_feedforward_layernorm "
+        "post_feedforward_layernorm mlp",
+        "Gemma 3's norms on both sides of the attention and of the MLP",
+    ),
+    *_attributes(
+        f"{_MODELS}.gemma3:Gemma3Model",
+        "embed_tokens layers normalizer",
+        "Gemma scales its text embeddings by `normalizer`: so does the scout's question",
+    ),
+    *_attributes(
+        f"{_MODELS}.qwen3:Qwen3Attention",
+        "qkv_proj o_proj rotary_emb q_size kv_size num_heads num_kv_heads head_dim scaling "
+        "q_norm k_norm",
+        "the scout on Qwen3 and Qwen3-VL: per-head query/key norms before the rotary embedding",
+    ),
+    Reliance(
+        "behaviour",
+        "Qwen3-VL's LLM adds DeepStack level i to the visual tokens' hidden states after "
+        "decoder layer i (`Qwen3LLMModel.forward`, `deepstack_input_embeds_{i}`)",
+        "the scout pass adds each image's DeepStack rows the same way "
+        "(tests/test_scout_qwen3.py against transformers' Qwen3-VL)",
+    ),
     # -- prune: auto reads the engine's load in the API server (integration.load) ------------
     *_imports(
         "vllm.v1.metrics.loggers",

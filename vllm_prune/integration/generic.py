@@ -61,8 +61,11 @@ logger = logging.getLogger("vllm.prune")
 
 MODELS_PACKAGE = "vllm.model_executor.models"
 PREFIX = "Prune__"  # exported names: Prune__<vLLM module>__<vLLM class> (plugin.generic_targets)
-# Decoders whose layers the scout pass runs (Llama-style layers as vLLM builds them).
-SCOUT_DECODERS = frozenset({"llama", "mistral", "qwen2"})
+# Decoders whose layers the scout pass runs (signals.scout): Llama-style layers as vLLM
+# builds them, with per-head query/key norms (Qwen3, Gemma 3), norms on both sides and
+# sliding-window layers (Gemma 3), Gemma's scaled embeddings. Not Gemma 1 (PaliGemma):
+# vLLM 0.34 serves it through its Transformers backend, whose layers are not vLLM's.
+SCOUT_DECODERS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text"})
 # A dummy image wide enough to give tiled families several tiles.
 DUMMY_IMAGE = (896, 448)
 
@@ -328,7 +331,7 @@ class GenericPruneProcessorMixin(PruneProcessorMixin):
         if decoder in SCOUT_DECODERS:
             return None
         return (
-            f"the scout pass runs Llama-style decoder layers ({', '.join(sorted(SCOUT_DECODERS))});"
+            f"the scout pass runs the decoder layers of {', '.join(sorted(SCOUT_DECODERS))};"
             f" this model's LLM is '{decoder}'"
         )
 

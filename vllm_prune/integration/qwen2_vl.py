@@ -268,10 +268,12 @@ class PruneQwenModelMixin(PositionOffsetsMixin):
             visual, carried = item.split(
                 [self._visual_width(), item.shape[-1] - self._visual_width()], dim=-1
             )
+            # DeepStack levels (Qwen3-VL), each as wide as the main columns; none for Qwen2.
+            levels = carried.split(self._visual_width(), dim=-1) if carried.shape[-1] else ()
             if modality == "image":
-                reduced = self._reduce_frame(visual, shape, plan)
+                reduced = self._reduce_frame(visual, shape, plan, deepstack=levels)
             else:
-                reduced = self._reduce_video(visual, (t, *shape), plan)
+                reduced = self._reduce_video(visual, (t, *shape), plan, levels)
             kept = reduced.indices.to(item.device)
             # (0, row, col) inside the frame: a frame's time is in its placeholders' base.
             offsets = grid_offsets(kept % (shape[0] * shape[1]), shape[1]).T.to(item.dtype)
@@ -280,31 +282,43 @@ class PruneQwenModelMixin(PositionOffsetsMixin):
         return out
 
     def _reduce_frame(
-        self, visual: torch.Tensor, shape: tuple[int, int], plan: PrunePlan, part: str | None = None
+        self,
+        visual: torch.Tensor,
+        shape: tuple[int, int],
+        plan: PrunePlan,
+        part: str | None = None,
+        deepstack: Sequence[torch.Tensor] = (),
     ) -> Reduced:
-        """One image (or video frame) pruned by ``plan``, with what its method reads."""
+        """One image (or video frame) pruned by ``plan``, with what its method reads;
+        ``deepstack``: its rows' DeepStack levels, which the scout pass adds as the LLM does."""
         found = observe(
             self.language_model.model,  # type: ignore[attr-defined]
             visual,
             plan,
             scout_positions=self._scout_positions(shape, plan),
             sum_over_ranks=sum_over_tensor_parallel,
+            deepstack=deepstack,
         )
         return reduce_plan(visual, shape, plan, part=part, **found)
 
     def _reduce_video(
-        self, visual: torch.Tensor, grid: tuple[int, int, int], plan: PrunePlan
+        self,
+        visual: torch.Tensor,
+        grid: tuple[int, int, int],
+        plan: PrunePlan,
+        deepstack: Sequence[torch.Tensor] = (),
     ) -> Reduced:
         """A temporal method over the whole video; any other method frame by frame."""
         if get_method(plan.method).temporal:
             return reduce_video_plan(visual, grid, plan)
         t, h, w = grid
-        frames = [
-            self._reduce_frame(
-                visual[f * h * w : (f + 1) * h * w], (h, w), plan.for_frame(f), f"frame {f}"
+        frames = []
+        for f in range(t):
+            rows = slice(f * h * w, (f + 1) * h * w)
+            levels = [level[rows] for level in deepstack]
+            frames.append(
+                self._reduce_frame(visual[rows], (h, w), plan.for_frame(f), f"frame {f}", levels)
             )
-            for f in range(t)
-        ]
         return Reduced(
             features=torch.cat([r.features for r in frames]),
             indices=torch.cat([r.indices + f * h * w for f, r in enumerate(frames)]),

@@ -15,9 +15,10 @@ unpruned), with what is new in Qwen3-VL:
   one item per frame, with timestamp text between them); interleaving happens inside
   the rotary embedding and changes nothing here.
 
-The scout pass (the FastV family, ``balanced``, ``sparsevlm``, ``mustdrop``) is refused
-with a 400: Qwen3's attention normalises queries and keys per head and the LLM adds
-DeepStack features after its first layers, which the scout does not do yet. vLLM's
+The scout pass (the FastV family, ``balanced``, ``sparsevlm``, ``mustdrop``) runs
+Qwen3's layers as the LLM does: per-head query/key norms, and each image's DeepStack
+rows added to its hidden states after the first layers (``signals.scout``); it is
+refused on Qwen3-VL-MoE, whose fused-MoE layers run only inside vLLM's forward. vLLM's
 own EVS (``--video-pruning-rate``) is refused at start, as for every Qwen family
 (``qwen2_vl.VIDEO_PRUNING_RATE_REFUSAL``). A pruned video keeps every frame's timestamp
 and vision markers, each frame with the tokens it keeps (at least one).
@@ -46,18 +47,18 @@ from vllm.multimodal.processing import PromptUpdate
 from . import wire
 from .qwen2_vl import PruneQwenModelMixin, PruneQwenProcessorMixin
 
-SCOUT_REFUSAL = (
-    "Qwen3's attention normalises queries and keys per head and its LLM adds DeepStack "
-    "features in the first layers, which the scout pass does not reproduce yet"
-)
-
 
 class PruneQwen3VLMultiModalProcessor(PruneQwenProcessorMixin, Qwen3VLMultiModalProcessor):
     family = "Qwen3-VL"
 
     @classmethod
     def scout_refusal(cls, hf_config: Any) -> str | None:
-        return SCOUT_REFUSAL
+        if getattr(hf_config.get_text_config(), "num_experts", 0):
+            return (
+                "its LLM's feed-forward layers are mixtures of experts, which vLLM runs only "
+                "inside the model's own forward pass, not in the scout's"
+            )
+        return None
 
     def _replacement(
         self, update: PromptUpdate, out_mm_kwargs: MultiModalKwargsItems

@@ -8,7 +8,7 @@ passed in). The result is a dict of ``Context`` fields.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ def observe(
     tower: Mapping[str, torch.Tensor] | None = None,
     scout_positions: torch.Tensor | None = None,
     sum_over_ranks: SumOverRanks = one_rank,
+    deepstack: Sequence[torch.Tensor] = (),
 ) -> dict[str, torch.Tensor]:
     """``llm``: the decoder (``embed_tokens``, ``layers``); ``features``: the image's rows;
     ``tower``: the image's fields from ``signals.tower``.
@@ -47,12 +48,15 @@ def observe(
     ``scout_positions``: rotary positions of the image's rows followed by the
     question for the scout pass; by default 0 .. L - 1. ``sum_over_ranks``: the
     sum over the tensor-parallel group, which holds the scout's other heads.
+    ``deepstack``: the image's DeepStack rows per level (Qwen3-VL), for the scout pass.
     """
     needs = get_method(plan.method).needs
     observed: dict[str, torch.Tensor] = {}
     observed.update(tower or {})
     if TEXT in needs or SCOUT in needs:
         text = llm.embed_tokens(plan.text_ids.to(features.device))
+        if hasattr(llm, "normalizer"):  # Gemma scales its text embeddings
+            text = text * llm.normalizer.to(text.dtype)
         observed["text_embeddings"] = text
         if SCOUT in needs:
             result = scout(
@@ -62,6 +66,7 @@ def observe(
                 int(plan.params[LAYER_FIELD]),
                 scout_positions,
                 sum_over_ranks,
+                deepstack,
             )
             found = {
                 "text_attention": result.text_attention,
