@@ -11,6 +11,8 @@ the two-rank test for every family.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ from .conftest import (
     plain_command,
     pruned_command,
     running,
+    trace_lines_since,
 )
 
 TOWER = {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER}
@@ -68,6 +71,7 @@ class Generic:
     # A family that declares its parts (separator rows, a grid that follows the image):
     # the test image's parts, by hand.
     declared: tuple[layout.Part, ...] = ()
+    embeds: bool = False  # served with --enable-mm-embeds: precomputed image embeddings
 
     @property
     def embedded(self) -> int:
@@ -102,7 +106,10 @@ FAMILIES = [
     # 896 x 448: two 448 px tiles and the thumbnail, 256 tokens each, in one run.
     # 448 x 448: one tile, no thumbnail.
     Generic("internvl", build_tiny_internvl, "InternVLForConditionalGeneration", (896, 448),
-            (768,), scout=True, two_ranks=True, other_sizes=(((448, 448), (256,)),)),
+            (768,), scout=True, two_ranks=True, other_sizes=(((448, 448), (256,)),), embeds=True,
+            # max_num_encoder_input_tokens 1024 (vLLM's budget: 1792, the largest image):
+            # three 768-row images pruned fit one step; the tower encodes one at a time.
+            args=("--max-num-batched-tokens", "1024", "--limit-mm-per-prompt", '{"image": 3}')),
     # <start_of_image>, 16 x 16 soft tokens, <end_of_image>.
     Generic("gemma3", build_tiny_gemma3, "Gemma3ForConditionalGeneration", (448, 448), (256,),
             scout=True, two_ranks=True),
@@ -121,7 +128,7 @@ FAMILIES = [
     # One run: the base image's 8 x 8, then the stitched crops' 8 x 16, each row followed by
     # an image_newline row (8 separators: 64 + 8 x 17 = 200 positions, 192 content tokens).
     Generic("llava-onevision", build_tiny_llava_onevision,
-            "LlavaOnevisionForConditionalGeneration", (896, 448), (200,), scout=True,
+            "LlavaOnevisionForConditionalGeneration", (896, 448), (200,), scout=True, embeds=True,
             declared=(layout.Part(0, 64, (8, 8)), layout.Part(0, 128, (8, 16), newlines=1))),
     # One run of 11 x 22 <|image|> between <|begin_of_image|> and <|end_of_image|>, with
     # M-RoPE positions (the grid follows the image: image_grid_thw).
@@ -150,7 +157,7 @@ def served(request, tmp_path_factory) -> Served:
     family: Generic = request.param
     root: Path = tmp_path_factory.mktemp(family.name)
     model = str(family.build(root / "model"))  # type: ignore[operator]
-    args = [*ARGS, *family.args]
+    args = [*ARGS, *family.args, *(["--enable-mm-embeds"] if family.embeds else [])]
     if family.name == "paligemma":  # one image per prompt
         args[args.index("--limit-mm-per-prompt") + 1] = '{"image": 1}'
     commands = {"pruned": pruned_command(model, *args), "plain": plain_command(model, *args)}
@@ -305,6 +312,104 @@ def test_two_tensor_parallel_ranks_keep_what_one_keeps(served: Served):
         two = ask_traced(served.tp2, served.trace, "tiny", messages, extra)
         assert bool(one.kept) == (method != "none"), method
         assert_same_on_two_ranks(one, two, tolerance=1e-3)
+
+
+@pytest.mark.parametrize(
+    "served", [f for f in FAMILIES if f.name == "internvl"], ids=lambda f: f.name, indirect=True
+)
+def test_the_tower_encodes_a_step_within_the_encoder_budget(served: Served):
+    """Three pruned 768-row images fit one step (the scheduler counts their kept rows)
+    but not one tower batch (1024 rows, ``max_num_encoder_input_tokens``): the tower
+    encodes them one by one, and each image keeps exactly the rows it keeps when sent alone
+    (``divprune`` reads the features, so a batch mixed up would keep other rows). The
+    three share one ``prune_budget`` (85 each), which also keeps them out of the encoder
+    cache that the lone requests filled."""
+    family = served.family
+    seeds, kept = (31, 32, 33), 85
+    alone = []
+    for seed in seeds:
+        messages = image_messages("what color is the square ?", seed=seed, size=family.size)
+        extra = {"prune": "divprune", "prune_keep": kept}
+        alone.append(ask_traced(served.pruned, served.trace, "tiny", messages, extra).kept)
+    log_before = served.pruned.log.stat().st_size
+    trace_before = served.trace.stat().st_size
+    content = [
+        {"type": "image_url", "image_url": {"url": noise_image_data_url(seed, family.size)}}
+        for seed in seeds
+    ]
+    messages = [{"role": "user", "content": [*content, {"type": "text", "text": "what ?"}]}]
+    response = served.pruned.client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_tokens=2,
+        extra_body={"prune": "divprune", "prune_budget": 3 * kept},
+    )
+    lines = trace_lines_since(served.trace, trace_before)
+    parts = len(alone[0])
+    together = [
+        {(line.rank, line.part): line.indices for line in lines[i * parts : (i + 1) * parts]}
+        for i in range(len(seeds))
+    ]
+    assert together == alone
+    unpruned = served.pruned.client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=1, extra_body={"prune": "none"}
+    )
+    assert response.usage.prompt_tokens == unpruned.usage.prompt_tokens - 3 * (768 - kept)
+    with served.pruned.log.open() as log:
+        log.seek(log_before)
+        assert "the tower encodes 3 images in 3 batches" in log.read()
+
+
+def embeds_messages(embeds: torch.Tensor) -> list[dict]:
+    buffer = io.BytesIO()
+    torch.save(embeds, buffer)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_embeds", "image_embeds": encoded},
+                {"type": "text", "text": "what color is the square ?"},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "served", [f for f in FAMILIES if f.embeds], ids=lambda f: f.name, indirect=True
+)
+def test_precomputed_image_embeds_are_pruned_where_the_method_reads_only_rows(served: Served):
+    """A method that reads only the rows prunes precomputed embeddings as it prunes an
+    image's; a family whose layout comes from the image itself (declared parts) gets a 400
+    naming ``prune``. ``none`` is plain vLLM's answer either way."""
+    family = served.family
+    config = json.loads((model_dir(served) / "config.json").read_text())
+    hidden = config["text_config"]["hidden_size"]
+    embeds = torch.randn(family.embedded, hidden, generator=torch.Generator().manual_seed(3))
+    messages = embeds_messages(embeds)
+
+    def answer(server: Server, extra: dict | None):
+        return server.client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=3, temperature=0.0, logprobs=True,
+            extra_body={**(extra or {}), "return_token_ids": True},
+        )  # fmt: skip
+
+    reference = answer(served.plain, None)
+    ours = answer(served.pruned, {"prune": "none"})
+    assert ours.prompt_token_ids == reference.prompt_token_ids
+    assert logprobs(ours) == pytest.approx(logprobs(reference), rel=1e-5, abs=1e-6)
+    total = ours.usage.prompt_tokens
+    if family.declared:
+        for method in ("random", family.probe):
+            with pytest.raises(openai.BadRequestError) as caught:
+                answer(served.pruned, {"prune": method, "prune_ratio": 0.75})
+            assert caught.value.body["param"] == "prune"
+            assert "precomputed image embeddings" in caught.value.body["message"]
+        return
+    for method in ("random", family.probe, "divprune"):
+        pruned = answer(served.pruned, {"prune": method, "prune_ratio": 0.75})
+        assert pruned.usage.prompt_tokens == total - family.tokens + keep(family.tokens, 0.75)
+    assert answer(served.pruned, {"prune": "none"}).usage.prompt_tokens == total
 
 
 # -- Models the generic path does not hold for: served unpruned, and a method is a 400 ----

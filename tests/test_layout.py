@@ -6,6 +6,7 @@ import pytest
 
 from vllm_prune.layout import (
     Part,
+    batches,
     content_rows,
     part_keeps,
     parts_of,
@@ -67,3 +68,11 @@ def test_separator_rows_are_laid_out_but_are_not_content():
     plain = parts_of([3, 2], None)
     assert run_lengths(plain) == [3, 2]
     assert content_rows(plain) == [0, 1, 2, 3, 4]
+
+
+def test_images_are_batched_within_the_bound_in_order():
+    assert batches([768, 768, 768], 1792) == [(0, 2), (2, 3)]
+    assert batches([768, 768], 1792) == [(0, 2)]
+    # An image larger than the bound goes alone; none is dropped or reordered.
+    assert batches([100, 3000, 100, 100], 1000) == [(0, 1), (1, 2), (2, 4)]
+    assert batches([], 10) == []

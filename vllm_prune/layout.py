@@ -134,3 +134,17 @@ def shrink(full: Sequence[int], mask: Sequence[bool], keeps: Sequence[int]) -> l
                 continue
         out.append(token)
     return out
+
+
+def batches(rows: Sequence[int], bound: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) runs of images whose unpruned rows together stay within
+    ``bound`` (an image larger than ``bound`` goes alone): what the tower encodes at once."""
+    found, start, total = [], 0, 0
+    for index, count in enumerate(rows):
+        if index > start and total + count > bound:
+            found.append((start, index))
+            start, total = index, 0
+        total += count
+    if rows:
+        found.append((start, len(rows)))
+    return found

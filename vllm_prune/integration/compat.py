@@ -699,6 +699,27 @@ LEDGER: tuple[Reliance, ...] = (
         "ImageSize",
         "the dummy image's size handed to a family's declared parts",
     ),
+    *_imports(
+        "vllm.multimodal.utils",
+        "group_and_batch_mm_kwargs",
+        "a step's images re-batched for the tower within the encoder budget "
+        "(generic.split_batch), as the runner batches them",
+    ),
+    *_attributes(
+        "vllm.config.scheduler:SchedulerConfig",
+        "max_num_encoder_input_tokens",
+        "the encoder budget the tower's batches stay within, by unpruned rows",
+    ),
+    Reliance(
+        "behaviour",
+        "the scheduler counts an image against the step's encoder budget by its "
+        "placeholder's embed positions (`get_num_embeds`, pruned), while the tower encodes "
+        "the whole image; the budget is max(`max_num_encoder_input_tokens`, the largest "
+        "item's tokens) (`compute_mm_encoder_budget`)",
+        "the generic model encodes a step's images in batches within "
+        "`max_num_encoder_input_tokens` by unpruned rows (tests/test_generic.py: three "
+        "InternVL images, one at a time)",
+    ),
     Reliance(
         "behaviour",
         "GLM-4.1V's image is one run of `<|image|>` placeholders (`is_embed` None) on the "
