@@ -142,7 +142,7 @@ def test_qwen_refuses_llm_cuda_graphs_that_replay_a_prefill_without_forward():
 
     from vllm.config import CompilationConfig, CUDAGraphMode
 
-    from vllm_prune.integration.qwen2_vl import graph_refusal
+    from vllm_prune.integration.positions import graph_refusal
 
     for mode in ("NONE", "PIECEWISE", "FULL_AND_PIECEWISE", "FULL_DECODE_ONLY"):
         assert graph_refusal(CompilationConfig(cudagraph_mode=mode)) is None, mode

@@ -926,7 +926,7 @@ LEDGER: tuple[Reliance, ...] = (
     *_attributes(
         "vllm.config:VllmConfig", "parallel_config", "every family's constructor reads the layout"
     ),
-    # -- the LLM's CUDA graphs must run Qwen's forward (qwen2_vl.graph_refusal) ------------
+    # -- the LLM's CUDA graphs must run an M-RoPE model's forward (positions.graph_refusal) ---
     *_imports("vllm.config", "CUDAGraphMode", "FULL graphs for prefills are refused (Qwen)"),
     *_attributes("vllm.config:VllmConfig", "compilation_config", "the graph settings Qwen refuses"),
     *_attributes(
@@ -1008,7 +1008,7 @@ LEDGER: tuple[Reliance, ...] = (
         "before the compiled layers; not FULL graphs for prefills, nor breakable CUDA graphs, "
         "which replay the whole model",
         "Qwen's offsets are added in `forward`: the other graphs are refused when the model is "
-        "built (qwen2_vl.graph_refusal), and `vllm-prune serve` sets "
+        "built (positions.graph_refusal), and `vllm-prune serve` sets "
         "VLLM_USE_BREAKABLE_CUDAGRAPH=0 unless the operator set it",
         change="0.34 turns breakable CUDA graphs on by default for the Qwen3.5 architectures "
         "on NVIDIA GPUs (config/vllm.py, default_breakable_cudagraph_architectures); before, "

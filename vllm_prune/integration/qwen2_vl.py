@@ -29,7 +29,7 @@ stage's embedding step to ``forward`` on the same rank, so pipeline parallelism
 is refused (``parallel.refuse_pipeline_parallel``, as for every family); the vision
 encoder's CUDA graphs are turned off for images and videos (their path skips
 ``embed_multimodal``); and LLM CUDA graphs that replay a prefill without running
-``forward`` are refused at start (``graph_refusal``).
+``forward`` are refused at start (``positions.graph_refusal``).
 """
 
 from __future__ import annotations
@@ -65,10 +65,8 @@ from ..plan import PrunePlan, reduce_plan, reduce_video_plan
 from ..signals.observe import observe
 from . import wire
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
-from .positions import PositionOffsetsMixin, graph_refusal, grid_offsets
+from .positions import PositionOffsetsMixin, grid_offsets
 from .processing import PruneProcessorMixin
-
-__all__ = ["graph_refusal", "grid_offsets"]  # read here by the tests of this family
 
 PRUNED_MODALITIES = ("image", "video")  # kept off the encoder CUDA graphs
 
