@@ -7,6 +7,8 @@ equal what transformers' eager attention reports for the same sequence.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -17,25 +19,33 @@ from vllm_prune.signals.scout import scout
 VISUAL, TEXT = 40, 7
 
 
-@pytest.fixture(scope="module")
-def layers_and_reference(tmp_path_factory):
-    from transformers import LlamaModel
+@contextmanager
+def beside_transformers(path, make_layer, reference_class, *, norms=None, configure=None):
+    """vLLM's decoder layers for the checkpoint at ``path`` (``make_layer(vllm_config,
+    text_config, prefix)``) with the weights of a seeded transformers ``reference_class``
+    (eager attention). ``norms``: (mean, std) drawn for the reference's 1-D weights, so
+    its norms matter; ``configure``: edits the text config before either is built."""
     from vllm.config import ModelConfig, VllmConfig
     from vllm.model_executor.model_loader.utils import process_weights_after_loading
-    from vllm.model_executor.models.llama import LlamaDecoderLayer
 
-    path = build_tiny_llava(tmp_path_factory.mktemp("scout") / "tiny-llava")
     model_config = ModelConfig(model=str(path), dtype="float32", enforce_eager=True)
     vllm_config = VllmConfig(model_config=model_config)
     text_config = model_config.hf_config.text_config
+    if configure is not None:
+        configure(text_config)
     with one_rank(vllm_config):
         layers = [
-            LlamaDecoderLayer(vllm_config, prefix=f"model.layers.{i}", config=text_config)
+            make_layer(vllm_config, text_config, f"model.layers.{i}")
             for i in range(text_config.num_hidden_layers)
         ]
         torch.manual_seed(0)
         text_config._attn_implementation = "eager"
-        reference = LlamaModel(text_config).eval()
+        reference = reference_class(text_config).eval()
+        if norms is not None:
+            with torch.no_grad():
+                for parameter in reference.parameters():
+                    if parameter.dim() == 1:
+                        parameter.normal_(*norms)
         for ours, theirs in zip(layers, reference.layers, strict=True):
             copy_weights(ours, theirs)
         # As vLLM's loader does: turns weights into the CPU kernels' runtime format.
@@ -45,7 +55,23 @@ def layers_and_reference(tmp_path_factory):
         yield layers, reference
 
 
+@pytest.fixture(scope="module")
+def layers_and_reference(tmp_path_factory):
+    from transformers import LlamaModel
+    from vllm.model_executor.models.llama import LlamaDecoderLayer
+
+    path = build_tiny_llava(tmp_path_factory.mktemp("scout") / "tiny-llava")
+    with beside_transformers(
+        path,
+        lambda vllm_config, config, prefix: LlamaDecoderLayer(vllm_config, prefix, config),
+        LlamaModel,
+    ) as found:
+        yield found
+
+
 def copy_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    """A transformers decoder layer's weights into vLLM's (fused QKV and gate-up), with the
+    per-head query/key norms and the norms around the MLP where the layer has them."""
     attn, mlp = theirs.self_attn, theirs.mlp
     with torch.no_grad():
         ours.self_attn.qkv_proj.weight.copy_(
@@ -56,6 +82,12 @@ def copy_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
         ours.mlp.down_proj.weight.copy_(mlp.down_proj.weight)
         ours.input_layernorm.weight.copy_(theirs.input_layernorm.weight)
         ours.post_attention_layernorm.weight.copy_(theirs.post_attention_layernorm.weight)
+        for name in ("q_norm", "k_norm"):
+            if hasattr(attn, name):
+                getattr(ours.self_attn, name).weight.copy_(getattr(attn, name).weight)
+        for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            if hasattr(theirs, name):
+                getattr(ours, name).weight.copy_(getattr(theirs, name).weight)
 
 
 @pytest.mark.parametrize("layer", [1, 2])
@@ -72,14 +104,21 @@ def test_scout_matches_transformers_llama(layers_and_reference, layer):
             output_attentions=True,
             output_hidden_states=True,
         )
-    attention = out.attentions[layer - 1][0].mean(dim=0)  # [L, L], mean over heads
-    entering = out.hidden_states[layer - 1][0]  # input of layer ``layer - 1``
+    assert_scout_matches(ours, out, layer, VISUAL)
 
+
+def assert_scout_matches(ours, out, layer: int, visual: int, entering=None) -> None:
+    """The scout's rows and hidden states against transformers' output ``out`` (attentions
+    and hidden states) for a sequence of ``visual`` image tokens, then the question.
+    ``entering``: the input of layer ``layer - 1`` where transformers does not report it."""
+    attention = out.attentions[layer - 1][0].mean(dim=0)  # [L, L], mean over heads
+    if entering is None:
+        entering = out.hidden_states[layer - 1][0]  # input of layer ``layer - 1``
     close = {"atol": 1e-5, "rtol": 1e-4}
-    torch.testing.assert_close(ours.text_attention, attention[-1, :VISUAL], **close)
-    torch.testing.assert_close(ours.question_attention, attention[VISUAL:, :VISUAL], **close)
-    torch.testing.assert_close(ours.visual_attention, attention[VISUAL - 1, :VISUAL], **close)
-    torch.testing.assert_close(ours.visual_hidden, entering[:VISUAL], **close)
+    torch.testing.assert_close(ours.text_attention, attention[-1, :visual], **close)
+    torch.testing.assert_close(ours.question_attention, attention[visual:, :visual], **close)
+    torch.testing.assert_close(ours.visual_attention, attention[visual - 1, :visual], **close)
+    torch.testing.assert_close(ours.visual_hidden, entering[:visual], **close)
     torch.testing.assert_close(ours.last_hidden, entering[-1], **close)
 
 

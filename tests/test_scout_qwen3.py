@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from devtools.tiny_families import build_tiny_qwen3
-from devtools.vllm_tower import one_rank
 from vllm_prune.integration.positions import grid_offsets
 from vllm_prune.signals.scout import scout
 
-from .test_scout import copy_weights
+from .test_scout import assert_scout_matches, beside_transformers
 
 GRID, TEXT = (5, 8), 7  # the image's token grid, the question's tokens
 VISUAL = GRID[0] * GRID[1]
@@ -27,35 +26,16 @@ VISUAL = GRID[0] * GRID[1]
 @pytest.fixture(scope="module")
 def layers_and_reference(tmp_path_factory):
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
-    from vllm.config import ModelConfig, VllmConfig
-    from vllm.model_executor.model_loader.utils import process_weights_after_loading
     from vllm.model_executor.models.qwen3_vl import Qwen3VLDecoderLayer
 
     path = build_tiny_qwen3(tmp_path_factory.mktemp("scout-qwen3") / "tiny-qwen3-vl")
-    model_config = ModelConfig(model=str(path), dtype="float32", enforce_eager=True)
-    vllm_config = VllmConfig(model_config=model_config)
-    text_config = model_config.hf_config.text_config
-    with one_rank(vllm_config):
-        layers = [
-            Qwen3VLDecoderLayer(config=text_config, prefix=f"model.layers.{i}")
-            for i in range(text_config.num_hidden_layers)
-        ]
-        torch.manual_seed(0)
-        text_config._attn_implementation = "eager"
-        reference = Qwen3VLTextModel(text_config).eval()
-        with torch.no_grad():
-            for parameter in reference.parameters():  # norms start at 1: make them matter
-                if parameter.dim() == 1:
-                    parameter.normal_(1.0, 0.3)
-        for ours, theirs in zip(layers, reference.layers, strict=True):
-            copy_weights(ours, theirs)
-            with torch.no_grad():
-                ours.self_attn.q_norm.weight.copy_(theirs.self_attn.q_norm.weight)
-                ours.self_attn.k_norm.weight.copy_(theirs.self_attn.k_norm.weight)
-        process_weights_after_loading(
-            torch.nn.ModuleList(layers), model_config, torch.device("cpu")
-        )
-        yield layers, reference
+    with beside_transformers(
+        path,
+        lambda vllm_config, config, prefix: Qwen3VLDecoderLayer(config=config, prefix=prefix),
+        Qwen3VLTextModel,
+        norms=(1.0, 0.3),  # its norms start at 1
+    ) as found:
+        yield found
 
 
 @pytest.mark.parametrize("layer", [1, 2])
@@ -82,18 +62,12 @@ def test_scout_matches_transformers_qwen3_vl_with_deepstack(layers_and_reference
             output_attentions=True,
             output_hidden_states=True,
         )
-    attention = out.attentions[layer - 1][0].mean(dim=0)
     # transformers records each layer's output before DeepStack is added to it; the input
     # of layer ``layer - 1`` (what the scout reports) has it.
     entering = out.hidden_states[layer - 1][0].clone()
     if layer >= 2:
         entering[:VISUAL] += deepstack[layer - 2]
-
-    close = {"atol": 1e-5, "rtol": 1e-4}
-    torch.testing.assert_close(ours.question_attention, attention[VISUAL:, :VISUAL], **close)
-    torch.testing.assert_close(ours.visual_attention, attention[VISUAL - 1, :VISUAL], **close)
-    torch.testing.assert_close(ours.visual_hidden, entering[:VISUAL], **close)
-    torch.testing.assert_close(ours.last_hidden, entering[-1], **close)
+    assert_scout_matches(ours, out, layer, VISUAL, entering)
 
 
 def test_deepstack_changes_what_the_scout_reads(layers_and_reference):
