@@ -1,10 +1,10 @@
 """Models pruned by the generic adapter, end to end: InternVL, Gemma 3, Gemma 4, PaliGemma,
-Idefics3, Mistral 3 and LLaVA-OneVision, each a tiny checkpoint built offline; and models it
-serves unpruned.
+Idefics3, Mistral 3, LLaVA-OneVision and GLM-4.1V, each a tiny checkpoint built offline;
+and a model it serves unpruned (GLM-OCR).
 
 Each pruned family is served by our server and by plain vLLM with every plugin off
-(and, for one family of each placeholder layout, by our server on two tensor-parallel
-ranks: one run of several tiles, tiles as runs between tags, rows closed by breaks);
+(and, for one family of each mechanism, by our server on two tensor-parallel ranks: one
+plain run, one run of several tiles, rows closed by breaks, M-RoPE positions);
 the servers run for that family's tests, then stop. ``make test-generic-tp2`` runs
 the two-rank test for every family.
 """
