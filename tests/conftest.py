@@ -141,6 +141,20 @@ def ask_traced(
     )
 
 
+def kept_alone(server: Server, trace: Path, seeds, size, kept: int) -> list[dict]:
+    """What ``divprune`` keeps of each noise image (``seeds``) sent alone with ``prune_keep``:
+    its trace rows by (rank, part), one dict per image."""
+    from loadtests.probe import image_messages
+
+    extra = {"prune": "divprune", "prune_keep": kept}
+    return [
+        ask_traced(
+            server, trace, "tiny", image_messages("what ?", seed=seed, size=size), extra
+        ).kept
+        for seed in seeds
+    ]
+
+
 def trace_lines_since(path: Path, start: int) -> list[TraceLine]:
     """The trace lines written after byte ``start`` (read and checked as ``read_trace`` does)."""
     if not path.exists():

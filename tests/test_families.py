@@ -38,6 +38,7 @@ from .conftest import (
     Server,
     ask_traced,
     assert_same_on_two_ranks,
+    kept_alone,
     plain_command,
     pruned_command,
     running,
@@ -57,6 +58,7 @@ class Family:
     # its features by more than the near-ties feature-based methods meet, so Qwen3.5
     # runs its tower whole on each rank (vLLM's ``--mm-encoder-tp-mode data``).
     tp_args: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()  # for its three servers
 
 
 # Read the vision tower (or cut inside it), which these families do not let us do.
@@ -71,7 +73,16 @@ FAMILIES = [
     Family("llava-next", build_tiny_llava_next, (672, 672), 576 + 48 * 49, VISION),
     # 448 x 448: 32 x 32 patches of 14 px, merged 2 x 2 -> 16 x 16 tokens.
     Family("qwen2-vl", lambda p: build_tiny_qwen2_vl(p, "2"), (448, 448), 256, VISION),
-    Family("qwen2.5-vl", lambda p: build_tiny_qwen2_vl(p, "2.5"), (448, 448), 256, VISION),
+    # max_num_encoder_input_tokens 512: three pruned images of one step go through the
+    # tower in two batches (test_the_tower_encodes_a_call_within_the_encoder_budget).
+    Family(
+        "qwen2.5-vl",
+        lambda p: build_tiny_qwen2_vl(p, "2.5"),
+        (448, 448),
+        256,
+        VISION,
+        args=("--max-num-batched-tokens", "512"),
+    ),
     # 448 x 448: 28 x 28 patches of 16 px, merged 2 x 2 -> 14 x 14 tokens; DeepStack.
     Family("qwen3-vl", build_tiny_qwen3, (448, 448), 196, VISION),
     Family("qwen3-vl-moe", lambda p: build_tiny_qwen3(p, "vl-moe"), (448, 448), 196, NO_SCOUT),
@@ -104,7 +115,7 @@ def served(request, tmp_path_factory) -> Served:
     family: Family = request.param
     root: Path = tmp_path_factory.mktemp(family.name)
     model = str(family.build(root / "model"))  # type: ignore[operator]
-    args = [*ARGS, "--dtype", family.dtype]
+    args = [*ARGS, "--dtype", family.dtype, *family.args]
     commands = {
         "pruned": pruned_command(model, *args),
         "plain": plain_command(model, *args),
@@ -272,6 +283,31 @@ def test_budget_spreads_over_images_of_different_sizes(served: Served):
     with pytest.raises(openai.BadRequestError) as caught:
         prompt_tokens(served, {"prune": "pooling", "prune_budget": 1}, [family.size, small], [1, 3])
     assert caught.value.body["param"] == "prune_budget"
+
+
+@pytest.mark.parametrize(
+    "served", [f for f in FAMILIES if f.args], ids=lambda f: f.name, indirect=True
+)
+def test_the_tower_encodes_a_call_within_the_encoder_budget(served: Served):
+    """Three pruned images fit one step (the scheduler counts their kept rows) but not one
+    tower batch (512 rows, ``max_num_encoder_input_tokens``): the tower encodes them in two
+    batches, and each image keeps exactly the rows it keeps when sent alone (``divprune``
+    reads the features). One ``prune_budget`` for the three (30 each) keeps them out of
+    the encoder cache that the lone requests filled."""
+    family = served.family
+    seeds, kept = [41, 42, 43], 30
+    alone = kept_alone(served.pruned, served.trace, seeds, family.size, kept)
+    log_before = served.pruned.log.stat().st_size
+    trace_before = served.trace.stat().st_size
+    extra = {"prune": "divprune", "prune_budget": kept * len(seeds)}
+    together = prompt_tokens(served, extra, [family.size] * len(seeds), seeds)
+    lines = trace_lines_since(served.trace, trace_before)
+    assert [{(line.rank, line.part): line.indices} for line in lines] == alone
+    unpruned = prompt_tokens(served, {"prune": "none"}, [family.size] * len(seeds), seeds)
+    assert together == unpruned - len(seeds) * (family.tokens - kept)
+    with served.pruned.log.open() as log:
+        log.seek(log_before)
+        assert "the tower encodes 3 images in 2 batches" in log.read()
 
 
 def first_token_logprobs(server: Server, messages, extra: dict):

@@ -48,6 +48,7 @@ from .conftest import (
     Server,
     ask_traced,
     assert_same_on_two_ranks,
+    kept_alone,
     plain_command,
     pruned_command,
     running,
@@ -326,11 +327,7 @@ def test_the_tower_encodes_a_step_within_the_encoder_budget(served: Served):
     cache that the lone requests filled."""
     family = served.family
     seeds, kept = (31, 32, 33), 85
-    alone = []
-    for seed in seeds:
-        messages = image_messages("what color is the square ?", seed=seed, size=family.size)
-        extra = {"prune": "divprune", "prune_keep": kept}
-        alone.append(ask_traced(served.pruned, served.trace, "tiny", messages, extra).kept)
+    alone = kept_alone(served.pruned, served.trace, seeds, family.size, kept)
     log_before = served.pruned.log.stat().st_size
     trace_before = served.trace.stat().st_size
     content = [

@@ -29,6 +29,7 @@ class PrunePlan:
     text_ids: torch.Tensor  # [T], int64; empty unless the method needs text
     frame_keeps: tuple[int, ...] = ()  # a video's tokens kept per frame; () for an image
     parts: tuple[tuple[Part, int], ...] = ()  # generic adapter: each part and its keep
+    tokens: int = 0  # the item's unpruned visual tokens, N (what the tower encodes for it)
 
     def for_frame(self, frame: int) -> PrunePlan:
         """A video's plan for one of its frames, pruned as an image."""

@@ -702,8 +702,8 @@ LEDGER: tuple[Reliance, ...] = (
     *_imports(
         "vllm.multimodal.utils",
         "group_and_batch_mm_kwargs",
-        "a step's images re-batched for the tower within the encoder budget "
-        "(generic.split_batch), as the runner batches them",
+        "a call's images re-batched for the tower within the encoder budget "
+        "(tower_batches.split_batch), as the runner batches them",
     ),
     *_attributes(
         "vllm.config.scheduler:SchedulerConfig",
@@ -716,9 +716,10 @@ LEDGER: tuple[Reliance, ...] = (
         "placeholder's embed positions (`get_num_embeds`, pruned), while the tower encodes "
         "the whole image; the budget is max(`max_num_encoder_input_tokens`, the largest "
         "item's tokens) (`compute_mm_encoder_budget`)",
-        "the generic model encodes a step's images in batches within "
-        "`max_num_encoder_input_tokens` by unpruned rows (tests/test_generic.py: three "
-        "InternVL images, one at a time)",
+        "every pruning model encodes a call's images (and videos) in batches within "
+        "`max_num_encoder_input_tokens` by unpruned rows (integration.tower_batches; "
+        "tests/test_generic.py: three InternVL images, one at a time; "
+        "tests/test_tower_batches.py: the split against the runner's own batches)",
     ),
     Reliance(
         "behaviour",

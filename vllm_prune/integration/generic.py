@@ -45,7 +45,6 @@ from vllm.multimodal.processing import (
     PromptUpdate,
     PromptUpdateDetails,
 )
-from vllm.multimodal.utils import group_and_batch_mm_kwargs
 
 from .. import layout
 from ..methods import Reduced, method_names
@@ -57,6 +56,7 @@ from .families import MROPE, Family, family_of
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .positions import PositionOffsetsMixin, grid_offsets, positions_of_pruned
 from .processing import PruneProcessorMixin, refuse
+from .tower_batches import TowerBatchesMixin
 
 logger = logging.getLogger("vllm.prune")
 
@@ -381,81 +381,35 @@ def _with_content(
     return dataclasses.replace(update, **{name: content})
 
 
-class GenericPruneModel:
-    """Mixed into vLLM's model class: prunes each image's rows part by part."""
+class GenericPruneModel(TowerBatchesMixin):
+    """Mixed into vLLM's model class: prunes each image's rows part by part, the tower's
+    batches within the encoder budget (``tower_batches``)."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         if vllm_config.compilation_config.cudagraph_mm_encoder and prunes(vllm_config):
             raise ValueError(ENCODER_GRAPHS_REFUSAL)
         super().__init__(vllm_config=vllm_config, prefix=prefix)  # type: ignore[call-arg]
-        self._prune_model_config = vllm_config.model_config
-        self._encoder_budget = int(vllm_config.scheduler_config.max_num_encoder_input_tokens)
-        self._fields_processor: BaseMultiModalProcessor | None = None
+        self._init_tower_batches(vllm_config)
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = wire.pop_plans(kwargs)
         if plans is None:
             return super().embed_multimodal(**kwargs)  # type: ignore[misc]
         llm = decoder(self.get_language_model())  # type: ignore[attr-defined]
-        out = []
-        for batch, batch_plans in self._tower_batches(kwargs, plans):
-            embeddings = super().embed_multimodal(**batch)  # type: ignore[misc]
-            out += [self._pruned(e, p, llm) for e, p in zip(embeddings, batch_plans, strict=True)]
-        return out
-
-    def _tower_batches(
-        self, kwargs: dict[str, object], plans: list[PrunePlan]
-    ) -> list[tuple[dict[str, object], list[PrunePlan]]]:
-        """The images in batches the tower encodes at once, each within
-        ``max_num_encoder_input_tokens`` by unpruned rows.
-
-        vLLM's scheduler counts an image against the step's encoder budget by its pruned
-        placeholder, so a step may hold up to ``N / keep`` times the images its start-up
-        profile encoded at once. The profile encodes max(that bound, the largest image's
-        tokens); each batch here holds at most the bound (an image larger than it alone),
-        and is pruned before the next is encoded.
-        """
         rows = [sum(part.embedded for part, _ in plan.parts) for plan in plans]
-        chunks = layout.batches(rows, self._encoder_budget)
-        if len(chunks) == 1:
-            return [(kwargs, plans)]
-        logger.info(
-            "vllm-prune: the tower encodes %d images in %d batches (%d unpruned rows; "
-            "max_num_encoder_input_tokens is %d)",
-            len(plans),
-            len(chunks),
-            sum(rows),
-            self._encoder_budget,
-        )
-        if self._fields_processor is None:
-            self._fields_processor = MULTIMODAL_REGISTRY.create_processor(self._prune_model_config)
-        batches = split_batch(self._fields_processor, kwargs, chunks)
-        return [(b, plans[start:end]) for b, (start, end) in zip(batches, chunks, strict=True)]
+        out = []
+        # Each batch is pruned before the next is encoded.
+        for batch, start, end in self._tower_batches(kwargs, rows):
+            embeddings = super().embed_multimodal(**batch)  # type: ignore[misc]
+            out += [
+                self._pruned(e, p, llm) for e, p in zip(embeddings, plans[start:end], strict=True)
+            ]
+        return out
 
     def _pruned(self, image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> torch.Tensor:
         reduced = prune_image(image, plan, llm)
         return image if reduced is None else reduced.features
-
-
-def split_batch(
-    processor: BaseMultiModalProcessor,
-    kwargs: Mapping[str, object],
-    chunks: Sequence[tuple[int, int]],
-) -> list[dict[str, object]]:
-    """A batch of images' model inputs cut into the (start, end) runs ``chunks``, by vLLM's
-    own steps: the processor's field layout splits it into items, and the items of each
-    run are batched again as the runner batches them."""
-    hf_inputs = BatchFeature(dict(kwargs))
-    fields = processor._get_mm_fields_config(hf_inputs, {})
-    items = MultiModalKwargsItems.from_hf_inputs(hf_inputs, fields)["image"]
-    device = next((v.device for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-    batches = []
-    for start, end in chunks:
-        pairs = [("image", item) for item in items[start:end]]
-        ((_, _, batch),) = group_and_batch_mm_kwargs(pairs, device=device)
-        batches.append(dict(batch))
-    return batches
 
 
 class GenericMropeModel(PositionOffsetsMixin, GenericPruneModel):

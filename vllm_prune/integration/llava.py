@@ -53,6 +53,7 @@ from . import wire
 from .in_tower import flowcut_in_tower
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .processing import PruneProcessorMixin
+from .tower_batches import TowerBatchesMixin
 
 TOWER_NEEDS = (VISION_ATTENTION, TOWER_ATTENTION)
 
@@ -113,12 +114,13 @@ def _build_processor(
     info=_build_llava_or_pixtral_hf_info,
     dummy_inputs=LlavaDummyInputsBuilder,
 )
-class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+class PruneLlavaForConditionalGeneration(TowerBatchesMixin, LlavaForConditionalGeneration):
     prune_processor = PruneLlavaMultiModalProcessor  # its refusals, for GET /v1/prune/methods
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._init_tower_batches(vllm_config)
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = wire.pop_plans(kwargs)
@@ -135,7 +137,8 @@ class PruneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             if needs(plans, IN_TOWER):
                 embeddings, cuts = self._embed_one_by_one(plans, **kwargs)
             else:
-                embeddings, cuts = super().embed_multimodal(**kwargs), [None] * len(plans)
+                tokens = [plan.tokens for plan in plans]
+                embeddings, cuts = self._encode_in_batches(kwargs, tokens), [None] * len(plans)
         measured = captured.per_image([image.shape[0] for image in embeddings])
         llm = self.language_model.model
         out = []

@@ -47,6 +47,7 @@ from ..signals.observe import observe, rows_of
 from . import wire
 from .llava import PruneLlavaLikeProcessorMixin
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
+from .tower_batches import TowerBatchesMixin
 
 PARTS = ("base", "grid")  # the grids of an image, as VLLM_PRUNE_TRACE names them
 
@@ -65,18 +66,19 @@ class PruneLlavaNextMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaNextM
     info=LlavaNextProcessingInfo,
     dummy_inputs=LlavaDummyInputsBuilder,
 )
-class PruneLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
+class PruneLlavaNextForConditionalGeneration(TowerBatchesMixin, LlavaNextForConditionalGeneration):
     prune_processor = PruneLlavaNextMultiModalProcessor  # its refusals, for GET /v1/prune/methods
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._init_tower_batches(vllm_config)
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = wire.pop_plans(kwargs)
-        embeddings = super().embed_multimodal(**kwargs)
         if plans is None:
-            return embeddings
+            return super().embed_multimodal(**kwargs)
+        embeddings = self._encode_in_batches(kwargs, [plan.tokens for plan in plans])
         sizes = kwargs.get("image_sizes")
         llm = self.language_model.model
         out = []

@@ -67,6 +67,7 @@ from . import wire
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .positions import PositionOffsetsMixin, grid_offsets
 from .processing import PruneProcessorMixin
+from .tower_batches import TowerBatchesMixin
 
 PRUNED_MODALITIES = ("image", "video")  # kept off the encoder CUDA graphs
 
@@ -203,7 +204,7 @@ def pruned_mrope_positions(
     return torch.from_numpy(positions), end - len(input_tokens)
 
 
-class PruneQwenModelMixin(PositionOffsetsMixin):
+class PruneQwenModelMixin(PositionOffsetsMixin, TowerBatchesMixin):
     """Shared by the Qwen generations; ``self`` is also their vLLM model class.
 
     Qwen3-VL (``integration.qwen3_vl``) differs in three hooks: where its items' grids
@@ -217,6 +218,7 @@ class PruneQwenModelMixin(PositionOffsetsMixin):
         if getattr(self, "is_multimodal_pruning_enabled", False):
             raise ValueError(VIDEO_PRUNING_RATE_REFUSAL)
         self._init_positions(vllm_config.compilation_config)
+        self._init_tower_batches(vllm_config)
 
     def get_mrope_input_positions(
         self, input_tokens: list[int], mm_features: list[MultiModalFeatureSpec]
@@ -254,7 +256,8 @@ class PruneQwenModelMixin(PositionOffsetsMixin):
             raise ValueError(f"one modality per embed_multimodal call expected, got {present}")
         modality = present[0]
         grids = kwargs[f"{modality}_grid_thw"]
-        embeddings = super().embed_multimodal(**kwargs)  # type: ignore[misc]
+        tokens = [plan.tokens for plan in plans[modality]]  # type: ignore[union-attr]
+        embeddings = self._encode_in_batches(kwargs, tokens, modality)
         merge = self.visual.spatial_merge_size  # type: ignore[attr-defined]
         out = []
         for item, plan, grid in zip(embeddings, plans[modality], grids, strict=True):  # type: ignore[arg-type]

@@ -128,7 +128,7 @@ def pop_plans(kwargs: dict[str, object], modality: str = "image") -> list[PruneP
     keeps = _per_item(kwargs.pop(key(KEEP_KEY, modality)))
     params = _per_item(kwargs.pop(key(PARAMS_KEY, modality)))
     texts = _per_item(kwargs.pop(key(TEXT_IDS_KEY, modality)))
-    kwargs.pop(key(TOKENS_KEY, modality))
+    tokens = _per_item(kwargs.pop(key(TOKENS_KEY, modality)))
     kwargs.pop(key(PATCHES_KEY, modality))
     frames: list[tuple[int, ...]] = [()] * len(keeps)
     if modality != "image":
@@ -137,7 +137,9 @@ def pop_plans(kwargs: dict[str, object], modality: str = "image") -> list[PruneP
     if key(PARTS_KEY, modality) in kwargs:
         parts = [_parts(p) for p in _per_item(kwargs.pop(key(PARTS_KEY, modality)))]
     plans = []
-    for m, k, p, t, f, s in zip(methods, keeps, params, texts, frames, parts, strict=True):
+    for m, k, p, t, f, s, n in zip(
+        methods, keeps, params, texts, frames, parts, tokens, strict=True
+    ):
         method = method_by_id(int(m))
         values = dict(zip((q.name for q in method.params), p.reshape(-1).tolist(), strict=True))
         for q in method.params:
@@ -151,6 +153,7 @@ def pop_plans(kwargs: dict[str, object], modality: str = "image") -> list[PruneP
                 text_ids=t.reshape(-1),
                 frame_keeps=f,
                 parts=s,
+                tokens=int(n),
             )
         )
     return plans
