@@ -783,7 +783,9 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     # -- the scout pass: vLLM's decoder layers, read by signals.scout ----------------------
     *_attributes(
-        f"{_MODELS}.llama:LlamaModel", "embed_tokens layers", "the question's embeddings; layers"
+        f"{_MODELS}.llama:LlamaModel",
+        "embed_input_ids layers",
+        "the question's embeddings, as the model makes them; layers",
     ),
     *_attributes(
         f"{_MODELS}.llama:LlamaDecoderLayer",
@@ -795,7 +797,9 @@ LEDGER: tuple[Reliance, ...] = (
         "qkv_proj o_proj rotary_emb q_size kv_size num_heads num_kv_heads head_dim scaling",
         "the scout's attention rows at layer K - 1",
     ),
-    *_attributes(f"{_MODELS}.qwen2:Qwen2Model", "embed_tokens layers", "Qwen's LLM, as for Llama"),
+    *_attributes(
+        f"{_MODELS}.qwen2:Qwen2Model", "embed_input_ids layers", "Qwen's LLM, as for Llama"
+    ),
     *_attributes(
         f"{_MODELS}.qwen2:Qwen2DecoderLayer",
         "self_attn input_layernorm post_attention_layernorm mlp",
@@ -821,8 +825,8 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     *_attributes(
         f"{_MODELS}.gemma3:Gemma3Model",
-        "embed_tokens layers normalizer",
-        "Gemma scales its text embeddings by `normalizer`: so does the scout's question",
+        "embed_input_ids layers",
+        "Gemma's own text embedding scales by its normalizer: the scout's question gets it",
     ),
     *_attributes(
         f"{_MODELS}.qwen3:Qwen3Attention",

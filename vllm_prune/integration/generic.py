@@ -469,7 +469,7 @@ def prunes(vllm_config: VllmConfig) -> bool:
 
 
 def decoder(language_model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack (``embed_tokens``, ``layers``): the model itself or its ``.model``."""
+    """The decoder stack (``embed_input_ids``, ``layers``): the model itself or its ``.model``."""
     return language_model if hasattr(language_model, "layers") else language_model.model
 
 

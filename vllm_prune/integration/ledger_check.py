@@ -130,8 +130,8 @@ class Sources:
                     yield found
 
     def member(self, module: str, qualname: str, depth: int = 0) -> ast.AST | None:
-        """``Class.name`` as a method, a class attribute, ``self.name = ...`` or
-        ``self.register_buffer("name", ...)`` in a method, in the class or its bases."""
+        """``Class.name`` as a method, a class attribute, or ``self.name = ...`` in a method,
+        in the class or its bases."""
         class_name, _, name = qualname.partition(".")
         found = self._class(module, class_name)
         if found is None:
@@ -148,27 +148,12 @@ class Sources:
             if isinstance(node, ast.Attribute) and node.attr == name:
                 if isinstance(node.ctx, ast.Store) and getattr(node.value, "id", None) == "self":
                     return node
-            if _registers(node, name):
-                return node
         if depth < 8:
             for base_module, base in self._bases(module, cls):
                 hit = self.member(base_module, f"{base.name}.{name}", depth + 1)
                 if hit is not None:
                     return hit
         return None
-
-
-def _registers(node: ast.AST, name: str) -> bool:
-    """Whether ``node`` is ``self.register_buffer("name", ...)`` (or a parameter's)."""
-    return (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("register_buffer", "register_parameter")
-        and getattr(node.func.value, "id", None) == "self"
-        and bool(node.args)
-        and isinstance(node.args[0], ast.Constant)
-        and node.args[0].value == name
-    )
 
 
 def parameters(node: ast.AST) -> list[str]:

@@ -42,7 +42,7 @@ def observe(
     sum_over_ranks: SumOverRanks = one_rank,
     deepstack: Sequence[torch.Tensor] = (),
 ) -> dict[str, torch.Tensor]:
-    """``llm``: the decoder (``embed_tokens``, ``layers``); ``features``: the image's rows;
+    """``llm``: the decoder (``embed_input_ids``, ``layers``); ``features``: the image's rows;
     ``tower``: the image's fields from ``signals.tower``.
 
     ``scout_positions``: rotary positions of the image's rows followed by the
@@ -54,9 +54,8 @@ def observe(
     observed: dict[str, torch.Tensor] = {}
     observed.update(tower or {})
     if TEXT in needs or SCOUT in needs:
-        text = llm.embed_tokens(plan.text_ids.to(features.device))
-        if hasattr(llm, "normalizer"):  # Gemma scales its text embeddings
-            text = text * llm.normalizer.to(text.dtype)
+        # The model's own text embedding (Gemma's scaled by its normalizer).
+        text = llm.embed_input_ids(plan.text_ids.to(features.device))
         observed["text_embeddings"] = text
         if SCOUT in needs:
             result = scout(

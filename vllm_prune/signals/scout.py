@@ -18,7 +18,7 @@ attention and of the MLP (``pre_feedforward_layernorm`` / ``post_feedforward_lay
 Gemma 2 and 3), sliding-window layers (Gemma 3's local layers), and Qwen3-VL's
 DeepStack rows, which the LLM adds to the visual tokens' hidden states after each of
 its first layers (``deepstack``). The text embeddings come scaled as the model scales
-them (``observe``: Gemma's ``normalizer``).
+them (``observe``: the model's own ``embed_input_ids``).
 """
 
 from __future__ import annotations
