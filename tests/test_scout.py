@@ -92,11 +92,15 @@ def copy_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("layer", [1, 2])
 def test_scout_matches_transformers_llama(layers_and_reference, layer):
-    layers, reference = layers_and_reference
+    ours, out = scout_and_reference(*layers_and_reference, layer)
+    assert_scout_matches(ours, out, layer, VISUAL)
+
+
+def scout_and_reference(layers, reference, layer: int):
+    """The scout at ``layer`` and transformers' output on the same seeded image and question."""
     g = torch.Generator().manual_seed(layer)
     visual = torch.randn(VISUAL, reference.config.hidden_size, generator=g)
     text = torch.randn(TEXT, reference.config.hidden_size, generator=g)
-
     ours = scout(layers, visual, text, layer)
     with torch.no_grad():
         out = reference(
@@ -104,7 +108,7 @@ def test_scout_matches_transformers_llama(layers_and_reference, layer):
             output_attentions=True,
             output_hidden_states=True,
         )
-    assert_scout_matches(ours, out, layer, VISUAL)
+    return ours, out
 
 
 def assert_scout_matches(ours, out, layer: int, visual: int, entering=None) -> None:

@@ -11,11 +11,8 @@ transformers' eager attention reports.
 from __future__ import annotations
 
 import pytest
-import torch
 
-from vllm_prune.signals.scout import scout
-
-from .test_scout import TEXT, VISUAL, assert_scout_matches, beside_transformers
+from .test_scout import VISUAL, assert_scout_matches, beside_transformers, scout_and_reference
 
 GEMMA_WINDOW = 16  # shorter than the sequence, so the local layers' window matters
 
@@ -42,15 +39,5 @@ def gemma_layers_and_reference(tmp_path_factory):
 def test_scout_matches_transformers_gemma3(gemma_layers_and_reference, layer):
     layers, reference = gemma_layers_and_reference
     assert [x.self_attn.is_sliding for x in layers[:2]] == [True, False]
-    g = torch.Generator().manual_seed(layer)
-    visual = torch.randn(VISUAL, reference.config.hidden_size, generator=g)
-    text = torch.randn(TEXT, reference.config.hidden_size, generator=g)
-
-    ours = scout(layers, visual, text, layer)
-    with torch.no_grad():
-        out = reference(
-            inputs_embeds=torch.cat([visual, text])[None],
-            output_attentions=True,
-            output_hidden_states=True,
-        )
+    ours, out = scout_and_reference(layers, reference, layer)
     assert_scout_matches(ours, out, layer, VISUAL)

@@ -419,9 +419,10 @@ class GenericMropeModel(PositionOffsetsMixin, GenericPruneModel):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._position_offsets = None
         if prunes(vllm_config):
-            self._init_positions(vllm_config.compilation_config)
+            self._init_positions(vllm_config.compilation_config)  # graph refusal, offsets
+        else:
+            self._position_offsets = None  # vLLM's own positions, nothing to add
 
     def _pruned(self, image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> torch.Tensor:
         reduced = prune_image(image, plan, llm)
@@ -479,14 +480,15 @@ def prune_image(image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> R
     image keeps every content row: it goes on whole, as vLLM made it (separators too)."""
     parts = [part for part, _ in plan.parts]
     embedded = sum(part.embedded for part in parts)
+    content = sum(part.size for part in parts)
     if embedded != image.shape[0]:
         raise ValueError(
             f"vllm-prune: the model returned {image.shape[0]} rows for an image whose "
             f"placeholder has {embedded} embed positions"
         )
-    if plan.keep == sum(part.size for part in parts):
+    if plan.keep == content:
         return None
-    if embedded != sum(part.size for part in parts):
+    if embedded != content:
         image = image[torch.tensor(layout.content_rows(parts), device=image.device)]
     found = observe(llm, image, plan, sum_over_ranks=sum_over_tensor_parallel)
     kept, indices, start = [], [], 0
