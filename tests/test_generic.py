@@ -85,10 +85,16 @@ class Generic:
         return sum(p.size for p in self.declared) if self.declared else self.embedded
 
     def refused(self) -> set[str]:
+        """The methods the family cannot run: the tower methods where its tower is not
+        declared (the in-tower cut always), the scout methods where its LLM is not
+        Llama-style, the spatial methods where its grid is unknown."""
         refused = set()
+        reads_tower = family_of(self.architecture).tower is not None
         for method in method_names():
             needs = get_method(method).needs
-            if needs & TOWER or (SCOUT in needs and not self.scout):
+            if needs & TOWER and (IN_TOWER in needs or not reads_tower):
+                refused.add(method)
+            if SCOUT in needs and not self.scout:
                 refused.add(method)
             if GRID in needs and not family_of(self.architecture).knows_grid:
                 refused.add(method)
@@ -406,6 +412,14 @@ def test_precomputed_image_embeds_are_pruned_where_the_method_reads_only_rows(se
     for method in ("random", family.probe, "divprune"):
         pruned = answer(served.pruned, {"prune": method, "prune_ratio": 0.75})
         assert pruned.usage.prompt_tokens == total - family.tokens + keep(family.tokens, 0.75)
+    # A method that reads the tower's attention has no tower to read.
+    tower_methods = [m for m in family.runnable() if get_method(m).needs & TOWER]
+    for method in tower_methods:
+        with pytest.raises(openai.BadRequestError) as caught:
+            answer(served.pruned, {"prune": method, "prune_ratio": 0.75})
+        assert caught.value.body["param"] == "prune"
+        assert "precomputed image embeddings" in caught.value.body["message"]
+    assert bool(tower_methods) == (family_of(family.architecture).tower is not None)
     assert answer(served.pruned, {"prune": "none"}).usage.prompt_tokens == total
 
 

@@ -83,28 +83,31 @@ def test_unknown_method_in_the_processor_is_a_validation_error():
 def test_tower_hooks_equal_the_full_attention_map():
     """The [CLS] hook's row is the full map's first row, averaged over heads (with the
     keys' head mean); HiPrune's received attention is its column means over heads and
-    queries. Both hooks are gone afterwards."""
-    from types import SimpleNamespace
-
+    queries. Both read the attention core's query, key and value however they are passed
+    (positionally, as vLLM's towers call it, or by name), and are gone afterwards."""
     from vllm_prune.signals.cls_attention import capture_cls_attention
     from vllm_prune.signals.received_attention import capture_received_attention
 
     batch, tokens, heads, head_dim = 2, 5, 2, 4
-    qkv_proj = torch.nn.Linear(heads * head_dim, 3 * heads * head_dim)
-    attention = SimpleNamespace(
-        qkv_proj=qkv_proj, num_heads_per_partition=heads, head_dim=head_dim, scale=head_dim**-0.5
-    )
-    hidden = torch.randn(batch, tokens, heads * head_dim)
-    with capture_cls_attention(attention) as rows, capture_received_attention(attention) as cols:
-        qkv = qkv_proj(hidden)
-    q, k, _ = qkv.chunk(3, dim=-1)
-    q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
-    k = k.view(batch, tokens, heads, head_dim).transpose(1, 2)
-    full = (q @ k.transpose(-1, -2) * head_dim**-0.5).softmax(-1)  # [B, H, S, S]
-    torch.testing.assert_close(rows[0].attention, full[:, :, 0].mean(1))
-    torch.testing.assert_close(rows[0].keys, k.mean(1))
-    torch.testing.assert_close(cols[0], full.mean(dim=2).mean(dim=1))
-    assert not qkv_proj._forward_hooks
+
+    class Core(torch.nn.Module):  # an attention core: (query, key, value), vLLM's names
+        num_heads, head_size, scale = heads, head_dim, head_dim**-0.5
+
+        def forward(self, query, key, value):
+            return value
+
+    core = Core()
+    q, k, v = torch.randn(3, batch, tokens, heads * head_dim).unbind(0)
+    for call in (lambda: core(q, k, v), lambda: core(q, key=k, value=v)):
+        with capture_cls_attention(core) as rows, capture_received_attention(core) as cols:
+            call()
+        qh = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
+        kh = k.view(batch, tokens, heads, head_dim).transpose(1, 2)
+        full = (qh @ kh.transpose(-1, -2) * head_dim**-0.5).softmax(-1)  # [B, H, S, S]
+        torch.testing.assert_close(rows[0].attention, full[:, :, 0].mean(1))
+        torch.testing.assert_close(rows[0].keys, kh.mean(1))
+        torch.testing.assert_close(cols[0], full.mean(dim=2).mean(dim=1))
+        assert not core._forward_pre_hooks
 
 
 def test_bad_spec_becomes_vllms_validation_error_naming_the_field():

@@ -465,11 +465,25 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     *_attributes(f"{_MODELS}.clip:CLIPVisionTransformer", "encoder", "path to the layers"),
     *_attributes(f"{_MODELS}.clip:CLIPEncoder", "layers", "the last built layer is selected"),
-    *_attributes(f"{_MODELS}.clip:CLIPEncoderLayer", "self_attn", "the hooked attention"),
+    *_attributes(f"{_MODELS}.clip:CLIPEncoderLayer", "self_attn", "the layer's attention"),
     *_attributes(
         f"{_MODELS}.clip:CLIPAttention",
-        "qkv_proj num_heads_per_partition head_dim scale",
-        "the [CLS] row is computed from the fused QKV output (signals.cls_attention)",
+        "attn",
+        "its attention core, whose inputs the tower readings hook (signals.cls_attention)",
+    ),
+    *_attributes(
+        "vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention",
+        "num_heads head_size scale",
+        "a tower layer's attention core: this rank's heads, their size and the softmax scale",
+    ),
+    Reliance(
+        "behaviour",
+        "a vision tower's attention core (`MMEncoderAttention`) is called with the layer's "
+        "query, key and value after the projections (and any query/key norm or rotary "
+        "embedding), each [B, S, heads * head_size] ([S, ...] for one unbatched image)",
+        "a forward pre-hook on it reads the [CLS] row, the keys and the attention received "
+        "(signals.cls_attention.tap_attention; tests/test_in_tower.py and "
+        "tests/test_tower_internvit.py against transformers' attention maps)",
     ),
     # -- LLaVA-NeXT ------------------------------------------------------------------------
     *_imports(
@@ -688,6 +702,26 @@ LEDGER: tuple[Reliance, ...] = (
         "overridden by the generic M-RoPE subclass (generic.GenericMropeModel, built at run "
         "time): its own positions on the prompt grown unpruned; the kept rows' offset "
         "channels stripped, then added to this step's positions (integration.positions)",
+    ),
+    *_attributes(
+        f"{_MODELS}.interns1:InternS1ForConditionalGeneration",
+        "vision_tower config",
+        "InternVL's tower, read for the tower methods (families.INTERNVIT: "
+        "vision_tower.encoder.layer[i].attention.attn)",
+    ),
+    *_attributes(f"{_MODELS}.interns1_vit:InternS1VisionModel", "encoder", "path to the layers"),
+    *_attributes(f"{_MODELS}.interns1_vit:InternS1VisionEncoder", "layer", "every layer is built"),
+    *_attributes(f"{_MODELS}.interns1_vit:InternS1VisionLayer", "attention", "the attention"),
+    *_attributes(f"{_MODELS}.interns1_vit:InternSdpaAttention", "attn", "its attention core"),
+    Reliance(
+        "behaviour",
+        "InternVL's tower (`InternS1ForConditionalGeneration.extract_feature`) runs each tile "
+        "as one row of its batch with the [CLS] row first, keeps the last layer's output "
+        "without it, and `pixel_shuffle` merges each 2 x 2 block of patches "
+        "(1 / `downsample_ratio`) into one row, in raster order",
+        "the tower's readings are merged the same way onto the LLM's rows "
+        "(signals.tower.merge_patches; tests/test_tower_internvit.py against vLLM's own "
+        "`pixel_shuffle` and transformers)",
     ),
     *_imports(
         "vllm.multimodal.inputs",

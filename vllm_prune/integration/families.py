@@ -2,7 +2,8 @@
 
 A family is a small declaration keyed by architecture name, not a class: its
 token grid (for the spatial methods), tiles that share one embed run, separator
-rows its embeddings hold, or why the generic path does not hold for it. An architecture without an entry is pruned by
+rows its embeddings hold, the vision tower's [CLS] row (for the tower methods), or
+why the generic path does not hold for it. An architecture without an entry is pruned by
 the generic path when its start-up check holds, without the spatial methods.
 """
 
@@ -18,6 +19,20 @@ from ..layout import Part
 
 
 @dataclass(frozen=True)
+class Tower:
+    """A vision tower the tower methods read (``signals.tower``): each tile is one row of
+    its batch, the [CLS] token first, then the patch grid in raster order; the last layer
+    gives the features; each ``merge x merge`` block of patches becomes one LLM row (a
+    pixel shuffle), in raster order. ``layers``: the path from the model to its encoder
+    layers; ``core``: from a layer to its attention core (vLLM's ``MMEncoderAttention``);
+    ``merge``: the block side, from the Hugging Face config."""
+
+    layers: str
+    core: str
+    merge: Callable[[Any], int]
+
+
+@dataclass(frozen=True)
 class Family:
     """``grid``: "square" (each run or tile is a square grid), "rows" (each run is a row of
     the image) or None (unknown: spatial methods are refused). ``tile``: tokens per tile
@@ -27,13 +42,14 @@ class Family:
     a grid that follows the image), its parts from vLLM's processing info, the processed
     images, the image's index and its (width, height). ``mrope``: the model's M-RoPE
     positions follow each image's grid, raster order from where its one run starts
-    (``positions``)."""
+    (``positions``). ``tower``: the vision tower's [CLS] row, for the tower methods."""
 
     grid: str | None = None
     tile: Callable[[Any], int] | None = None
     unpruned: str | None = None
     parts: Callable[[Any, Mapping[str, Any], int, int, int], list[Part]] | None = None
     mrope: bool = False
+    tower: Tower | None = None
 
     @property
     def knows_grid(self) -> bool:
@@ -51,6 +67,15 @@ def internvl_tile(hf_config: Any) -> int:
     side = _pair(vision.image_size) // _pair(vision.patch_size)
     shuffled = int(side * float(getattr(hf_config, "downsample_ratio", 0.5)))
     return shuffled * shuffled
+
+
+def internvl_merge(hf_config: Any) -> int:
+    """InternViT patches per LLM row on each side: the pixel shuffle's 1 / downsample_ratio."""
+    return round(1 / float(getattr(hf_config, "downsample_ratio", 0.5)))
+
+
+# vLLM builds InternVL's tower as Intern-S1's: InternViT, every layer, tiles batched.
+INTERNVIT = Tower(layers="vision_tower.encoder.layer", core="attention.attn", merge=internvl_merge)
 
 
 def llava_next_parts(
@@ -97,8 +122,8 @@ MROPE = (
 FAMILIES: dict[str, Family] = {
     # InternVL 2.5 / 3 / 3.5 in the Hugging Face format (vLLM serves it as Intern-S1):
     # <img> then every tile's 256 <IMG_CONTEXT> in one run, then </img>.
-    "InternVLForConditionalGeneration": Family(grid="square", tile=internvl_tile),
-    "InternS1ForConditionalGeneration": Family(grid="square", tile=internvl_tile),
+    "InternVLForConditionalGeneration": Family(grid="square", tile=internvl_tile, tower=INTERNVIT),
+    "InternS1ForConditionalGeneration": Family(grid="square", tile=internvl_tile, tower=INTERNVIT),
     # <start_of_image>, a 16 x 16 run of <image_soft_token>, <end_of_image>.
     "Gemma3ForConditionalGeneration": Family(grid="square"),
     # a square run of <image> before the prompt.

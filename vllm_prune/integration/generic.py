@@ -13,7 +13,8 @@ here on first use; its processor is vLLM's own, with the prune handling mixed in
   family's declaration in ``families``); each run of the placeholder shrinks to its
   parts' keep and every structure token stays (``layout``).
 - Model (engine): each part of the image's rows is pruned on its own grid and the
-  kept rows go back in order.
+  kept rows go back in order. Where the family declares its vision tower
+  (``families.Tower``), the tower's [CLS] row and attention are read while it runs.
 
 Whether the mechanism holds is decided per architecture when vLLM first builds the
 processor (``decide``): one dummy image must lay out as runs of one placeholder id
@@ -25,9 +26,11 @@ processor is vLLM's, untouched, and ``GET /v1/prune/methods`` says why.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +50,14 @@ from vllm.multimodal.processing import (
 )
 
 from .. import layout
-from ..methods import Reduced, method_names
-from ..plan import PrunePlan, reduce_plan
+from ..methods import Reduced, get_method, method_names
+from ..methods.base import IN_TOWER, TOWER_ATTENTION, VISION_ATTENTION
+from ..plan import PrunePlan, needs, reduce_plan
 from ..signals.observe import observe, rows_of
+from ..signals.tower import TowerCapture, TowerFields, capture_tower
 from ..spec import METHOD_FIELD
 from . import wire
-from .families import MROPE, Family, family_of
+from .families import MROPE, Family, Tower, family_of
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .positions import PositionOffsetsMixin, grid_offsets, positions_of_pruned
 from .processing import PruneProcessorMixin, refuse
@@ -318,7 +323,21 @@ class GenericPruneProcessorMixin(PruneProcessorMixin):
 
     @classmethod
     def vision_attention_refusal(cls, hf_config: Any) -> str | None:
-        return "the generic adapter does not read this model's vision tower"
+        if cls.family.tower is None:
+            return (
+                "vllm-prune reads a vision tower's [CLS] row where the model's family "
+                "declares its tower, and this model's is not declared"
+            )
+        return None
+
+    @classmethod
+    def family_refusal(cls, method: str, hf_config: Any) -> str | None:
+        if IN_TOWER in get_method(method).needs and cls.family.tower is not None:
+            return (
+                f"'{method}' cuts tokens inside the vision tower: the generic adapter reads "
+                "this model's tower but runs it whole"
+            )
+        return super().family_refusal(method, hf_config)
 
     @classmethod
     def grid_refusal(cls, hf_config: Any) -> str | None:
@@ -401,14 +420,48 @@ class GenericPruneModel(TowerBatchesMixin):
         out = []
         # Each batch is pruned before the next is encoded.
         for batch, start, end in self._tower_batches(kwargs, rows):
-            embeddings = super().embed_multimodal(**batch)  # type: ignore[misc]
+            batch_plans = plans[start:end]
+            with self._reading_tower(batch_plans) as captured:
+                embeddings = super().embed_multimodal(**batch)  # type: ignore[misc]
+            towers = self._tower_fields(captured, batch_plans)
             out += [
-                self._pruned(e, p, llm) for e, p in zip(embeddings, plans[start:end], strict=True)
+                self._pruned(e, p, llm, t)
+                for e, p, t in zip(embeddings, batch_plans, towers, strict=True)
             ]
         return out
 
-    def _pruned(self, image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> torch.Tensor:
-        reduced = prune_image(image, plan, llm)
+    def _reading_tower(
+        self, plans: Sequence[PrunePlan]
+    ) -> AbstractContextManager[TowerCapture | None]:
+        """While the tower runs: its [CLS] row and attention where a method of ``plans``
+        reads them (the family declares its tower, else no such method gets here)."""
+        wanted = frozenset(n for n in (VISION_ATTENTION, TOWER_ATTENTION) if needs(plans, n))
+        tower = _declared_tower(self)
+        if not wanted or tower is None:
+            return nullcontext(None)
+        layers = _path(self, tower.layers)
+        cores = [_path(layer, tower.core) for layer in layers]
+        return capture_tower(cores, len(layers), wanted, sum_over_tensor_parallel)
+
+    def _tower_fields(
+        self, captured: TowerCapture | None, plans: Sequence[PrunePlan]
+    ) -> list[TowerFields | None]:
+        """Each image's share of what the tower measured, one entry per content row."""
+        tower = _declared_tower(self)
+        if captured is None or tower is None:
+            return [None] * len(plans)
+        merge = tower.merge(self.config)  # type: ignore[attr-defined]
+        rows = [sum(part.size for part, _ in plan.parts) for plan in plans]
+        return list(captured.merged_tiles(merge, rows))
+
+    def _pruned(
+        self,
+        image: torch.Tensor,
+        plan: PrunePlan,
+        llm: torch.nn.Module,
+        tower: TowerFields | None = None,
+    ) -> torch.Tensor:
+        reduced = prune_image(image, plan, llm, tower)
         return image if reduced is None else reduced.features
 
 
@@ -424,8 +477,14 @@ class GenericMropeModel(PositionOffsetsMixin, GenericPruneModel):
         else:
             self._position_offsets = None  # vLLM's own positions, nothing to add
 
-    def _pruned(self, image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> torch.Tensor:
-        reduced = prune_image(image, plan, llm)
+    def _pruned(
+        self,
+        image: torch.Tensor,
+        plan: PrunePlan,
+        llm: torch.nn.Module,
+        tower: TowerFields | None = None,
+    ) -> torch.Tensor:
+        reduced = prune_image(image, plan, llm, tower)
         if reduced is None:
             return image  # unpruned: exactly what vLLM returns
         ((part, _),) = plan.parts  # one part (generic.declared_parts)
@@ -469,15 +528,32 @@ def prunes(vllm_config: VllmConfig) -> bool:
     return decision is not None and decision.refusal is None
 
 
+def _declared_tower(model: torch.nn.Module) -> Tower | None:
+    """The vision tower the served architecture's family declares, if any."""
+    architectures = getattr(model.config, "architectures", None) or []  # type: ignore[attr-defined]
+    return family_of(architectures[0]).tower if architectures else None
+
+
+def _path(root: object, path: str) -> Any:
+    """``root.a.b`` for ``path`` "a.b"."""
+    return functools.reduce(getattr, path.split("."), root)
+
+
 def decoder(language_model: torch.nn.Module) -> torch.nn.Module:
     """The decoder stack (``embed_input_ids``, ``layers``): the model itself or its ``.model``."""
     return language_model if hasattr(language_model, "layers") else language_model.model
 
 
-def prune_image(image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> Reduced | None:
+def prune_image(
+    image: torch.Tensor,
+    plan: PrunePlan,
+    llm: torch.nn.Module,
+    tower: TowerFields | None = None,
+) -> Reduced | None:
     """The rows one image keeps: each part pruned on its own, in order, separator rows
     dropped; ``indices`` are the kept rows' places among the content rows. None where the
-    image keeps every content row: it goes on whole, as vLLM made it (separators too)."""
+    image keeps every content row: it goes on whole, as vLLM made it (separators too).
+    ``tower``: what the vision tower measured, one entry per content row."""
     parts = [part for part, _ in plan.parts]
     embedded = sum(part.embedded for part in parts)
     content = sum(part.size for part in parts)
@@ -490,7 +566,7 @@ def prune_image(image: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module) -> R
         return None
     if embedded != content:
         image = image[torch.tensor(layout.content_rows(parts), device=image.device)]
-    found = observe(llm, image, plan, sum_over_ranks=sum_over_tensor_parallel)
+    found = observe(llm, image, plan, tower, sum_over_ranks=sum_over_tensor_parallel)
     kept, indices, start = [], [], 0
     many = len(plan.parts) > 1
     for index, (part, keep) in enumerate(plan.parts):

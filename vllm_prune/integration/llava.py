@@ -129,7 +129,7 @@ class PruneLlavaForConditionalGeneration(TowerBatchesMixin, LlavaForConditionalG
         wanted = frozenset(need for need in TOWER_NEEDS if needs(plans, need))
         layers = self.vision_tower.vision_model.encoder.layers  # up to the selected layer
         with capture_tower(
-            [layer.self_attn for layer in layers],
+            [layer.self_attn.attn for layer in layers],
             self.config.vision_config.num_hidden_layers,
             wanted,
             sum_over_tensor_parallel,

@@ -1,14 +1,17 @@
 """The [CLS] row of a vision-tower layer's attention, without the full attention map.
 
-A forward hook on the layer's fused QKV projection keeps its output; the [CLS]
-query against every key gives one softmax row per head, [B, heads, S], instead
-of the [B, heads, S, S] map. Methods that declare the ``vision_attention`` need
-(FasterVLM's ``cls_attention``, VisionZip) read it through their ``Context``.
+Every tower vLLM builds (CLIP, InternViT, Llama 4's) hands its layer's queries, keys
+and values to one attention core (vLLM's ``MMEncoderAttention``): a forward pre-hook
+there reads them after the projections, any query/key norm and any rotary embedding,
+exactly as the attention uses them. The [CLS] query against every key gives one
+softmax row per head, [B, heads, S], instead of the [B, heads, S, S] map. Methods that
+declare the ``vision_attention`` need (FasterVLM's ``cls_attention``, VisionZip) read
+it through their ``Context``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -16,6 +19,8 @@ import torch
 from torch import nn
 
 from .heads import SumOverRanks, mean_over_heads, one_rank
+
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -25,39 +30,52 @@ class ClsAttention:
 
 
 def split_heads(
-    attention_module: nn.Module, qkv_output: object
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    core: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> QKV:
     """Queries, keys and values of this rank's heads, float32 [B, S, heads, head_dim]."""
-    qkv = qkv_output[0] if isinstance(qkv_output, tuple) else qkv_output
-    if qkv.dim() == 2:  # [S, 3 * D] for a single unbatched image
-        qkv = qkv.unsqueeze(0)
-    batch, tokens, _ = qkv.shape
-    shape = (batch, tokens, attention_module.num_heads_per_partition, attention_module.head_dim)
-    query, key, value = qkv.float().chunk(3, dim=-1)
-    return query.view(shape), key.view(shape), value.view(shape)
+
+    def heads(states: torch.Tensor) -> torch.Tensor:
+        if states.dim() == 2:  # [S, heads * head_dim] for a single unbatched image
+            states = states.unsqueeze(0)
+        return states.float().reshape(
+            states.shape[0], states.shape[1], core.num_heads, core.head_size
+        )
+
+    return heads(query), heads(key), heads(value)
+
+
+@contextmanager
+def tap_attention(core: nn.Module, read: Callable[[QKV], None]) -> Iterator[None]:
+    """While active, each forward of the attention core ``core`` (called with the query,
+    key and value; ``num_heads`` of this rank, ``head_size``, ``scale``) hands ``read``
+    its split heads."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        given = dict(zip(("query", "key", "value"), args[:3], strict=False))
+        given.update({k: v for k, v in kwargs.items() if k in ("query", "key", "value")})
+        read(split_heads(core, given["query"], given["key"], given["value"]))
+
+    handle = core.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextmanager
 def capture_cls_attention(
-    attention_module: nn.Module, sum_over_ranks: SumOverRanks = one_rank
+    core: nn.Module, sum_over_ranks: SumOverRanks = one_rank
 ) -> Iterator[list[ClsAttention]]:
-    """While active, each forward of ``attention_module`` appends its [CLS] row.
-
-    ``attention_module`` is a vLLM CLIP-style attention: ``qkv_proj`` returning
-    ``(qkv, bias)``, ``num_heads_per_partition``, ``head_dim`` and ``scale``. With
-    tensor parallelism its heads are split over the ranks: ``sum_over_ranks`` sums
-    over them, so every rank gets the mean over all heads.
-    """
+    """While active, each forward of the attention core ``core`` appends its [CLS] row
+    (the first token's). With tensor parallelism the heads are split over the ranks:
+    ``sum_over_ranks`` sums over them, so every rank gets the mean over all heads."""
     captured: list[ClsAttention] = []
 
-    def keep_cls_row(module: nn.Module, inputs: object, output: object) -> None:
-        query, key, _ = split_heads(attention_module, output)
-        logits = torch.einsum("bhd,bshd->bhs", query[:, 0], key) * attention_module.scale
+    def keep_cls_row(qkv: QKV) -> None:
+        query, key, _ = qkv
+        logits = torch.einsum("bhd,bshd->bhs", query[:, 0], key) * core.scale
         attention = mean_over_heads(logits.softmax(dim=-1), 1, sum_over_ranks)
         captured.append(ClsAttention(attention, mean_over_heads(key, 2, sum_over_ranks)))
 
-    handle = attention_module.qkv_proj.register_forward_hook(keep_cls_row)
-    try:
+    with tap_attention(core, keep_cls_row):
         yield captured
-    finally:
-        handle.remove()

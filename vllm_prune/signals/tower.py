@@ -9,6 +9,7 @@ needs it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
@@ -26,7 +27,9 @@ TowerFields = dict[str, torch.Tensor]  # Context fields, per image
 
 class TowerCapture:
     """Filled while the tower runs (once per batch, or once per image when an in-tower
-    method cuts some: their sequences differ); ``per_image`` splits it after."""
+    method cuts some: their sequences differ); ``per_image`` (a tower that runs each image
+    as one row of its batch) or ``merged_tiles`` (a tower that runs tiles and merges
+    patches) splits it after."""
 
     def __init__(self) -> None:
         self.cls_rows: list[ClsAttention] | None = None
@@ -46,6 +49,42 @@ class TowerCapture:
                 found[name] = scores[-n:]
         return fields
 
+    def merged_tiles(self, merge: int, rows: Sequence[int]) -> list[TowerFields]:
+        """One dict per image of a tower that runs each tile as one row of its batch,
+        [CLS] first, then merges each ``merge x merge`` block of its patch grid into one
+        LLM row (a pixel shuffle): every tile's fields on its LLM rows, the tiles in
+        order, cut into the images' ``rows``. Attention received by a block is summed over
+        its patches; keys are averaged."""
+        merged: TowerFields = {}
+        if self.cls_rows is not None:
+            attention = torch.cat([c.attention for c in self.cls_rows])
+            keys = torch.cat([c.keys for c in self.cls_rows])
+            merged["cls_attention"] = merge_patches(attention[:, 1:], merge, "sum")
+            merged["vision_keys"] = merge_patches(keys[:, 1:], merge, "mean")
+        for name, captured in self.received.items():
+            merged[name] = merge_patches(torch.cat(captured)[:, 1:], merge, "sum")
+        for name, values in merged.items():
+            if values.shape[0] != sum(rows):
+                raise ValueError(
+                    f"the tower's tiles give {values.shape[0]} rows of {name}, the images "
+                    f"{sum(rows)}"
+                )
+        split = {name: values.split(list(rows)) for name, values in merged.items()}
+        return [{name: parts[i] for name, parts in split.items()} for i in range(len(rows))]
+
+
+def merge_patches(values: torch.Tensor, merge: int, how: str) -> torch.Tensor:
+    """``values`` [T, side * side, ...] of T tiles' patch grids (raster order) on the
+    merged grid, tiles concatenated: [T * (side / merge)^2, ...], each ``merge x merge``
+    block of patches summed (``how`` "sum") or averaged ("mean") into one row."""
+    tiles, patches = values.shape[:2]
+    side = math.isqrt(patches)
+    if side * side != patches or side % merge:
+        raise ValueError(f"{patches} patches are not a square grid of {merge} x {merge} blocks")
+    blocks = values.reshape(tiles, side // merge, merge, side // merge, merge, *values.shape[2:])
+    pooled = blocks.sum(dim=(2, 4)) if how == "sum" else blocks.mean(dim=(2, 4))
+    return pooled.reshape(tiles * (side // merge) ** 2, *values.shape[2:])
+
 
 def _rows(captured: list[torch.Tensor], name: str, images: list) -> list[torch.Tensor]:
     """The images' rows of batches captured one forward at a time."""
@@ -62,8 +101,8 @@ def capture_tower(
     needs: frozenset[str],
     sum_over_ranks: SumOverRanks = one_rank,
 ) -> Iterator[TowerCapture]:
-    """``attention_modules``: the built tower layers' attentions, the last the selected one;
-    ``depth``: the layers of the whole tower (the checkpoint's, built or not)."""
+    """``attention_modules``: the built tower layers' attention cores, the last the selected
+    one; ``depth``: the layers of the whole tower (the checkpoint's, built or not)."""
     capture = TowerCapture()
     with ExitStack() as stack:
         selected = attention_modules[-1]
