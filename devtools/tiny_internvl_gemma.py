@@ -202,7 +202,27 @@ def build_tiny_internvl(path: Path, max_tiles: int = 6) -> Path:
     save_checkpoint(path, config, processor, "InternVLForConditionalGeneration")
     # transformers 5's names are the ones vLLM's InternS1 mapper expects.
     write_random_weights(InternVLForConditionalGeneration, config, path / "model.safetensors")
+    sharpen_tower_attention(path / "model.safetensors", INTERNVL_ATTENTION_SHARPNESS)
     return path
+
+
+# Random weights attend almost uniformly, where trained towers do not: the tower methods'
+# ranking would then be decided by rounding. Queries and keys x 10: the [CLS] row's
+# kept-or-not boundary in each tile then stands 1e-3 (relative) apart, not 1e-5.
+INTERNVL_ATTENTION_SHARPNESS = 10.0
+
+
+def sharpen_tower_attention(file: Path, factor: float) -> None:
+    """The vision tower's query and key weights in the checkpoint ``file`` times ``factor``."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(file))
+    for name, tensor in tensors.items():
+        if "vision_tower" in name and name.endswith(
+            ("attention.q_proj.weight", "attention.k_proj.weight")
+        ):
+            tensors[name] = (tensor * factor).contiguous()
+    save_file(tensors, str(file))
 
 
 def build_tiny_gemma3(path: Path) -> Path:

@@ -363,6 +363,52 @@ def test_the_tower_encodes_a_step_within_the_encoder_budget(served: Served):
         assert "the tower encodes 3 images in 3 batches" in log.read()
 
 
+@pytest.mark.parametrize(
+    "served",
+    [f for f in FAMILIES if family_of(f.architecture).tower is not None],
+    ids=lambda f: f.name,
+    indirect=True,
+)
+def test_tower_methods_read_each_tiles_cls_row_as_transformers_computes_it(served: Served):
+    """``cls_attention`` keeps, in each tile, the rows whose 2 x 2 patches that tile's [CLS]
+    attends to most in the last layer of transformers' own tower (eager attention, the
+    checkpoint's weights, the processor's tiles of the same image): the engine's reading
+    of the tower, merged and cut into tiles, is the one the method ranks."""
+    from PIL import Image
+    from transformers import AutoProcessor, InternVLForConditionalGeneration
+
+    family = served.family
+    seed = 5
+    extra = {"prune": "cls_attention", "prune_ratio": 0.75}
+    messages = image_messages("what color is the square ?", seed=seed, size=family.size)
+    traced = ask_traced(served.pruned, served.trace, "tiny", messages, extra)
+
+    url = noise_image_data_url(seed, family.size)
+    image = Image.open(io.BytesIO(base64.b64decode(url.partition(",")[2]))).convert("RGB")
+    processor = AutoProcessor.from_pretrained(model_dir(served))
+    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    model = InternVLForConditionalGeneration.from_pretrained(
+        model_dir(served), attn_implementation="eager"
+    ).eval()
+    with torch.no_grad():
+        maps = model.model.vision_tower(pixel_values=pixels, output_attentions=True).attentions
+    cls_row = maps[-1][:, :, 0, 1:].mean(1)  # [tiles, 32 * 32], mean over heads
+    merged = cls_row.reshape(-1, 16, 2, 16, 2).sum(dim=(2, 4)).reshape(-1, 256)
+    parts = layout.parts_of(list(family.runs), "square", 256)
+    keeps = layout.part_keeps(parts, keep(family.tokens, 0.75))
+    method = get_method("cls_attention")
+    expected = {
+        (None, f"part{i}"): tuple(
+            method.reduce(
+                torch.zeros(256, 4), (16, 16), kept, Context(cls_attention=merged[i])
+            ).indices.tolist()
+        )
+        for i, kept in enumerate(keeps)
+    }
+    assert len(expected) == pixels.shape[0] == 3
+    assert traced.kept == expected
+
+
 def embeds_messages(embeds: torch.Tensor) -> list[dict]:
     buffer = io.BytesIO()
     torch.save(embeds, buffer)
