@@ -436,8 +436,8 @@ class GenericPruneModel(TowerBatchesMixin):
         """While the tower runs: its [CLS] row and attention where a method of ``plans``
         reads them (the family declares its tower, else no such method gets here)."""
         wanted = frozenset(n for n in (VISION_ATTENTION, TOWER_ATTENTION) if needs(plans, n))
-        tower = _declared_tower(self)
-        if not wanted or tower is None:
+        tower = _declared_tower(self) if wanted else None
+        if tower is None:
             return nullcontext(None)
         layers = _path(self, tower.layers)
         cores = [_path(layer, tower.core) for layer in layers]
@@ -447,9 +447,10 @@ class GenericPruneModel(TowerBatchesMixin):
         self, captured: TowerCapture | None, plans: Sequence[PrunePlan]
     ) -> list[TowerFields | None]:
         """Each image's share of what the tower measured, one entry per content row."""
-        tower = _declared_tower(self)
-        if captured is None or tower is None:
+        if captured is None:
             return [None] * len(plans)
+        tower = _declared_tower(self)
+        assert tower is not None  # it was read
         merge = tower.merge(self.config)  # type: ignore[attr-defined]
         rows = [sum(part.size for part, _ in plan.parts) for plan in plans]
         return list(captured.merged_tiles(merge, rows))
@@ -530,7 +531,7 @@ def prunes(vllm_config: VllmConfig) -> bool:
 
 def _declared_tower(model: torch.nn.Module) -> Tower | None:
     """The vision tower the served architecture's family declares, if any."""
-    architectures = getattr(model.config, "architectures", None) or []  # type: ignore[attr-defined]
+    architectures = getattr(getattr(model, "config", None), "architectures", None) or []
     return family_of(architectures[0]).tower if architectures else None
 
 

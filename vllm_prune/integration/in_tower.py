@@ -1,10 +1,10 @@
 """Pruning inside vLLM's CLIP-style vision tower, for ``IN_TOWER`` methods (FlowCut).
 
 Hooks on the tower's layers: one on each attention core keeps that layer's queries,
-keys and values (``signals.cls_attention.tap_attention``); one on each encoder layer reads what the method needs
-from them and, where the method cuts, returns the layer's output with only the
-surviving tokens ([CLS] always first), so vLLM's own loop runs the later layers on
-fewer tokens. One image per forward: images of one batch keep different counts.
+keys and values (``signals.cls_attention.tap_attention``); one on each encoder layer
+reads what the method needs from them and, where the method cuts, returns the layer's
+output with only the surviving tokens ([CLS] always first), so vLLM's own loop runs the
+later layers on fewer tokens. One image per forward: images of one batch keep different counts.
 """
 
 from __future__ import annotations
