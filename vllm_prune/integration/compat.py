@@ -718,8 +718,10 @@ LEDGER: tuple[Reliance, ...] = (
         "InternVL's tower (`InternS1ForConditionalGeneration.extract_feature`) runs each tile "
         "as one row of its batch with the [CLS] row first, keeps the last layer's output "
         "without it, and `pixel_shuffle` merges each 2 x 2 block of patches "
-        "(1 / `downsample_ratio`) into one row, in raster order",
-        "the tower's readings are merged the same way onto the LLM's rows "
+        "(1 / `downsample_ratio`) into one row, in raster order; the tower is not compiled "
+        "(`support_torch_compile`) and not sharded over ranks (`supports_encoder_tp_data`)",
+        "the tower's readings are merged the same way onto the LLM's rows, and the hooks "
+        "inside it see every tile on every rank "
         "(signals.tower.merge_patches; tests/test_tower_internvit.py against vLLM's own "
         "`pixel_shuffle` and transformers)",
     ),
