@@ -72,18 +72,17 @@ FAMILIES = [
     # 672 x 672: base 24 x 24 + a 48 x 48 stitched grid with 48 newlines.
     Family("llava-next", build_tiny_llava_next, (672, 672), 576 + 48 * 49, VISION),
     # 448 x 448: 32 x 32 patches of 14 px, merged 2 x 2 -> 16 x 16 tokens.
+    Family("qwen2-vl", lambda p: build_tiny_qwen2_vl(p, "2"), (448, 448), 256, VISION),
     # max_num_encoder_input_tokens 512: three pruned images of one step go through the
-    # tower in two batches (test_the_tower_encodes_a_call_within_the_encoder_budget). On
-    # Qwen2-VL, which has no video tests: a 512-token step would prefill videos in chunks.
+    # tower in two batches (test_the_tower_encodes_a_call_within_the_encoder_budget).
     Family(
-        "qwen2-vl",
-        lambda p: build_tiny_qwen2_vl(p, "2"),
+        "qwen2.5-vl",
+        lambda p: build_tiny_qwen2_vl(p, "2.5"),
         (448, 448),
         256,
         VISION,
         args=("--max-num-batched-tokens", "512"),
     ),
-    Family("qwen2.5-vl", lambda p: build_tiny_qwen2_vl(p, "2.5"), (448, 448), 256, VISION),
     # 448 x 448: 28 x 28 patches of 16 px, merged 2 x 2 -> 14 x 14 tokens; DeepStack.
     Family("qwen3-vl", build_tiny_qwen3, (448, 448), 196, VISION),
     Family("qwen3-vl-moe", lambda p: build_tiny_qwen3(p, "vl-moe"), (448, 448), 196, NO_SCOUT),
