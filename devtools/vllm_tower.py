@@ -79,10 +79,17 @@ def build_towers(
         if tower.post_layernorm is not None or "post_layernorm" not in name
     )
     tower.load_weights(weights)
+    finish_loading(ours)
+    return ours, reference
+
+
+def finish_loading(model: torch.nn.Module) -> None:
+    """As vLLM's loader does after the weights: the linear layers' weights into the CPU
+    kernels' format."""
+    from vllm.config import VllmConfig, set_current_vllm_config
+
     with set_current_vllm_config(VllmConfig()):
-        # As vLLM's loader does: the linear layers' weights into the CPU kernels' format.
-        for module in ours.modules():
+        for module in model.modules():
             method = getattr(module, "quant_method", None)
             if method is not None:
                 method.process_weights_after_loading(module)
-    return ours, reference

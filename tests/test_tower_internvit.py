@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import InternVLVisionConfig, InternVLVisionModel
 
-from devtools.vllm_tower import one_rank
+from devtools.vllm_tower import finish_loading, one_rank
 from vllm_prune.integration.families import INTERNVIT, internvl_merge
 from vllm_prune.methods.base import TOWER_ATTENTION, VISION_ATTENTION
 from vllm_prune.methods.hiprune import object_layer
@@ -54,12 +54,7 @@ def towers():
         with set_current_vllm_config(VllmConfig()):
             ours = InternS1VisionModel(CONFIG).eval()
         ours.load_weights(reference.state_dict().items())
-        with set_current_vllm_config(VllmConfig()):
-            # As vLLM's loader does: the linear layers' weights into the CPU kernels' format.
-            for module in ours.modules():
-                method = getattr(module, "quant_method", None)
-                if method is not None:
-                    method.process_weights_after_loading(module)
+        finish_loading(ours)
         yield ours, reference
 
 

@@ -462,8 +462,13 @@ class GenericPruneModel(TowerBatchesMixin):
         llm: torch.nn.Module,
         tower: TowerFields | None = None,
     ) -> torch.Tensor:
+        """The image's rows as they go on: vLLM's own where it keeps every content row."""
         reduced = prune_image(image, plan, llm, tower)
-        return image if reduced is None else reduced.features
+        return image if reduced is None else self._kept_rows(reduced, plan)
+
+    def _kept_rows(self, reduced: Reduced, plan: PrunePlan) -> torch.Tensor:
+        """What a pruned image hands on: its kept rows' features."""
+        return reduced.features
 
 
 class GenericMropeModel(PositionOffsetsMixin, GenericPruneModel):
@@ -478,20 +483,13 @@ class GenericMropeModel(PositionOffsetsMixin, GenericPruneModel):
         else:
             self._position_offsets = None  # vLLM's own positions, nothing to add
 
-    def _pruned(
-        self,
-        image: torch.Tensor,
-        plan: PrunePlan,
-        llm: torch.nn.Module,
-        tower: TowerFields | None = None,
-    ) -> torch.Tensor:
-        reduced = prune_image(image, plan, llm, tower)
-        if reduced is None:
-            return image  # unpruned: exactly what vLLM returns
+    def _kept_rows(self, reduced: Reduced, plan: PrunePlan) -> torch.Tensor:
+        """The kept rows' features, each followed by its offset inside the image's grid."""
         ((part, _),) = plan.parts  # one part (generic.declared_parts)
         _, width = part.grid or (1, part.size)
-        offsets = grid_offsets(reduced.indices.to(image.device), width).T
-        return torch.cat([reduced.features, offsets.to(reduced.features.dtype)], dim=-1)
+        features = reduced.features
+        offsets = grid_offsets(reduced.indices.to(features.device), width).T
+        return torch.cat([features, offsets.to(features.dtype)], dim=-1)
 
     def get_mrope_input_positions(
         self, input_tokens: list[int], mm_features: list[MultiModalFeatureSpec]
