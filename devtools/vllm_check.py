@@ -47,6 +47,7 @@ SUBCLASSING_MODULES = (
     "vllm_prune.integration.qwen3_5",
     "vllm_prune.integration.media",
     "vllm_prune.integration.load",
+    "vllm_prune.integration.model_state",
 )
 
 
@@ -60,9 +61,17 @@ def cache_root() -> Path:
 
 
 def release_sources(version: str, timeout: float = 900) -> Path:
-    """The Python files of vLLM ``version``'s wheel, downloaded once and cached."""
+    """The Python files of vLLM ``version``'s wheel and its ``dist-info`` folder (so that
+    ``importlib.metadata.version("vllm")`` answers with the folder first on ``sys.path``),
+    downloaded once and cached."""
     target = cache_root() / f"vllm-{version}"
-    if (target / "vllm" / "__init__.py").is_file():
+
+    def cached() -> bool:
+        return (target / "vllm" / "__init__.py").is_file() and any(
+            target.glob("vllm-*.dist-info/METADATA")
+        )
+
+    if cached():
         return target
     with tempfile.TemporaryDirectory() as tmp:
         command = [
@@ -80,13 +89,24 @@ def release_sources(version: str, timeout: float = 900) -> Path:
                 f"cannot download vllm=={version} with `{' '.join(command[2:])}`: "
                 + " / ".join(tail)
             )
-        partial = Path(tempfile.mkdtemp(dir=target.parent.mkdir(parents=True, exist_ok=True)))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=target.parent))  # beside it: renamed in place
         with zipfile.ZipFile(wheels[0]) as wheel:
-            wheel.extractall(partial, [n for n in wheel.namelist() if n.endswith(".py")])
-        if target.exists():
-            shutil.rmtree(partial)
+            names = [
+                n
+                for n in wheel.namelist()
+                if n.endswith(".py") or n.split("/", 1)[0].endswith(".dist-info")
+            ]
+            wheel.extractall(partial, names)
+        if cached():
+            shutil.rmtree(partial)  # another process got there first
         else:
+            # An older cache without the dist-info: swapped for the new one.
+            stale = Path(tempfile.mkdtemp(dir=target.parent)) / "stale"
+            if target.exists():
+                target.rename(stale)
             partial.rename(target)
+            shutil.rmtree(stale.parent)
     return target
 
 

@@ -158,6 +158,95 @@ def test_qwen_refuses_llm_cuda_graphs_that_replay_a_prefill_without_forward():
     assert refusal is not None and "VLLM_USE_BREAKABLE_CUDAGRAPH" in refusal
 
 
+def test_graphs_and_image_drafters_are_refused_on_model_runner_v1_only():
+    """On V2 the model state writes the offsets before the forward: nothing is refused.
+    On V1 ``forward`` adds them: FULL prefill graphs and image-reading drafters are."""
+    from types import SimpleNamespace
+
+    import pytest
+    from vllm.config import CompilationConfig
+
+    from vllm_prune.integration.positions import SPECULATIVE_REFUSAL, PositionOffsetsMixin
+
+    def config(v2: bool, mode: str = "NONE", method: str | None = None) -> SimpleNamespace:
+        drafter = None
+        if method is not None:
+            drafter = SimpleNamespace(method=method, use_eagle=lambda: method in ("eagle3", "mtp"))
+        return SimpleNamespace(
+            use_v2_model_runner=v2,
+            compilation_config=CompilationConfig(cudagraph_mode=mode),
+            speculative_config=drafter,
+        )
+
+    model = PositionOffsetsMixin()
+    for v2_config in (config(True, "FULL"), config(True, method="eagle3")):
+        model._init_positions(v2_config)  # nothing refused
+    # 0.34 has no use_v2_model_runner: V2 is the only runner.
+    model._init_positions(SimpleNamespace(compilation_config=None, speculative_config=None))
+    with pytest.raises(ValueError, match="cudagraph_mode FULL"):
+        model._init_positions(config(False, "FULL"))
+    with pytest.raises(ValueError) as refused:
+        model._init_positions(config(False, method="mtp"))
+    assert str(refused.value) == SPECULATIVE_REFUSAL and "--speculative-config" in SPECULATIVE_REFUSAL
+    model._init_positions(config(False, method="ngram"))  # reads no image
+    model._init_positions(config(False, "FULL"), prunes=False)  # unpruned: vLLM's own path
+
+
+def test_our_v2_model_state_extends_the_one_vllm_would_pick():
+    """Default for a plain model, Mamba hybrid for a hybrid one (Qwen3.5): ours is mixed
+    before it; without pruning the model keeps vLLM's own."""
+    from types import SimpleNamespace
+
+    import torch
+    from vllm.v1.worker.gpu.model_states.default import DefaultModelState
+    from vllm.v1.worker.gpu.model_states.mamba_hybrid import MambaHybridModelState
+
+    from vllm_prune.integration.model_state import PrunedPositionsState
+    from vllm_prune.integration.positions import PositionOffsetsMixin
+
+    class Model(PositionOffsetsMixin, torch.nn.Module):
+        pass
+
+    def state_of(hybrid: bool, prunes: bool = True) -> type:
+        model_config = SimpleNamespace(is_hybrid=hybrid, is_attention_free=False)
+        no_layers = SimpleNamespace(static_forward_context={})  # no encoder-only attention
+        vllm_config = SimpleNamespace(
+            model_config=model_config, use_v2_model_runner=True, compilation_config=no_layers
+        )
+        model = Model()
+        model._init_positions(vllm_config, prunes=prunes)
+        return model.get_model_state_cls()
+
+    plain = state_of(False)
+    assert plain is PrunedPositionsState and issubclass(plain, DefaultModelState)
+    hybrid = state_of(True)
+    assert hybrid.__mro__[1:4] == (PrunedPositionsState, MambaHybridModelState, DefaultModelState)
+    assert state_of(True, prunes=False) is MambaHybridModelState
+
+
+def test_a_class_that_would_swap_vllms_implementation_fails_at_load():
+    import pytest
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
+
+    from vllm_prune.integration import plugin
+    from vllm_prune.integration.qwen3_5 import PruneQwen3_5ForConditionalGeneration
+
+    vllms = ("vllm.model_executor.models.qwen3_5", "Qwen3_5ForConditionalGeneration")
+    saved = dict(plugin.VLLMS_OWN)
+    try:
+        plugin.VLLMS_OWN["Qwen3_5ForConditionalGeneration"] = vllms
+        plugin.check_not_swapped(
+            PruneQwen3_5ForConditionalGeneration, "Qwen3_5ForConditionalGeneration"
+        )
+        with pytest.raises(TypeError, match="would swap vLLM's implementation"):
+            plugin.check_not_swapped(
+                Qwen3VLForConditionalGeneration, "Qwen3_5ForConditionalGeneration"
+            )
+    finally:
+        plugin.VLLMS_OWN.clear()
+        plugin.VLLMS_OWN.update(saved)
+
+
 def test_a_decompression_bomb_is_found_as_raised_and_as_vllm_0_34_wraps_it():
     from PIL import Image
 

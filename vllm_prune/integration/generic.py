@@ -59,6 +59,7 @@ from ..spec import METHOD_FIELD
 from . import wire
 from .families import MROPE, Family, Tower, family_of
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
+from .plugin import check_not_swapped
 from .positions import PositionOffsetsMixin, grid_offsets, positions_of_pruned
 from .processing import PruneProcessorMixin, refuse
 from .tower_batches import TowerBatchesMixin
@@ -409,6 +410,7 @@ class GenericPruneModel(TowerBatchesMixin):
         if vllm_config.compilation_config.cudagraph_mm_encoder and prunes(vllm_config):
             raise ValueError(ENCODER_GRAPHS_REFUSAL)
         super().__init__(vllm_config=vllm_config, prefix=prefix)  # type: ignore[call-arg]
+        check_not_swapped(type(self), vllm_config.model_config.architecture)
         self._init_tower_batches(vllm_config)
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
@@ -478,10 +480,8 @@ class GenericMropeModel(PositionOffsetsMixin, GenericPruneModel):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        if prunes(vllm_config):
-            self._init_positions(vllm_config.compilation_config)  # graph refusal, offsets
-        else:
-            self._position_offsets = None  # vLLM's own positions, nothing to add
+        # Unpruned: vLLM's own positions and model state, nothing to add.
+        self._init_positions(vllm_config, prunes=prunes(vllm_config))
 
     def _kept_rows(self, reduced: Reduced, plan: PrunePlan) -> torch.Tensor:
         """The kept rows' features, each followed by its offset inside the image's grid."""

@@ -9,7 +9,9 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
         "pos self",
         "kw reuse_client=True",
     ),
-    "vllm.connections:HTTPConnection.get_async_client": ("pos self",),
+    "vllm.connections:HTTPConnection.get_async_client": (
+        "pos self",
+    ),
     "vllm.model_executor.models.interfaces:SupportsMultiModal.embed_input_ids": (
         "pos self",
         "pos input_ids",
@@ -245,12 +247,32 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
         "pos vllm_config",
         "pos engine_index=0",
     ),
-    "vllm.v1.metrics.loggers:StatLoggerBase.log_engine_initialized": ("pos self",),
+    "vllm.v1.metrics.loggers:StatLoggerBase.log_engine_initialized": (
+        "pos self",
+    ),
     "vllm.v1.metrics.loggers:StatLoggerBase.record": (
         "pos self",
         "pos scheduler_stats",
         "pos iteration_stats",
         "pos mm_cache_stats=None",
         "pos engine_idx=0",
+    ),
+    "vllm.v1.worker.gpu.model_states.default:DefaultModelState.__init__": (
+        "pos self",
+        "pos vllm_config",
+        "pos model",
+        "pos encoder_cache",
+        "pos device",
+    ),
+    "vllm.v1.worker.gpu.model_states.default:DefaultModelState.gather_mm_embeddings": (
+        "pos self",
+        "pos input_batch",
+        "pos draft_lookahead=0",
+    ),
+    "vllm.v1.worker.gpu.model_states.default:DefaultModelState.prepare_inputs_embeds": (
+        "pos self",
+        "pos scheduled_encoder_inputs",
+        "pos input_batch",
+        "pos req_states",
     ),
 }

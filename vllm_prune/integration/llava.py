@@ -52,6 +52,7 @@ from ..signals.tower import capture_tower
 from . import wire
 from .in_tower import flowcut_in_tower
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
+from .plugin import check_not_swapped
 from .processing import PruneProcessorMixin
 from .tower_batches import TowerBatchesMixin
 
@@ -120,6 +121,7 @@ class PruneLlavaForConditionalGeneration(TowerBatchesMixin, LlavaForConditionalG
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
+        check_not_swapped(type(self), vllm_config.model_config.architecture)
         self._init_tower_batches(vllm_config)
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:

@@ -47,6 +47,7 @@ from ..signals.observe import observe, rows_of
 from . import wire
 from .llava import PruneLlavaLikeProcessorMixin
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
+from .plugin import check_not_swapped
 from .tower_batches import TowerBatchesMixin
 
 PARTS = ("base", "grid")  # the grids of an image, as VLLM_PRUNE_TRACE names them
@@ -72,6 +73,7 @@ class PruneLlavaNextForConditionalGeneration(TowerBatchesMixin, LlavaNextForCond
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
+        check_not_swapped(type(self), vllm_config.model_config.architecture)
         self._init_tower_batches(vllm_config)
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:

@@ -70,7 +70,30 @@ def generic_targets(registry: Any) -> dict[str, str]:
     return targets
 
 
+# Architecture -> (module, class) that vLLM itself registered, recorded before ours
+# replace them: the class vLLM would load on this platform and release.
+VLLMS_OWN: dict[str, tuple[str, str]] = {}
+
 _registered = False
+
+
+def check_not_swapped(model_cls: type, architecture: str) -> None:
+    """Fail at load where our class for ``architecture`` does not subclass the class vLLM
+    itself would load (vLLM 0.34 loads Qwen3.5 on CUDA from an NVIDIA package of its own):
+    vllm-prune adds pruning to vLLM's implementation, it never replaces it."""
+    if architecture not in VLLMS_OWN:
+        return
+    import importlib
+
+    module, name = VLLMS_OWN[architecture]
+    own = getattr(importlib.import_module(module), name)
+    if not issubclass(model_cls, own):
+        raise TypeError(
+            f"vllm-prune: its class for {architecture} ({model_cls.__module__}."
+            f"{model_cls.__qualname__}) does not subclass the one vLLM loads here "
+            f"({module}.{name}); it would swap vLLM's implementation. Serve with "
+            "VLLM_PLUGINS='' (unpruned) and report this vLLM version"
+        )
 
 
 def register() -> None:
@@ -98,5 +121,8 @@ def register() -> None:
     from vllm import ModelRegistry
 
     for architecture, target in {**generic_targets(ModelRegistry), **OVERRIDES}.items():
+        own = ModelRegistry.models.get(architecture)
+        if own is not None and hasattr(own, "module_name"):
+            VLLMS_OWN[architecture] = (own.module_name, own.class_name)
         ModelRegistry.register_model(architecture, target)
     trace.rank = parallel.tensor_parallel_rank

@@ -16,8 +16,9 @@ positions when the request arrives (``get_mrope_input_positions``). So:
    grid to its embedding (3 extra channels, as vLLM's own EVS video pruning
    carries positions);
 3. ``embed_input_ids`` strips those channels and keeps the offsets for the
-   scheduled tokens, and ``forward`` adds them, in place, to the positions of
-   this step (vLLM rewrites that buffer from its per-request copy every step).
+   scheduled tokens; on Model Runner V2 the model state adds them to the request's
+   positions before the forward, on V1 ``forward`` adds them, in place, to the
+   positions of this step (vLLM rewrites that buffer from its per-request copy).
 The result: each retained token's position equals its unpruned position.
 The offset channels and the step that adds them are ``positions``'s, shared with the
 generic adapter's M-RoPE families.
@@ -28,8 +29,9 @@ videos, so it is not used. Limits: the offsets travel from the first pipeline
 stage's embedding step to ``forward`` on the same rank, so pipeline parallelism
 is refused (``parallel.refuse_pipeline_parallel``, as for every family); the vision
 encoder's CUDA graphs are turned off for images and videos (their path skips
-``embed_multimodal``); and LLM CUDA graphs that replay a prefill without running
-``forward`` are refused at start (``positions.graph_refusal``).
+``embed_multimodal``); and on Model Runner V1, LLM CUDA graphs that replay a prefill
+without running ``forward`` are refused at start (``positions.graph_refusal``); on V2 the
+offsets are written by the model state before the forward (``positions``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from ..plan import PrunePlan, reduce_plan, reduce_video_plan
 from ..signals.observe import observe
 from . import wire
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
+from .plugin import check_not_swapped
 from .positions import PositionOffsetsMixin, grid_offsets
 from .processing import PruneProcessorMixin
 from .tower_batches import TowerBatchesMixin
@@ -215,9 +218,10 @@ class PruneQwenModelMixin(PositionOffsetsMixin, TowerBatchesMixin):
 
     def _init_pruning(self, vllm_config: VllmConfig) -> None:
         refuse_pipeline_parallel(vllm_config.parallel_config.pipeline_parallel_size)
+        check_not_swapped(type(self), vllm_config.model_config.architecture)
         if getattr(self, "is_multimodal_pruning_enabled", False):
             raise ValueError(VIDEO_PRUNING_RATE_REFUSAL)
-        self._init_positions(vllm_config.compilation_config)
+        self._init_positions(vllm_config)
         self._init_tower_batches(vllm_config)
 
     def get_mrope_input_positions(

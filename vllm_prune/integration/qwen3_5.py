@@ -7,7 +7,8 @@ would be unpruned. Its LLM is hybrid: linear-attention (Gated DeltaNet) layers, 
 of every four, beside gated full attention. Linear attention has no attention map, so
 the methods that read one from a scout pass through the first LLM layers are refused
 with a 400; the others (they read the features, the question's embeddings or nothing)
-run as on every family.
+run as on every family. Ours subclass the class vLLM itself loads on the platform
+(``compat.qwen3_5_models``: on CUDA in 0.34, the NVIDIA model of ``vllm.models.qwen3_5``).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from typing import Any
 
 from vllm.config import VllmConfig
 from vllm.model_executor.models.qwen3_5 import (
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5MoeForConditionalGeneration,
     Qwen3_5MoeProcessingInfo,
     Qwen3_5ProcessingInfo,
 )
 from vllm.model_executor.models.qwen3_vl import Qwen3VLDummyInputsBuilder
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from .compat import qwen3_5_models
 from .qwen3_vl import PruneQwen3ModelMixin, PruneQwen3VLMultiModalProcessor
+
+# The classes vLLM loads here (0.34 on CUDA: its NVIDIA implementation).
+Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration = qwen3_5_models()
 
 
 class PruneQwen3_5MultiModalProcessor(PruneQwen3VLMultiModalProcessor):

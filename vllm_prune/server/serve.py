@@ -213,10 +213,6 @@ def serve(argv: list[str]) -> None:
     check_auto_policy(args)
     args.trust_request_mm_kwargs = True  # the middleware admits prune fields only
     os.environ.update(media_env(args))
-    # vLLM 0.34 turns breakable CUDA graphs on for Qwen3.5 on NVIDIA; they replay a prefill
-    # without the model's forward, where Qwen's pruned positions are added
-    # (positions.graph_refusal). Off unless the operator set it.
-    os.environ.setdefault("VLLM_USE_BREAKABLE_CUDAGRAPH", "0")
     if MIDDLEWARE not in args.middleware:
         args.middleware.append(MIDDLEWARE)
     cli.validate_parsed_serve_args(args)
