@@ -59,7 +59,8 @@ class Lane:
     two_ranks: bool = False  # a third server: V2 on two tensor-parallel ranks
 
     def asked(self) -> tuple[str, ...]:
-        return self.methods + (self.every if ALL else ())
+        """Each method once: a repeated request would be answered from vLLM's caches."""
+        return tuple(dict.fromkeys(self.methods + (self.every if ALL else ())))
 
 
 SCOUTED = ("fastv", "fastv_window", "fastv_vis", "fastv_reverse", "sparsevlm", "dart", "balanced")
