@@ -24,6 +24,8 @@ from openai import OpenAI
 
 from devtools.runner_v2 import V1, V2_LINE, runner_v2_env
 from loadtests.local_server import local_server
+from vllm_prune.eval import shapes
+from vllm_prune.eval.client import data_url
 
 QUESTION = "What color is the square?\nAnswer the question using a single word or phrase."
 SETTINGS = {"none": {"prune": "none"}, "pooling 0.75": {"prune": "pooling", "prune_ratio": 0.75}}
@@ -31,14 +33,7 @@ SETTINGS = {"none": {"prune": "none"}, "pooling 0.75": {"prune": "pooling", "pru
 
 def scene_url(seed: int) -> str:
     """A ``shapes`` scene as a data URL (the quickstart's is seed 1_000_000_001)."""
-    import base64
-    import io
-
-    from vllm_prune.eval import shapes
-
-    buffer = io.BytesIO()
-    shapes.render(shapes.make_scene(seed)).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return data_url(shapes.png_bytes(shapes.render(shapes.make_scene(seed))))
 
 
 def timed(client: OpenAI, url: str, extra: dict, max_tokens: int) -> float:

@@ -53,7 +53,6 @@ class Lane:
     every: tuple[str, ...] = ()  # added by `make test-v2`
     max_len: int = 4096  # --max-model-len
     dtype: str = "float32"
-    args: tuple[str, ...] = ()
     mrope: bool = False  # positions of pruned rows: from MRv2's model state
     videos: bool = False
     two_ranks: bool = False  # a third server: V2 on two tensor-parallel ranks
@@ -112,7 +111,7 @@ def served(request, tmp_path_factory) -> Served:
     model = str(lane.build(root / "model"))  # type: ignore[operator]
     args = [
         "--enforce-eager", "--max-model-len", str(lane.max_len), "--dtype", lane.dtype,
-        "--block-size", str(BLOCK_SIZE), "--served-model-name", "tiny", *lane.args,
+        "--block-size", str(BLOCK_SIZE), "--served-model-name", "tiny",
     ]  # fmt: skip
     commands = {"v1": pruned_command(model, *args), "v2": pruned_command(model, *args)}
     envs = {"v1": V1, "v2": runner_v2_env()}
