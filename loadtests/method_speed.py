@@ -31,21 +31,21 @@ import torch
 from torch.utils import benchmark
 
 from vllm_prune.methods import Context, get_method, method_names
-from vllm_prune.methods.base import IN_TOWER, TEXT, TOWER_ATTENTION, VISION_ATTENTION
-from vllm_prune.methods.flowcut import FlowCutState
+from vllm_prune.methods.base import IN_TOWER, TEXT, TOWER_ATTENTION, VISION_ATTENTION, TowerLayer
 
 SIZES = (576, 2880)
 QUESTION = 16  # question tokens
 TOWER_LAYERS = 23  # CLIP-L's layers up to LLaVA-1.5's feature layer (-2)
 
 
-def cut_through_tower(n: int, keep: int, signals: list[torch.Tensor]) -> torch.Tensor:
-    """FlowCut's steps over a whole tower: [CLS] attention, semantic, value norms."""
-    state = FlowCutState(n, keep, TOWER_LAYERS - 1)
+def cut_through_tower(method, n: int, keep: int, measured: TowerLayer) -> torch.Tensor:
+    """An in-tower method's steps over a whole tower, each layer measuring ``measured``
+    (cut to the patches still in it)."""
+    cut = method.tower_cut(n, keep, TOWER_LAYERS - 1)
     for layer in range(TOWER_LAYERS):
-        m = state.kept.numel()
-        state.step(layer, *(s[:m] for s in signals))
-    return state.kept
+        m = cut.kept.numel()
+        cut.step(layer, TowerLayer(*(field[:m] for field in vars(measured).values())))
+    return cut.kept
 
 
 def grid_for(n: int) -> tuple[int, int]:
@@ -96,7 +96,7 @@ def main() -> None:
             keep = n if name == "none" else max(1, round(n * (1 - args.ratio)))
             stmt = "method.reduce(features, grid, keep, ctx)"
             if IN_TOWER in method.needs:
-                stmt = "cut_through_tower(n, keep, signals)"
+                stmt = "cut_through_tower(method, n, keep, measured)"
             timer = benchmark.Timer(
                 stmt=stmt,
                 globals={
@@ -106,7 +106,13 @@ def main() -> None:
                     "keep": keep,
                     "ctx": ctx,
                     "n": n,
-                    "signals": [(rand**4).softmax(0), rand.softmax(0), rand + 1],
+                    "measured": TowerLayer(
+                        (rand**4).softmax(0),
+                        rand.softmax(0),
+                        rand + 1,
+                        torch.randn(n, 64, device=args.device, dtype=dtype),
+                        torch.randn(n, 1024, device=args.device, dtype=dtype),
+                    ),
                     "cut_through_tower": cut_through_tower,
                 },
             )

@@ -27,8 +27,8 @@ from transformers import CLIPVisionConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.vllm_tower import build_towers, one_rank  # noqa: E402
-from vllm_prune.integration.in_tower import flowcut_in_tower  # noqa: E402
-from vllm_prune.methods.flowcut import FlowCutState  # noqa: E402
+from vllm_prune.integration.in_tower import cut_in_tower  # noqa: E402
+from vllm_prune.methods import get_method  # noqa: E402
 
 CLIP_L_336 = CLIPVisionConfig(
     hidden_size=1024,
@@ -59,7 +59,8 @@ def timed(
                 start = time.perf_counter()
                 tower(pixels, feature_select_strategy="default")
             else:
-                with flowcut_in_tower(layers, FlowCutState(PATCHES, keep, BUILT - 1)):
+                cut = get_method("flowcut").tower_cut(PATCHES, keep, BUILT - 1)
+                with cut_in_tower(layers, cut):
                     start = time.perf_counter()
                     tower(pixels, feature_select_strategy="default")
             return time.perf_counter() - start, lengths

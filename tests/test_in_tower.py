@@ -15,7 +15,8 @@ import torch
 from transformers import CLIPVisionConfig
 
 from devtools.vllm_tower import build_towers, one_rank
-from vllm_prune.integration.in_tower import flowcut_in_tower
+from vllm_prune.integration.in_tower import cut_in_tower
+from vllm_prune.methods.base import TowerLayer
 from vllm_prune.methods.flowcut import FlowCutState
 
 CONFIG = CLIPVisionConfig(
@@ -37,8 +38,22 @@ def towers():
         yield build_towers(CONFIG, BUILT, seed=0, query_scale=30.0)
 
 
-def reference_cut(reference, pixels: torch.Tensor, state: FlowCutState) -> torch.Tensor:
-    """Hugging Face's layers one by one, FlowCut's inputs read from its attention map."""
+class Recording(FlowCutState):
+    """FlowCut's cut, keeping what each layer measured."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.measures: list[TowerLayer] = []
+
+    def step(self, layer: int, measured: TowerLayer) -> torch.Tensor | None:
+        self.measures.append(measured)
+        return super().step(layer, measured)
+
+
+def reference_cut(
+    reference, pixels: torch.Tensor, state: FlowCutState, measures: list[TowerLayer]
+) -> torch.Tensor:
+    """Hugging Face's layers one by one, what a layer measures read from its attention map."""
     model = reference
     heads, head_dim = CONFIG.num_attention_heads, CONFIG.hidden_size // CONFIG.num_attention_heads
     hidden = model.pre_layrnorm(model.embeddings(pixels))
@@ -46,11 +61,17 @@ def reference_cut(reference, pixels: torch.Tensor, state: FlowCutState) -> torch
         normed = layer.layer_norm1(hidden)
         _, probabilities = layer.self_attn(normed)  # [1, heads, S, S]
         values = layer.self_attn.v_proj(normed)[0].view(-1, heads, head_dim)  # [S, heads, d]
+        keys = layer.self_attn.k_proj(normed)[0].view(-1, heads, head_dim)
         hidden = layer(hidden, None)
-        cls_attention = probabilities[0, :, 0].mean(0)[1:]
-        semantic = torch.einsum("hd,shd->hs", values[0], values).softmax(-1).mean(0)[1:]
-        value_norm = values.mean(1).abs().sum(-1)[1:]
-        positions = state.step(index, cls_attention, semantic, value_norm)
+        measured = TowerLayer(
+            cls_attention=probabilities[0, :, 0].mean(0)[1:],
+            value_attention=torch.einsum("hd,shd->hs", values[0], values).softmax(-1).mean(0)[1:],
+            value_norm=values.mean(1).abs().sum(-1)[1:],
+            keys=keys.mean(1)[1:],
+            hidden=hidden[0, 1:],
+        )
+        measures.append(measured)
+        positions = state.step(index, measured)
         if positions is not None:
             hidden = hidden[:, torch.cat([torch.zeros(1, dtype=torch.long), positions + 1])]
     return hidden[0, 1:]
@@ -65,18 +86,26 @@ def test_vllm_tower_cut_by_the_hooks_equals_the_reference_cut(towers):
         layer.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[-2]))
         for layer in layers
     ]
-    ours_state = FlowCutState(PATCHES, KEEP, BUILT - 1)
-    with torch.no_grad(), flowcut_in_tower(layers, ours_state):
+    ours_state = Recording(PATCHES, KEEP, BUILT - 1)
+    with torch.no_grad(), cut_in_tower(layers, ours_state):
         rows = ours(pixels, feature_select_strategy="default")[0]
     for handle in handles:
         handle.remove()
     reference_state = FlowCutState(PATCHES, KEEP, BUILT - 1)
+    measures: list[TowerLayer] = []
     with torch.no_grad():
-        expected = reference_cut(reference, pixels, reference_state)
+        expected = reference_cut(reference, pixels, reference_state, measures)
         uncut = ours(pixels, feature_select_strategy="default")[0]
 
     assert rows.shape == (KEEP, CONFIG.hidden_size)
     assert ours_state.kept.tolist() == reference_state.kept.tolist()
+    # Every field a method gets from a layer is the reference's, layer by layer.
+    assert len(ours_state.measures) == len(measures) == BUILT
+    for ours_layer, reference_layer in zip(ours_state.measures, measures, strict=True):
+        for name in ("cls_attention", "value_attention", "value_norm", "keys", "hidden"):
+            torch.testing.assert_close(
+                getattr(ours_layer, name), getattr(reference_layer, name), rtol=1e-4, atol=1e-4
+            )
     torch.testing.assert_close(rows, expected, rtol=1e-4, atol=1e-4)
     # The later layers ran on fewer tokens, cut more than once (not only at the end).
     assert lengths[0] == PATCHES + 1 and lengths[-1] == KEEP + 1

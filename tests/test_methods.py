@@ -117,7 +117,7 @@ def test_hiprune_keeps_anchors_with_their_neighbours_then_registers():
 
 
 def test_hiprune_object_layer_is_the_sources_share_of_the_depth():
-    from vllm_prune.methods.hiprune import object_layer
+    from vllm_prune.methods.base import object_layer
 
     assert [object_layer(d) for d in (24, 32, 12, 3, 1)] == [9, 12, 4, 1, 1]
 
@@ -190,6 +190,7 @@ def test_flowcut_cuts_every_other_layer_by_the_cumulative_flow():
     Layer 3: A on patch 8, flow = (0.42, 0.84, 1.85). Layer 4, the last cut, to 2: A on
     patch 8 again, flow = (0.38, 1.09, 1.09): patches 8 and 9. Layer 5 runs on them uncut.
     """
+    from vllm_prune.methods.base import TowerLayer
     from vllm_prune.methods.flowcut import FlowCutState
 
     def one_hot(n: int, at: int) -> torch.Tensor:
@@ -209,7 +210,8 @@ def test_flowcut_cuts_every_other_layer_by_the_cumulative_flow():
     cuts = []
     for layer, (attention, norm) in enumerate(steps):
         n = attention.numel()
-        positions = state.step(layer, attention, torch.ones(n), norm)
+        measured = TowerLayer(attention, torch.ones(n), norm, torch.zeros(n, 4), torch.zeros(n, 8))
+        positions = state.step(layer, measured)
         cuts.append(None if positions is None else positions.tolist())
     assert cuts == [[4, 5, 6, 7, 8, 9], None, [0, 4, 5], None, [1, 2], None]
     assert state.kept.tolist() == [8, 9]
@@ -538,3 +540,44 @@ def test_sparsevlm_keep_one_and_n_minus_one_keep_only_rated_tokens_or_recycle_on
     assert torch.equal(one.features, x[one.indices])
     almost = get_method("sparsevlm").reduce(x, GRID, N - 1, ctx)
     assert almost.indices.numel() == N - 1
+
+
+def test_the_needs_table_names_every_context_field_once():
+    """``NEEDS`` is where a need's fields are defined: each ``Context`` field but the
+    parameters belongs to exactly one need, and every method declares only known needs."""
+    import dataclasses
+
+    from vllm_prune.methods.base import NEEDS
+
+    owned = [field for fields in NEEDS.values() for field in fields]
+    context_fields = {f.name for f in dataclasses.fields(Context)} - {"params"}
+    assert sorted(owned) == sorted(context_fields)
+    for name in method_names():
+        assert get_method(name).needs <= NEEDS.keys(), name
+
+
+def test_a_method_reading_a_field_it_did_not_declare_is_a_programming_error():
+    from vllm_prune.methods.base import require
+
+    pooling = get_method("pooling")  # needs only the grid
+    with pytest.raises(TypeError, match="'pooling' reads 'cls_attention' but declares no need"):
+        require(context(), "cls_attention", pooling)
+    visionzip = get_method("visionzip")
+    with pytest.raises(ValueError, match="'visionzip' needs 'cls_attention', which was not"):
+        require(Context(), "cls_attention", visionzip)
+
+
+def test_a_context_holds_only_what_its_method_declared():
+    observed = {"cls_attention": torch.ones(3), "text_embeddings": torch.ones(2, 4)}
+    ctx = Context.for_needs(get_method("visionzip").needs, {"prune_seed": 1}, observed)
+    assert ctx.cls_attention is not None and ctx.text_embeddings is None
+    assert ctx.params == {"prune_seed": 1}
+
+
+def test_a_parameter_is_the_requests_value_or_its_default_as_its_kind():
+    from vllm_prune.methods.balanced import ALPHA
+    from vllm_prune.methods.dart import PIVOTS
+
+    assert Context().param(ALPHA) == 0.5 and Context().param(PIVOTS) == 8
+    assert Context(params={"prune_pivots": 3.0}).param(PIVOTS) == 3
+    assert isinstance(Context(params={"prune_pivots": 3.0}).param(PIVOTS), int)

@@ -165,6 +165,21 @@ def test_every_part_imports_only_the_parts_below_it():
     assert wrong == []
 
 
+def test_signals_import_the_method_interface_and_no_method():
+    """What a model measures is defined by the needs table (``methods.base``), not by a
+    method: ``signals`` may read the interface and the shared parameters, nothing more."""
+    allowed = {"vllm_prune.methods.base", "vllm_prune.methods.params"}
+    wrong = []
+    for file in sorted((PACKAGE / "signals").rglob("*.py")):
+        for module in sorted(_imports(file)):
+            if _part(module) == "methods" and not any(
+                module == a or module.startswith(f"{a}.") for a in allowed
+            ):
+                wrong.append(f"{file.name} imports {module}")
+    assert wrong == []
+    assert "vllm_prune.methods.base.TOKEN_AXIS" in _imports(PACKAGE / "signals" / "observe.py")
+
+
 def test_the_layer_check_sees_imports():
     """The layer check reads relative and absolute imports: it is not vacuous."""
     server = _imports(PACKAGE / "server" / "serve.py")

@@ -21,8 +21,7 @@ from transformers import InternVLVisionConfig, InternVLVisionModel
 
 from devtools.vllm_tower import finish_loading, one_rank
 from vllm_prune.integration.families import INTERNVIT, internvl_merge
-from vllm_prune.methods.base import TOWER_ATTENTION, VISION_ATTENTION
-from vllm_prune.methods.hiprune import object_layer
+from vllm_prune.methods.base import TOWER_ATTENTION, VISION_ATTENTION, object_layer
 from vllm_prune.signals.tower import capture_tower, merge_patches
 
 CONFIG = InternVLVisionConfig(

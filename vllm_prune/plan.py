@@ -31,6 +31,11 @@ class PrunePlan:
     parts: tuple[tuple[Part, int], ...] = ()  # generic adapter: each part and its keep
     tokens: int = 0  # the item's unpruned visual tokens, N (what the tower encodes for it)
 
+    @property
+    def needs(self) -> frozenset[str]:
+        """What its method declared it needs (``methods.base.NEEDS``)."""
+        return get_method(self.method).needs
+
     def for_frame(self, frame: int) -> PrunePlan:
         """A video's plan for one of its frames, pruned as an image."""
         return PrunePlan(self.method, self.frame_keeps[frame], self.params, self.text_ids)
@@ -58,8 +63,9 @@ def reduce_plan(
     ``part``: which grid of the image this is, when it has several (LLaVA-NeXT).
     ``observed``: what the model measured for the method's needs (``Context`` fields).
     """
-    ctx = Context(params=dict(plan.params), **observed)
-    reduced = get_method(plan.method).reduce(features, grid, plan.keep, ctx)
+    method = get_method(plan.method)
+    ctx = Context.for_needs(method.needs, plan.params, observed)
+    reduced = method.reduce(features, grid, plan.keep, ctx)
     trace.record(plan.method, features, grid, reduced, part=part)
     return reduced
 
@@ -82,4 +88,4 @@ def apply_plan(
 
 
 def needs(plans: Sequence[PrunePlan], need: str) -> bool:
-    return any(need in get_method(plan.method).needs for plan in plans)
+    return any(need in plan.needs for plan in plans)

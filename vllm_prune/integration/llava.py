@@ -44,13 +44,12 @@ from vllm.multimodal.processing import (
 )
 
 from ..methods import get_method
-from ..methods.base import IN_TOWER, TOWER_ATTENTION, VISION_ATTENTION
-from ..methods.flowcut import FlowCutState
+from ..methods.base import IN_TOWER, TOWER_ATTENTION, VISION_ATTENTION, TowerCut
 from ..plan import PrunePlan, apply_plan, needs, square_grid
 from ..signals.observe import observe
 from ..signals.tower import capture_tower
 from . import wire
-from .in_tower import flowcut_in_tower
+from .in_tower import cut_in_tower
 from .parallel import refuse_pipeline_parallel, sum_over_tensor_parallel
 from .plugin import check_not_swapped
 from .processing import PruneProcessorMixin
@@ -149,28 +148,32 @@ class PruneLlavaForConditionalGeneration(TowerBatchesMixin, LlavaForConditionalG
             if cut is None:
                 out.append(apply_plan(image, square_grid(image.shape[0]), plan, **observed))
             else:
-                grid = square_grid(cut.patches)
+                grid = square_grid(self._patches())
                 out.append(apply_plan(image, grid, plan, tower_kept=cut.kept, **observed))
         return out
 
     def _embed_one_by_one(
         self, plans: list[PrunePlan], **kwargs: object
-    ) -> tuple[list[torch.Tensor], list[FlowCutState | None]]:
+    ) -> tuple[list[torch.Tensor], list[TowerCut | None]]:
         """Each image through the tower on its own, in-tower methods cutting as they go."""
         image_input = self._parse_and_validate_image_input(**kwargs)
         assert image_input is not None and image_input["type"] == "pixel_values"
         layers = self.vision_tower.vision_model.encoder.layers
-        patches = (
-            self.config.vision_config.image_size // self.config.vision_config.patch_size
-        ) ** 2
         embeddings, cuts = [], []
         for pixels, plan in zip(image_input["pixel_values"], plans, strict=True):
             cut = None
             with ExitStack() as stack:
-                if IN_TOWER in get_method(plan.method).needs:
-                    cut = FlowCutState(patches, plan.keep, len(layers) - 1)
-                    stack.enter_context(flowcut_in_tower(layers, cut, sum_over_tensor_parallel))
+                if IN_TOWER in plan.needs:
+                    cut = get_method(plan.method).tower_cut(
+                        self._patches(), plan.keep, len(layers) - 1
+                    )
+                    stack.enter_context(cut_in_tower(layers, cut, sum_over_tensor_parallel))
                 features = self._image_pixels_to_features(self.vision_tower, pixels[None])
             embeddings.append(self.multi_modal_projector(features)[0])
             cuts.append(cut)
         return embeddings, cuts
+
+    def _patches(self) -> int:
+        """The tower's patches of one image."""
+        vision = self.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2

@@ -30,7 +30,14 @@ from .base import (
 from .params import LAYER_PARAM
 from .registry import register
 
-DEFAULT_ALPHA = 0.5
+ALPHA = Param(
+    name="prune_alpha",
+    kind=float,
+    default=0.5,
+    minimum=0.0,
+    maximum=1.0,
+    description="Weight of importance (FastV attention) against uniqueness.",
+)
 
 
 def min_max(x: torch.Tensor) -> torch.Tensor:
@@ -42,27 +49,17 @@ def min_max(x: torch.Tensor) -> torch.Tensor:
 class Balanced(PruneMethod):
     name = "balanced"
     summary = "alpha * importance + (1 - alpha) * uniqueness (paper Eq. 6)."
-    params = (
-        LAYER_PARAM,
-        Param(
-            name="prune_alpha",
-            kind=float,
-            default=DEFAULT_ALPHA,
-            minimum=0.0,
-            maximum=1.0,
-            description="Weight of importance (FastV attention) against uniqueness.",
-        ),
-    )
+    params = (LAYER_PARAM, ALPHA)
     needs = frozenset({TEXT, SCOUT})
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        alpha = float(ctx.params.get("prune_alpha", DEFAULT_ALPHA))
-        importance = require(ctx, "text_attention", self.name).float()
-        hidden = require(ctx, "visual_hidden", self.name).float()
-        last = require(ctx, "last_hidden", self.name).float()
+        alpha = ctx.param(ALPHA)
+        importance = require(ctx, "text_attention", self).float()
+        hidden = require(ctx, "visual_hidden", self).float()
+        last = require(ctx, "last_hidden", self).float()
         uniqueness = 1.0 - F.cosine_similarity(hidden, last[None, :], dim=-1)
         score = alpha * min_max(importance) + (1.0 - alpha) * min_max(uniqueness)
         return keep_top(features, score, keep)

@@ -49,8 +49,9 @@ class Param:
 class Context:
     """What a method may use besides the features.
 
-    ``params``: its own request parameters, by name. The model fills the other
-    fields only for methods that list them in ``PruneMethod.needs``.
+    ``params``: its own request parameters, by name (read them with ``param``). The
+    model fills the other fields only for methods that list the need that fills them
+    (``NEEDS``) in ``PruneMethod.needs``.
     """
 
     params: dict[str, int | float] = field(default_factory=dict)
@@ -84,33 +85,114 @@ class Context:
     # The question's token embeddings in the LLM's input space [T, D].
     text_embeddings: torch.Tensor | None = None
 
+    @classmethod
+    def for_needs(
+        cls, needs: frozenset[str], params: dict[str, int | float], observed: dict
+    ) -> Context:
+        """The context of a method with ``needs``: of what the model ``observed`` (for
+        every method of a batch), only the fields those needs fill."""
+        declared = fields_of(needs)
+        return cls(params=dict(params), **{k: v for k, v in observed.items() if k in declared})
+
+    def param(self, param: Param) -> int | float:
+        """A method's parameter: the request's value, else its default, as its kind."""
+        return param.kind(self.params.get(param.name, param.default))
+
 
 # What a method may declare in ``PruneMethod.needs``:
-VISION_ATTENTION = "vision_attention"  # cls_attention and vision_keys
-TOWER_ATTENTION = "tower_attention"  # received_attention and object_attention
-# Prunes inside the vision tower; ``reduce`` gets the rows it kept and tower_kept.
+VISION_ATTENTION = "vision_attention"  # the selected tower layer's [CLS] row and keys
+TOWER_ATTENTION = "tower_attention"  # attention received in two tower layers
+# Prunes inside the vision tower (``tower_cut``); ``reduce`` gets the rows it kept.
 IN_TOWER = "in_tower"
-TEXT = "text"  # text_embeddings (the request must carry its question)
-# text_attention, question_attention, visual_attention, visual_hidden, last_hidden:
-SCOUT = "scout"
+TEXT = "text"  # the question's embeddings (the request must carry its question)
+SCOUT = "scout"  # the scout pass's attention and hidden states
 # Reads the image's token grid (neighbours, windows): refused where the model's grid is unknown.
 GRID = "grid"
+
+# Need -> the ``Context`` fields it fills -> the axis of their visual tokens (None: not
+# one entry per visual token). ``observe`` fills by it, ``require`` checks against it,
+# and a family that splits an image into parts cuts each field on its axis.
+NEEDS: dict[str, dict[str, int | None]] = {
+    VISION_ATTENTION: {"cls_attention": 0, "vision_keys": 0},
+    TOWER_ATTENTION: {"received_attention": 0, "object_attention": 0},
+    IN_TOWER: {"tower_kept": None},
+    TEXT: {"text_embeddings": None},
+    SCOUT: {
+        "text_attention": 0,
+        "question_attention": 1,
+        "visual_attention": 0,
+        "visual_hidden": 0,
+        "last_hidden": None,
+    },
+    GRID: {},
+}
 # What only a model can measure (not the grid, which comes with the image).
-MODEL_SIGNALS = frozenset({VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER, TEXT, SCOUT})
+MODEL_SIGNALS = frozenset(need for need, fields in NEEDS.items() if fields)
+# Each per-token field's token axis.
+TOKEN_AXIS = {
+    field: axis for fields in NEEDS.values() for field, axis in fields.items() if axis is not None
+}
+
+
+OBJECT_LAYER, SOURCE_DEPTH = 9, 24  # HiPrune's object layer on CLIP-L
+
+
+def object_layer(depth: int) -> int:
+    """The 1-based tower layer whose received attention is ``object_attention``, in a
+    tower of ``depth`` layers: HiPrune's share of the depth."""
+    return max(1, round(OBJECT_LAYER * depth / SOURCE_DEPTH))
+
+
+def fields_of(needs: frozenset[str]) -> frozenset[str]:
+    """The ``Context`` fields that ``needs`` fill."""
+    return frozenset(field for need in needs for field in NEEDS[need])
 
 
 def require(
-    ctx: Context, name: str, method: str, shape: tuple[int, ...] | None = None
+    ctx: Context, name: str, method: PruneMethod, shape: tuple[int, ...] | None = None
 ) -> torch.Tensor:
     """A context field a method declared it needs; a clear error if the model left it out."""
+    if name not in fields_of(method.needs):
+        raise TypeError(
+            f"prune method '{method.name}' reads '{name}' but declares no need that fills it"
+        )
     value = getattr(ctx, name)
     if value is None:
-        raise ValueError(f"prune method '{method}' needs '{name}', which was not provided")
+        raise ValueError(f"prune method '{method.name}' needs '{name}', which was not provided")
     if shape is not None and tuple(value.shape) != shape:
         raise ValueError(
-            f"prune method '{method}' needs '{name}' of shape {shape}, got {tuple(value.shape)}"
+            f"prune method '{method.name}' needs '{name}' of shape {shape}, got "
+            f"{tuple(value.shape)}"
         )
     return value
+
+
+@dataclass(frozen=True)
+class TowerLayer:
+    """What one vision-tower layer measured, for a method that cuts inside the tower:
+    per patch still in the tower ([CLS] left out), heads averaged over every rank's."""
+
+    cls_attention: torch.Tensor  # [n]: the [CLS] query's attention (softmax over [CLS] + patches)
+    # [n]: softmax over [CLS] + patches of the [CLS] value's unscaled dot product with
+    # each value (FlowCut's semantic attention).
+    value_attention: torch.Tensor
+    value_norm: torch.Tensor  # [n]: L1 norm of each patch's head-averaged value
+    keys: torch.Tensor  # [n, head_dim]: each patch's head-averaged key
+    hidden: torch.Tensor  # [n, D]: the layer's output
+
+
+class TowerCut(ABC):
+    """One image's cut through the vision tower, made as the tower runs.
+
+    ``kept``: the original patch each position still in the tower stands for, ascending.
+    """
+
+    kept: torch.Tensor
+
+    @abstractmethod
+    def step(self, layer: int, measured: TowerLayer) -> torch.Tensor | None:
+        """After tower layer ``layer`` (0-based): the positions of the patches to go on
+        with, ascending, or None to go on with all."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +229,11 @@ class PruneMethod(ABC):
 
         An ``IN_TOWER`` method gets the ``keep`` rows the tower already kept instead.
         """
+
+    def tower_cut(self, patches: int, keep: int, selected_layer: int) -> TowerCut:
+        """An ``IN_TOWER`` method's cut of one image of ``patches`` patches down to ``keep``
+        through a tower whose layer ``selected_layer`` (0-based) gives the features."""
+        raise NotImplementedError(f"prune method '{self.name}' does not cut inside the tower")
 
     def frame_keeps(self, cells: torch.Tensor | None, num_frames: int, keep: int) -> list[int]:
         """Tokens each of a video's frames keeps, summing to ``keep`` (at least one each).
@@ -302,7 +389,7 @@ class ScoreRanking(PruneMethod):
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        scores = require(ctx, self.score_field, self.name, shape=(features.shape[0],))
+        scores = require(ctx, self.score_field, self, shape=(features.shape[0],))
         return keep_top(features, scores, keep, largest=self.largest)
 
 

@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from .base import TEXT, Context, Param, PruneMethod, Reduced, check_inputs, require, select_rows
 from .registry import register
 
-DEFAULT_THETA = 0.5
+THETA = Param(
+    name="prune_theta",
+    kind=float,
+    default=0.5,
+    minimum=0.0,
+    maximum=0.99,
+    description="Weight of relevance against diversity (0: diversity only).",
+)
 
 
 def dpp_greedy_map(kernel: torch.Tensor, keep: int) -> torch.Tensor:
@@ -65,28 +72,19 @@ def dpp_greedy_map(kernel: torch.Tensor, keep: int) -> torch.Tensor:
 class CDPrune(PruneMethod):
     name = "cdprune"
     summary = "Conditional DPP: diverse visual tokens weighted by relevance to the question."
-    params = (
-        Param(
-            name="prune_theta",
-            kind=float,
-            default=DEFAULT_THETA,
-            minimum=0.0,
-            maximum=0.99,
-            description="Weight of relevance against diversity (0: diversity only).",
-        ),
-    )
+    params = (THETA,)
     needs = frozenset({TEXT})
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        text = F.normalize(require(ctx, "text_embeddings", self.name).double(), dim=-1)
+        text = F.normalize(require(ctx, "text_embeddings", self).double(), dim=-1)
         visual = F.normalize(features.double(), dim=-1)
         relevance = (visual @ text.T).mean(dim=-1)
         span = relevance.max() - relevance.min()
         relevance = (relevance - relevance.min()) / (span + 1e-6)
-        theta = float(ctx.params.get("prune_theta", DEFAULT_THETA))
+        theta = ctx.param(THETA)
         quality = torch.exp(theta / (2 * (1 - theta)) * relevance)
         kernel = quality[:, None] * (visual @ visual.T) * quality[None, :]
         return select_rows(features, dpp_greedy_map(kernel, keep).cpu())

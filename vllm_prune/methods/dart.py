@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from .base import Context, Param, PruneMethod, Reduced, check_inputs, select_rows
 from .registry import register
 
-DEFAULT_PIVOTS = 8
+PIVOTS = Param(
+    name="prune_pivots",
+    kind=int,
+    default=8,
+    minimum=1,
+    maximum=64,
+    description="Number of pivot tokens (largest L1 norm).",
+)
 
 
 def pivots_and_least_duplicated(features: torch.Tensor, keep: int, pivots: int) -> torch.Tensor:
@@ -51,20 +58,11 @@ def pivots_and_least_duplicated(features: torch.Tensor, keep: int, pivots: int) 
 class Dart(PruneMethod):
     name = "dart"
     summary = "Pivot tokens plus the tokens least similar to them (DART, duplication-aware)."
-    params = (
-        Param(
-            name="prune_pivots",
-            kind=int,
-            default=DEFAULT_PIVOTS,
-            minimum=1,
-            maximum=64,
-            description="Number of pivot tokens (largest L1 norm).",
-        ),
-    )
+    params = (PIVOTS,)
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        pivots = int(ctx.params.get("prune_pivots", DEFAULT_PIVOTS))
+        pivots = ctx.param(PIVOTS)
         return select_rows(features, pivots_and_least_duplicated(features, keep, pivots).cpu())

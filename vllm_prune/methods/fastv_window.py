@@ -29,7 +29,14 @@ from .base import (
 from .params import LAYER_PARAM
 from .registry import register
 
-DEFAULT_WINDOW = 4
+WINDOW = Param(
+    name="prune_window",
+    kind=int,
+    default=4,
+    minimum=1,
+    maximum=64,
+    description="Window side in tokens; each window keeps its share of tokens.",
+)
 
 
 def window_members(h: int, w: int, size: int) -> list[torch.Tensor]:
@@ -46,25 +53,15 @@ def window_members(h: int, w: int, size: int) -> list[torch.Tensor]:
 class FastVWindow(PruneMethod):
     name = "fastv_window"
     summary = "FastV's top tokens within each window of the grid (paper's Window FastV)."
-    params = (
-        LAYER_PARAM,
-        Param(
-            name="prune_window",
-            kind=int,
-            default=DEFAULT_WINDOW,
-            minimum=1,
-            maximum=64,
-            description="Window side in tokens; each window keeps its share of tokens.",
-        ),
-    )
+    params = (LAYER_PARAM, WINDOW)
     needs = frozenset({TEXT, SCOUT, GRID})
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
-        scores = require(ctx, "text_attention", self.name).float().cpu()
-        windows = window_members(*grid, int(ctx.params.get("prune_window", DEFAULT_WINDOW)))
+        scores = require(ctx, "text_attention", self).float().cpu()
+        windows = window_members(*grid, ctx.param(WINDOW))
         quotas = proportional_quotas([len(m) for m in windows], keep)
         picked = [
             members[torch.topk(scores[members], quota).indices]

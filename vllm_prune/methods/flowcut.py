@@ -21,7 +21,7 @@ position embeddings they got at the start. No text, no merging.
 Adapted: on a tower too shallow for a layer before the selected one, the last cut
 is made after the selected layer itself; ``r`` is held to ``[0, n - keep]`` and
 ``log 0`` taken as 0 in the entropy (the source's NaN). ``reduce`` itself does not
-select: the integration runs ``FlowCutState.step`` inside the tower, and ``reduce``
+select: the integration runs its ``tower_cut`` inside the tower, and ``reduce``
 receives the ``keep`` rows the tower returned with the tokens they are
 (``tower_kept``).
 """
@@ -32,7 +32,16 @@ import math
 
 import torch
 
-from .base import GRID, IN_TOWER, Context, PruneMethod, Reduced, require
+from .base import (
+    GRID,
+    IN_TOWER,
+    Context,
+    PruneMethod,
+    Reduced,
+    TowerCut,
+    TowerLayer,
+    require,
+)
 from .registry import register
 
 
@@ -55,7 +64,7 @@ def drop_count(cls_attention: torch.Tensor, remaining: int, keep: int) -> int:
     return min(max(r, 0), n - keep)
 
 
-class FlowCutState:
+class FlowCutState(TowerCut):
     """One image's cut through the tower: the patches still in it and their flow."""
 
     def __init__(self, patches: int, keep: int, selected_layer: int) -> None:
@@ -67,24 +76,18 @@ class FlowCutState:
         self.kept = torch.arange(patches)  # the original patch of each position
         self.flow: torch.Tensor | None = None
 
-    def step(
-        self,
-        layer: int,
-        cls_attention: torch.Tensor,
-        semantic: torch.Tensor,
-        value_norm: torch.Tensor,
-    ) -> torch.Tensor | None:
-        """After tower layer ``layer``: the positions of the patches to go on with
-        (ascending), or None to go on with all. Inputs are per current patch."""
+    def step(self, layer: int, measured: TowerLayer) -> torch.Tensor | None:
+        cls_attention = measured.cls_attention.float()
+        semantic, value_norm = measured.value_attention.float(), measured.value_norm.float()
         n = self.kept.numel()
         if n <= self.keep or layer > self.last_cut:
             return None
-        scores = layer_scores(cls_attention.float(), semantic.float(), value_norm.float()).cpu()
+        scores = layer_scores(cls_attention, semantic, value_norm).cpu()
         self.flow = scores if self.flow is None else 0.5 * self.flow + 0.5 * scores
         remaining = self.last_cut - layer
         if remaining % 2:
             return None
-        survivors = n - drop_count(cls_attention.float().cpu(), remaining, self.keep)
+        survivors = n - drop_count(cls_attention.cpu(), remaining, self.keep)
         if survivors == n:
             return None
         positions = torch.sort(torch.topk(self.flow, survivors).indices).values
@@ -98,10 +101,13 @@ class FlowCut(PruneMethod):
     summary = "Patches dropped inside the vision tower by their information flow (FlowCut)."
     needs = frozenset({IN_TOWER, GRID})
 
+    def tower_cut(self, patches: int, keep: int, selected_layer: int) -> FlowCutState:
+        return FlowCutState(patches, keep, selected_layer)
+
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
-        kept = require(ctx, "tower_kept", self.name, shape=(keep,)).to(torch.long).cpu()
+        kept = require(ctx, "tower_kept", self, shape=(keep,)).to(torch.long).cpu()
         if features.dim() != 2 or features.shape[0] != keep:
             raise ValueError(
                 f"'{self.name}' prunes inside the vision tower: features must be the [{keep}, D] "

@@ -31,13 +31,14 @@ from .base import (
 )
 from .registry import register
 
-DEFAULT_OBJECT_SHARE = 0.1
-OBJECT_LAYER, SOURCE_DEPTH = 9, 24  # the source's object layer on CLIP-L
-
-
-def object_layer(depth: int) -> int:
-    """The 1-based object layer of a tower of ``depth`` layers: the source's share of it."""
-    return max(1, round(OBJECT_LAYER * depth / SOURCE_DEPTH))
+OBJECT_SHARE = Param(
+    "prune_object_share",
+    float,
+    0.1,
+    0.0,
+    1.0,
+    "share of the kept tokens spent on object anchors and their 4 neighbours",
+)
 
 
 def anchors_with_neighbours(anchors: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -57,25 +58,16 @@ class HiPrune(PruneMethod):
     name = "hiprune"
     summary = "Object anchors and their neighbours, then global registers, by tower attention."
     needs = frozenset({TOWER_ATTENTION, GRID})
-    params = (
-        Param(
-            "prune_object_share",
-            float,
-            DEFAULT_OBJECT_SHARE,
-            0.0,
-            1.0,
-            "share of the kept tokens spent on object anchors and their 4 neighbours",
-        ),
-    )
+    params = (OBJECT_SHARE,)
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
         n = features.shape[0]
-        objects = require(ctx, "object_attention", self.name, shape=(n,)).float()
-        deep = require(ctx, "received_attention", self.name, shape=(n,)).float().clone()
-        share = float(ctx.params.get("prune_object_share", DEFAULT_OBJECT_SHARE))
+        objects = require(ctx, "object_attention", self, shape=(n,)).float()
+        deep = require(ctx, "received_attention", self, shape=(n,)).float().clone()
+        share = ctx.param(OBJECT_SHARE)
         anchors = torch.topk(objects, round(keep * share / 5)).indices
         chosen = anchors_with_neighbours(anchors, grid)[:keep]
         deep[chosen] = -torch.inf

@@ -98,9 +98,9 @@ class MustDrop(PruneMethod):
     ) -> Reduced:
         check_inputs(features, grid, keep)
         n = features.shape[0]
-        cls = require(ctx, "cls_attention", self.name, shape=(n,)).float().cpu()
-        text = require(ctx, "text_embeddings", self.name)
-        attention = require(ctx, "question_attention", self.name, shape=(text.shape[0], n))
+        cls = require(ctx, "cls_attention", self, shape=(n,)).float().cpu()
+        text = require(ctx, "text_embeddings", self)
+        attention = require(ctx, "question_attention", self, shape=(text.shape[0], n))
         attention = attention.float().cpu()
 
         # 1. Merge the flattest windows, as many as leave ``keep`` tokens.

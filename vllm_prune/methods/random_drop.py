@@ -13,29 +13,27 @@ import torch
 from .base import Context, Param, PruneMethod, Reduced, check_inputs, select_rows
 from .registry import register
 
-DEFAULT_SEED = 0
+SEED = Param(
+    name="prune_seed",
+    kind=int,
+    default=0,
+    minimum=0,
+    maximum=2**32 - 1,
+    description="Seed of the random draw; same seed, same tokens.",
+)
 
 
 @register
 class RandomDrop(PruneMethod):
     name = "random"
     summary = "Uniform random subset of the visual tokens, seeded."
-    params = (
-        Param(
-            name="prune_seed",
-            kind=int,
-            default=DEFAULT_SEED,
-            minimum=0,
-            maximum=2**32 - 1,
-            description="Seed of the random draw; same seed, same tokens.",
-        ),
-    )
+    params = (SEED,)
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
         generator = torch.Generator(device="cpu")
-        generator.manual_seed(int(ctx.params.get("prune_seed", DEFAULT_SEED)))
+        generator.manual_seed(ctx.param(SEED))
         order = torch.randperm(features.shape[0], generator=generator)
         return select_rows(features, order[:keep])

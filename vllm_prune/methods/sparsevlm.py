@@ -78,8 +78,8 @@ class SparseVLM(PruneMethod):
     ) -> Reduced:
         check_inputs(features, grid, keep)
         n = features.shape[0]
-        text = require(ctx, "text_embeddings", self.name)
-        attention = require(ctx, "question_attention", self.name, shape=(text.shape[0], n))
+        text = require(ctx, "text_embeddings", self)
+        attention = require(ctx, "question_attention", self, shape=(text.shape[0], n))
         scores = attention[rater_mask(features, text)].float().mean(dim=0)
 
         clusters = cluster_count(n, keep)

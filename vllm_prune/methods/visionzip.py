@@ -39,7 +39,7 @@ class VisionZip(PruneMethod):
     ) -> Reduced:
         check_inputs(features, grid, keep)
         n = features.shape[0]
-        scores = require(ctx, "cls_attention", self.name, shape=(n,)).float()
+        scores = require(ctx, "cls_attention", self, shape=(n,)).float()
         if ctx.vision_keys is None or ctx.vision_keys.shape[0] != n:
             raise ValueError("'visionzip' needs the vision tower's keys of every token")
         contextual = contextual_count(keep)

@@ -40,7 +40,14 @@ from .base import (
 )
 from .registry import register
 
-DEFAULT_IMPORTANT = 0.5
+IMPORTANT = Param(
+    "prune_important",
+    float,
+    0.5,
+    0.0,
+    1.0,
+    "share of the kept tokens chosen by [CLS] attention (the rest for diversity)",
+)
 ROUND = 8  # the source's most A tokens dropped per round
 
 
@@ -71,24 +78,15 @@ class VisPruner(PruneMethod):
         "Important tokens by [CLS] attention plus diverse ones, duplicates removed (VisPruner)."
     )
     needs = frozenset({VISION_ATTENTION})
-    params = (
-        Param(
-            "prune_important",
-            float,
-            DEFAULT_IMPORTANT,
-            0.0,
-            1.0,
-            "share of the kept tokens chosen by [CLS] attention (the rest for diversity)",
-        ),
-    )
+    params = (IMPORTANT,)
 
     def reduce(
         self, features: torch.Tensor, grid: tuple[int, int], keep: int, ctx: Context
     ) -> Reduced:
         check_inputs(features, grid, keep)
         n = features.shape[0]
-        scores = require(ctx, "cls_attention", self.name, shape=(n,)).float()
-        share = float(ctx.params.get("prune_important", DEFAULT_IMPORTANT))
+        scores = require(ctx, "cls_attention", self, shape=(n,)).float()
+        share = ctx.param(IMPORTANT)
         important = int(keep * share)
         ranked = torch.argsort(scores, descending=True, stable=True)
         normalized = F.normalize(features.float(), dim=-1)

@@ -9,28 +9,18 @@ passed in). The result is a dict of ``Context`` fields.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..methods import get_method
-from ..methods.base import SCOUT, TEXT
+from ..methods.base import SCOUT, TEXT, TOKEN_AXIS, fields_of
 from ..methods.params import LAYER_FIELD
-from ..plan import PrunePlan
 from .heads import SumOverRanks, one_rank
 from .scout import scout
 
-# Context fields that hold one entry per visual token, and the dimension it is on.
-PER_TOKEN = {
-    "cls_attention": 0,
-    "vision_keys": 0,
-    "received_attention": 0,
-    "object_attention": 0,
-    "text_attention": 0,
-    "question_attention": 1,
-    "visual_attention": 0,
-    "visual_hidden": 0,
-}
+if TYPE_CHECKING:
+    from ..plan import PrunePlan
 
 
 def observe(
@@ -50,9 +40,9 @@ def observe(
     sum over the tensor-parallel group, which holds the scout's other heads.
     ``deepstack``: the image's DeepStack rows per level (Qwen3-VL), for the scout pass.
     """
-    needs = get_method(plan.method).needs
+    needs = plan.needs
     observed: dict[str, torch.Tensor] = {}
-    observed.update(tower or {})
+    observed.update(tower or {})  # measured for every method of the batch
     if TEXT in needs or SCOUT in needs:
         # The model's own text embedding (Gemma's scaled by its normalizer).
         text = llm.embed_input_ids(plan.text_ids.to(features.device))
@@ -75,14 +65,15 @@ def observe(
                 "last_hidden": result.last_hidden,
             }
             observed.update({k: v for k, v in found.items() if v is not None})
-    return observed
+    declared = fields_of(needs)
+    return {name: value for name, value in observed.items() if name in declared}
 
 
 def rows_of(observed: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """The observations of a subset of the visual tokens (one grid of a multi-grid image)."""
     return {
-        name: value.index_select(PER_TOKEN[name], rows.to(value.device))
-        if name in PER_TOKEN
+        name: value.index_select(TOKEN_AXIS[name], rows.to(value.device))
+        if name in TOKEN_AXIS
         else value
         for name, value in observed.items()
     }

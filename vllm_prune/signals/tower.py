@@ -16,8 +16,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from ..methods.base import TOWER_ATTENTION, VISION_ATTENTION
-from ..methods.hiprune import object_layer
+from ..methods.base import TOWER_ATTENTION, VISION_ATTENTION, object_layer
 from .cls_attention import ClsAttention, capture_cls_attention
 from .heads import SumOverRanks, one_rank
 from .received_attention import capture_received_attention
