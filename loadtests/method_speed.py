@@ -5,7 +5,11 @@
 
 Times ``method.reduce`` on random features of N x D (N = 576: LLaVA-1.5;
 N = 2880: LLaVA-NeXT) at 75% pruning, with torch.utils.benchmark (which
-synchronises CUDA), and prints a Markdown table of medians in milliseconds.
+synchronises CUDA), and prints a Markdown table of medians in milliseconds. Beside each
+time, in the same run: the method's floor (``loadtests/method_floors.py``: the bytes its
+algorithm must move at this machine's copy bandwidth plus its dense products' FLOPs at
+this machine's matmul rate, both measured here on the same N x D features) and
+time / floor.
 What attention- and text-guided methods read (the [CLS] attention row, the
 scout pass's attention rows and hidden states, 16 question embeddings) is given,
 not timed: the scout pass itself costs K - 1 decoder layers over N + T tokens
@@ -19,7 +23,9 @@ patches of ``--frame-tokens`` tokens (default 30 x 324: a 60-frame, 504 x 504 cl
 Qwen2.5-VL): the API server's per-frame counts from the pixel cells (C = 588: a cell's
 14 x 14 x 3 pixels, averaged over its 2 x 2 patches and 2 frames) and the engine's
 selection on the tower's features
-(``reduce_video`` for temporal methods, ``reduce`` per frame for the others).
+(``reduce_video`` for temporal methods, ``reduce`` per frame for the others), for
+every method that needs nothing of the model (a Qwen tower has no [CLS] row), with the
+selection's floor (the frames' floors added up).
 """
 
 from __future__ import annotations
@@ -31,7 +37,19 @@ import torch
 from torch.utils import benchmark
 
 from vllm_prune.methods import Context, get_method, method_names
-from vllm_prune.methods.base import IN_TOWER, TEXT, TOWER_ATTENTION, VISION_ATTENTION, TowerLayer
+from vllm_prune.methods.base import (
+    IN_TOWER,
+    MODEL_SIGNALS,
+    TEXT,
+    TOWER_ATTENTION,
+    VISION_ATTENTION,
+    TowerLayer,
+)
+
+try:
+    from method_floors import FLOORS, Shape, floor_seconds
+except ImportError:  # run as a module: python -m loadtests.method_speed
+    from loadtests.method_floors import FLOORS, Shape, floor_seconds
 
 SIZES = (576, 2880)
 QUESTION = 16  # question tokens
@@ -46,6 +64,35 @@ def cut_through_tower(method, n: int, keep: int, measured: TowerLayer) -> torch.
         m = cut.kept.numel()
         cut.step(layer, TowerLayer(*(field[:m] for field in vars(measured).values())))
     return cut.kept
+
+
+def median_seconds(stmt: str, scope: dict) -> float:
+    return benchmark.Timer(stmt=stmt, globals=scope).blocked_autorange(min_run_time=0.5).median
+
+
+def copy_bandwidth(n: int, d: int, device: str, dtype: torch.dtype) -> float:
+    """This machine's copy bandwidth (bytes/s, read plus write) on ``n x d`` features."""
+    x = torch.randn(n, d, device=device, dtype=dtype)
+    y = torch.empty_like(x)
+    return 2 * x.numel() * x.element_size() / median_seconds("y.copy_(x)", {"x": x, "y": y})
+
+
+def matmul_rate(n: int, d: int, device: str, dtype: torch.dtype) -> float:
+    """This machine's FLOP/s on the ``n x n`` similarity of ``n x d`` features."""
+    x = torch.randn(n, d, device=device, dtype=dtype)
+    return 2 * n * n * d / median_seconds("x @ x.T", {"x": x})
+
+
+def machine_rates(n: int, d: int, device: str, dtype: torch.dtype) -> tuple[float, float]:
+    return copy_bandwidth(n, d, device, dtype), matmul_rate(n, d, device, dtype)
+
+
+def ratio_cells(seconds: float, name: str, shape: Shape, rates: tuple[float, float]) -> str:
+    """``time | floor | time / floor`` of one method at one size."""
+    if name not in FLOORS:
+        return f"{seconds * 1000:.2f} | - | -"
+    floor = floor_seconds(FLOORS[name](shape), *rates)
+    return f"{seconds * 1000:.2f} | {floor * 1000:.2f} | {seconds / floor:.1f}"
 
 
 def grid_for(n: int) -> tuple[int, int]:
@@ -68,11 +115,17 @@ def main() -> None:
         video_speed(args, dtype)
         return
 
-    print(
-        f"| method | needs text | needs vision attention | N = {SIZES[0]} (ms) "
-        f"| N = {SIZES[1]} (ms) |"
-    )
-    print("|---|---|---|---|---|")
+    rates = {n: machine_rates(n, args.dim, args.device, dtype) for n in SIZES}
+    element = torch.empty((), dtype=dtype).element_size()
+    for n, (bandwidth, flops) in rates.items():
+        print(
+            f"N = {n}, D = {args.dim}, {args.dtype}: copy {bandwidth / 1e9:.1f} GB/s, "
+            f"matmul {flops / 1e9:.1f} GFLOP/s"
+        )
+    print()
+    header = " | ".join(f"N = {n} (ms) | floor (ms) | time / floor" for n in SIZES)
+    print(f"| method | needs text | needs vision attention | {header} |")
+    print("|---|---|---|" + "---|---|---|" * len(SIZES))
     for name in method_names():
         method = get_method(name)
         cells = []
@@ -97,9 +150,9 @@ def main() -> None:
             stmt = "method.reduce(features, grid, keep, ctx)"
             if IN_TOWER in method.needs:
                 stmt = "cut_through_tower(method, n, keep, measured)"
-            timer = benchmark.Timer(
-                stmt=stmt,
-                globals={
+            seconds = median_seconds(
+                stmt,
+                {
                     "method": method,
                     "features": features,
                     "grid": grid_for(n),
@@ -116,10 +169,11 @@ def main() -> None:
                     "cut_through_tower": cut_through_tower,
                 },
             )
-            cells.append(f"{timer.blocked_autorange(min_run_time=0.5).median * 1000:.2f}")
+            shape = Shape(n=n, d=args.dim, k=keep, e=element, question=QUESTION)
+            cells.append(ratio_cells(seconds, name, shape, rates[n]))
         text = "y" if TEXT in method.needs else "n"
         vision = "y" if method.needs & {VISION_ATTENTION, TOWER_ATTENTION, IN_TOWER} else "n"
-        print(f"| {name} | {text} | {vision} | {cells[0]} | {cells[1]} |")
+        print(f"| {name} | {text} | {vision} | {' | '.join(cells)} |")
 
 
 CELL_PIXELS = 3 * 14 * 14  # Qwen2-VL: a merged token's pixels, averaged over patches and frames
@@ -131,11 +185,24 @@ def video_speed(args: argparse.Namespace, dtype: torch.dtype) -> None:
     keep = max(t, round(t * n * (1 - args.ratio)))
     features = torch.randn(t * n, args.dim, device=args.device, dtype=dtype)
     cells = torch.randn(t, n, CELL_PIXELS)
+    # The copy bandwidth on the whole video's features, the matmul rate on one frame's.
+    rates = (
+        copy_bandwidth(t * n, args.dim, args.device, dtype),
+        matmul_rate(n, args.dim, args.device, dtype),
+    )
+    element = torch.empty((), dtype=dtype).element_size()
     print(f"Video: {t} x {n} = {t * n} tokens, keep {keep}, D = {args.dim}.\n")
-    print("| method | per-frame counts, API server (ms) | selection, engine (ms) |")
-    print("|---|---|---|")
-    for name in ("evs", "vidcom2", "pooling", "random", "divprune"):
+    print(
+        "| method | per-frame counts, API server (ms) | selection, engine (ms) | floor (ms) "
+        "| time / floor |"
+    )
+    print("|---|---|---|---|---|")
+    # Every method a video runs without the model's signals (a Qwen tower has no [CLS]).
+    for name in [
+        m for m in method_names() if m != "none" and not get_method(m).needs & MODEL_SIGNALS
+    ]:
         method = get_method(name)
+        keeps = method.frame_keeps(cells if method.temporal else None, t, keep)
         scope = {
             "method": method,
             "pixels": cells if method.temporal else None,
@@ -145,7 +212,7 @@ def video_speed(args: argparse.Namespace, dtype: torch.dtype) -> None:
             "n": n,
             "shape": (side, n // side),
             "keep": keep,
-            "keeps": method.frame_keeps(cells if method.temporal else None, t, keep),
+            "keeps": keeps,
         }
         engine = (
             "method.reduce_video(features, (t, *shape), keeps, ctx)"
@@ -153,11 +220,19 @@ def video_speed(args: argparse.Namespace, dtype: torch.dtype) -> None:
             else "[method.reduce(features[f * n : (f + 1) * n], shape, k, ctx)"
             " for f, k in enumerate(keeps)]"
         )
-        times = [
-            benchmark.Timer(stmt=stmt, globals=scope).blocked_autorange(min_run_time=0.5)
-            for stmt in ("method.frame_keeps(pixels, t, keep)", engine)
-        ]
-        print(f"| {name} | {times[0].median * 1000:.2f} | {times[1].median * 1000:.2f} |")
+        counts, selection = (
+            median_seconds(stmt, scope) for stmt in ("method.frame_keeps(pixels, t, keep)", engine)
+        )
+        if method.temporal:
+            work = FLOORS[name](Shape(n=t * n, d=args.dim, k=keep, e=element))
+        else:  # frame by frame
+            frames = [FLOORS[name](Shape(n=n, d=args.dim, k=k, e=element)) for k in keeps]
+            work = sum(frames[1:], frames[0])
+        floor = floor_seconds(work, *rates)
+        print(
+            f"| {name} | {counts * 1000:.2f} | {selection * 1000:.2f} | {floor * 1000:.2f} "
+            f"| {selection / floor:.1f} |"
+        )
 
 
 if __name__ == "__main__":

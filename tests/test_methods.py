@@ -25,6 +25,9 @@ PARAMS = {
     "prune_theta": 0.5,
     "prune_important": 0.5,
     "prune_object_share": 0.1,
+    "prune_diversity": 0.09,
+    "prune_gamma": 0.01,
+    "prune_text_share": 0.25,
 }
 
 
@@ -64,18 +67,22 @@ def test_registry_holds_the_built_in_methods():
         "fastv_window",
         "flowcut",
         "hiprune",
+        "holov",
         "mustdrop",
         "none",
+        "otprune",
         "pooling",
+        "prunesid",
         "random",
         "sparsevlm",
         "vidcom2",
+        "visiontrim",
         "visionzip",
         "vispruner",
     ]
 
 
-@pytest.mark.parametrize("name", ["cls_attention", "visionzip", "vispruner"])
+@pytest.mark.parametrize("name", ["cls_attention", "holov", "visionzip", "vispruner"])
 def test_vision_attention_methods_say_so_and_refuse_without_it(name):
     assert "vision_attention" in get_method(name).needs
     with pytest.raises(ValueError):
@@ -581,3 +588,26 @@ def test_a_parameter_is_the_requests_value_or_its_default_as_its_kind():
     assert Context().param(ALPHA) == 0.5 and Context().param(PIVOTS) == 8
     assert Context(params={"prune_pivots": 3.0}).param(PIVOTS) == 3
     assert isinstance(Context(params={"prune_pivots": 3.0}).param(PIVOTS), int)
+
+
+def test_fastv_window_keeps_each_windows_top_tokens_by_one_sort():
+    """The vectorised windows equal the window-by-window top-k on ragged windows too."""
+    from vllm_prune.methods.base import proportional_quotas
+    from vllm_prune.methods.fastv_window import top_in_windows, window_of
+
+    h, w, size, keep = 7, 10, 4, 23
+    scores = torch.rand(h * w, generator=torch.Generator().manual_seed(3))
+    grid = torch.arange(h * w).reshape(h, w)
+    members = [
+        grid[top : top + size, left : left + size].flatten()
+        for top in range(0, h, size)
+        for left in range(0, w, size)
+    ]
+    quotas = proportional_quotas([len(m) for m in members], keep)
+    expected = torch.cat(
+        [m[torch.topk(scores[m], q).indices] for m, q in zip(members, quotas, strict=True)]
+    )
+    window = window_of(h, w, size)
+    assert [int((window == i).sum()) for i in range(len(members))] == [len(m) for m in members]
+    kept = top_in_windows(scores, window, torch.tensor(quotas))
+    assert sorted(kept.tolist()) == sorted(expected.tolist())

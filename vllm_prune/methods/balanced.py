@@ -14,7 +14,6 @@ hidden states entering it), with the question's last token as the last token.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .base import (
     SCOUT,
@@ -60,6 +59,8 @@ class Balanced(PruneMethod):
         importance = require(ctx, "text_attention", self).float()
         hidden = require(ctx, "visual_hidden", self).float()
         last = require(ctx, "last_hidden", self).float()
-        uniqueness = 1.0 - F.cosine_similarity(hidden, last[None, :], dim=-1)
+        # Cosine to the last token as one product and one norm pass (no normalised copy).
+        norms = torch.linalg.vector_norm(hidden, dim=-1) * torch.linalg.vector_norm(last)
+        uniqueness = 1.0 - (hidden @ last) / norms.clamp_min(1e-8)
         score = alpha * min_max(importance) + (1.0 - alpha) * min_max(uniqueness)
         return keep_top(features, score, keep)

@@ -403,4 +403,6 @@ def keep_top(
 def select_rows(features: torch.Tensor, indices: torch.Tensor) -> Reduced:
     """Reduced output of a selection method: the rows at ``indices``, ascending."""
     indices = torch.sort(indices.to(torch.long)).values
-    return Reduced(features=features[indices.to(features.device)], indices=indices)
+    # index_select: a plain row gather, about twice as fast as advanced indexing on CPU.
+    rows = features.index_select(0, indices.to(features.device))
+    return Reduced(features=rows, indices=indices)

@@ -39,14 +39,23 @@ WINDOW = Param(
 )
 
 
-def window_members(h: int, w: int, size: int) -> list[torch.Tensor]:
-    """Raster indices of the tokens in each size x size window."""
-    rows = torch.arange(h * w).reshape(h, w)
-    return [
-        rows[top : top + size, left : left + size].flatten()
-        for top in range(0, h, size)
-        for left in range(0, w, size)
-    ]
+def window_of(h: int, w: int, size: int) -> torch.Tensor:
+    """The size x size window of each token (windows in raster order), raster order: [h * w]."""
+    rows, cols = torch.arange(h)[:, None] // size, torch.arange(w)[None, :] // size
+    return (rows * -(-w // size) + cols).flatten()
+
+
+def top_in_windows(
+    scores: torch.Tensor, window: torch.Tensor, quotas: torch.Tensor
+) -> torch.Tensor:
+    """The ``quotas[i]`` best-scoring tokens of each window ``i``, by one sort: tokens by
+    window, best first within it, then each one's rank in its window against the quota."""
+    by_score = torch.argsort(scores, descending=True, stable=True)
+    order = by_score[torch.argsort(window[by_score], stable=True)]
+    sizes = torch.bincount(window, minlength=quotas.numel())
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.arange(order.numel()) - starts[window[order]]
+    return order[rank < quotas[window[order]]]
 
 
 @register
@@ -61,11 +70,6 @@ class FastVWindow(PruneMethod):
     ) -> Reduced:
         check_inputs(features, grid, keep)
         scores = require(ctx, "text_attention", self).float().cpu()
-        windows = window_members(*grid, ctx.param(WINDOW))
-        quotas = proportional_quotas([len(m) for m in windows], keep)
-        picked = [
-            members[torch.topk(scores[members], quota).indices]
-            for members, quota in zip(windows, quotas, strict=True)
-            if quota
-        ]
-        return select_rows(features, torch.cat(picked))
+        window = window_of(*grid, ctx.param(WINDOW))
+        quotas = proportional_quotas(torch.bincount(window).tolist(), keep)
+        return select_rows(features, top_in_windows(scores, window, torch.tensor(quotas)))

@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .base import (
     GRID,
@@ -65,11 +64,26 @@ def windows(grid: tuple[int, int]) -> torch.Tensor:
 
 
 def window_similarity(features: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """Each window's mean cosine similarity over its pairs of distinct tokens: [windows]."""
-    unit = F.normalize(features.float(), dim=-1)[members]  # [windows, 9, D]
-    pairs = unit @ unit.transpose(1, 2)
-    k = members.shape[1]
-    return (pairs.sum(dim=(1, 2)) - pairs.diagonal(dim1=1, dim2=2).sum(1)) / (k * (k - 1))
+    """Each window's mean cosine similarity over its pairs of distinct tokens: [windows].
+
+    Of unit rows u, the pairs of a window sum to ``|sum u|^2 - sum |u|^2``: the window sums
+    of the unit rows are one sparse product over the features (no normalised copy, no
+    gathered windows).
+    """
+    x = features.float()
+    norms = torch.linalg.vector_norm(x, dim=-1)
+    inverse = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-12), torch.zeros_like(norms))
+    count, k = members.shape
+    window = torch.arange(count).repeat_interleave(k)
+    weights = torch.sparse_coo_tensor(
+        torch.stack([window, members.reshape(-1)]).to(x.device),
+        inverse[members.reshape(-1).to(x.device)],
+        (count, x.shape[0]),
+        check_invariants=False,  # built here: one entry per window member
+    )
+    sums = torch.sparse.mm(weights, x)  # [windows, D]
+    own = (norms * inverse).square()[members.to(x.device)].sum(1)  # sum |u|^2: 1 per nonzero row
+    return ((sums.square().sum(1) - own) / (k * (k - 1))).cpu()
 
 
 def best_of_two_ranks(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -129,10 +143,13 @@ class MustDrop(PruneMethod):
         rest = ranked[~taken[ranked]][: keep - keys.numel()]
         chosen = torch.cat([keys, rest])
 
-        x = features.float()
-        rows = torch.cat([x[singles], x[merged].mean(1)])[chosen.to(features.device)]
+        # Only the chosen rows are gathered: single tokens as they are, windows averaged.
         order = torch.argsort(index[chosen])
-        return Reduced(
-            features=rows[order.to(features.device)].to(features.dtype),
-            indices=index[chosen][order],
-        )
+        chosen = chosen[order]
+        is_single = chosen < singles.numel()
+        rows = torch.empty(keep, features.shape[1], dtype=torch.float32, device=features.device)
+        device = features.device
+        rows[is_single.to(device)] = features[singles[chosen[is_single]].to(device)].float()
+        windows_kept = merged[chosen[~is_single] - singles.numel()]
+        rows[(~is_single).to(device)] = features[windows_kept.to(device)].float().mean(1)
+        return Reduced(features=rows.to(features.dtype), indices=index[chosen])

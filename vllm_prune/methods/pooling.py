@@ -53,9 +53,10 @@ class Pooling(PruneMethod):
         check_inputs(features, grid, keep)
         h, w = grid
         rows, cols = pooled_grid(h, w, keep)
-        image = features.T.reshape(1, -1, h, w).float()
+        # Channels last (a view of the rows, no transposed copy): one read of the features.
+        image = features.float().reshape(1, h, w, -1).permute(0, 3, 1, 2)
         pooled = F.adaptive_avg_pool2d(image, (rows, cols))
-        pooled = pooled.reshape(-1, rows * cols).T.to(features.dtype)
+        pooled = pooled.permute(0, 2, 3, 1).reshape(rows * cols, -1).to(features.dtype)
         centres = (cell_centres(h, rows)[:, None] * w + cell_centres(w, cols)[None, :]).flatten()
         cells = evenly_spaced(rows * cols, keep)
         return Reduced(

@@ -58,13 +58,16 @@ class VisionZip(PruneMethod):
         others = torch.nonzero(others_mask).squeeze(1)
 
         keys = F.normalize(ctx.vision_keys.float(), dim=-1)
-        owner = torch.argmax(keys[others] @ keys[targets].T, dim=1)  # [len(others)]
+        # The context token each row adds to: a target its own, every other rest token its
+        # most similar target's, a dominant token a spare row left out: one pass over
+        # the features, no gathered copy of the rest.
+        owner = torch.full((n,), contextual, dtype=torch.long, device=features.device)
+        owner[targets] = torch.arange(contextual, device=features.device)
+        owner[others] = torch.argmax(keys[others] @ keys[targets].T, dim=1)
         x = features.float()
-        sums = x[targets].clone().index_add_(0, owner, x[others])
-        counts = torch.ones(contextual, device=x.device).index_add_(
-            0, owner, torch.ones(others.numel(), device=x.device)
-        )
-        merged = (sums / counts[:, None]).to(features.dtype)
+        sums = torch.zeros(contextual + 1, x.shape[1], device=x.device).index_add_(0, owner, x)
+        counts = torch.bincount(owner, minlength=contextual + 1).to(x.dtype)
+        merged = (sums[:contextual] / counts[:contextual, None]).to(features.dtype)
 
         indices = torch.cat([dominant, targets])
         rows = torch.cat([features[dominant], merged])
