@@ -1,7 +1,7 @@
 """Selection time of each pruning method on its own (no model), CPU or GPU.
 
-    .venv/bin/python loadtests/method_speed.py            # CPU, float32
-    python loadtests/method_speed.py --device cuda --dtype bfloat16
+    .venv/bin/python -m loadtests.method_speed            # CPU, float32
+    python -m loadtests.method_speed --device cuda --dtype bfloat16
 
 Times ``method.reduce`` on random features of N x D (N = 576: LLaVA-1.5;
 N = 2880: LLaVA-NeXT) at 75% pruning, with torch.utils.benchmark (which
@@ -36,6 +36,7 @@ import math
 import torch
 from torch.utils import benchmark
 
+from loadtests.method_floors import FLOORS, Shape, floor_seconds
 from vllm_prune.methods import Context, get_method, method_names
 from vllm_prune.methods.base import (
     IN_TOWER,
@@ -45,11 +46,6 @@ from vllm_prune.methods.base import (
     VISION_ATTENTION,
     TowerLayer,
 )
-
-try:
-    from method_floors import FLOORS, Shape, floor_seconds
-except ImportError:  # run as a module: python -m loadtests.method_speed
-    from loadtests.method_floors import FLOORS, Shape, floor_seconds
 
 SIZES = (576, 2880)
 QUESTION = 16  # question tokens
@@ -128,6 +124,8 @@ def main() -> None:
     print("|---|---|---|" + "---|---|---|" * len(SIZES))
     for name in method_names():
         method = get_method(name)
+        if method.temporal:  # timed on a video (--video)
+            continue
         cells = []
         for n in SIZES:
             features = torch.randn(n, args.dim, device=args.device, dtype=dtype)

@@ -62,7 +62,17 @@ class Family:
 
 
 # Read the vision tower (or cut inside it), which these families do not let us do.
-VISION = ("cls_attention", "flowcut", "hiprune", "mustdrop", "visionzip", "vispruner")
+VISION = (
+    "cls_attention",
+    "flowcut",
+    "hiprune",
+    "holov",
+    "mustdrop",
+    "prunesid",
+    "visiontrim",
+    "visionzip",
+    "vispruner",
+)
 # Read attention from the scout pass, which Qwen3.5's linear-attention layers do not have
 # and Qwen3-VL-MoE's fused-MoE layers do not run outside vLLM's forward.
 SCOUTED = tuple(m for m in method_names() if SCOUT in get_method(m).needs)

@@ -377,3 +377,31 @@ def test_kv_capacity_pruning_fits_more_requests(server: Server, tmp_path: Path):
         assert fitting["kv_usage_peak"] == pytest.approx(n * blocks / 63, abs=0.001)
     assert (out / "kv_capacity.png").read_bytes().startswith(b"\x89PNG")
     assert "| none | 576 | " in (out / "summary.md").read_text()
+
+
+def test_every_method_has_an_arithmetic_floor():
+    """``method_speed.py`` prints time / floor for every method: none is left without one."""
+    from loadtests.method_floors import FLOORS, Shape, floor_seconds
+    from vllm_prune.methods import method_names
+
+    assert set(FLOORS) == set(method_names()) - {"none"}
+    shape = Shape(n=576, d=4096, k=144, e=4)
+    for name, work in FLOORS.items():
+        assert floor_seconds(work(shape), 1e10, 1e11) > 0, name
+
+
+def test_floors_count_the_bytes_and_flops_by_hand():
+    from loadtests.method_floors import FLOORS, Shape, floor_seconds, vispruner_rounds
+
+    s = Shape(n=4, d=8, k=2, e=4)
+    # Two rows read and written; pooling reads every token and writes two.
+    assert FLOORS["random"](s).bytes == 2 * 2 * 8 * 4 and FLOORS["random"](s).flops == 0
+    assert FLOORS["pooling"](s).bytes == 4 * 8 * 4 + 2 * 8 * 4
+    # DivPrune: the features, a 4 x 4 similarity written and read, 3 n per pick, the rows.
+    divprune = FLOORS["divprune"](s)
+    assert divprune.flops == 2 * 4 * 4 * 8
+    assert divprune.bytes == 4 * 8 * 4 + 2 * 16 * 4 + 3 * 2 * 4 * 4 + 2 * 2 * 8 * 4
+    # VisPruner on 10 tokens keeping 4 (2 important): candidates 8 -> 2, rounds of at most
+    # 8: one round reads the 4 x 4 block of 8, then 2 remain.
+    assert vispruner_rounds(Shape(n=10, d=8, k=4, e=4)).bytes == 4 * 4 * 4
+    assert floor_seconds(divprune, 1.0, 1.0) == divprune.bytes + divprune.flops

@@ -63,12 +63,14 @@ class Lane:
 
 
 SCOUTED = ("fastv", "fastv_window", "fastv_vis", "fastv_reverse", "sparsevlm", "dart", "balanced")
-FEATURES = ("random", "cdprune")
+FEATURES = ("random", "cdprune", "otprune")
 LANES = [
     # Tower ([CLS] row), scout, in-tower (FlowCut cuts inside CLIP), features, auto.
     Lane("llava", build_tiny_llava, (336, 336),
-         ("none", "pooling", "divprune", "cls_attention", "visionzip", "fastv", "flowcut", "auto"),
-         every=(*SCOUTED, *FEATURES, "vispruner", "hiprune", "mustdrop"), max_len=2048,
+         ("none", "pooling", "divprune", "cls_attention", "visionzip", "fastv", "flowcut", "auto",
+          "visiontrim"),
+         every=(*SCOUTED, *FEATURES, "vispruner", "hiprune", "mustdrop", "holov", "prunesid"),
+         max_len=2048,
          two_ranks=True),
     # Anyres: base grid and stitched crops with newline rows.
     Lane("llava-next", build_tiny_llava_next, (672, 672), ("none", "pooling", "fastv"),
