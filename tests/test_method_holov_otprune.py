@@ -8,8 +8,9 @@ import torch
 import vllm_prune.methods.holov  # noqa: F401  (registration)
 import vllm_prune.methods.otprune  # noqa: F401  (registration)
 from vllm_prune.methods.base import Context
+from vllm_prune.methods.cdprune import dpp_greedy_map
 from vllm_prune.methods.holov import allocate, region_count, region_sizes
-from vllm_prune.methods.otprune import greedy_log_det, ot_kernel
+from vllm_prune.methods.otprune import ot_kernel
 from vllm_prune.methods.registry import get_method
 
 GRID = (24, 24)
@@ -192,7 +193,7 @@ def test_otprune_kernel_is_identity_plus_gamma_s_s_transposed(n, d):
 def test_otprune_matches_a_naive_greedy_log_det(gamma):
     x, _ = random_case(n=20, d=48, seed=4)
     kernel = ot_kernel(x, gamma)
-    assert greedy_log_det(kernel, 8).tolist() == naive_greedy(kernel, 8)
+    assert dpp_greedy_map(kernel, 8).tolist() == naive_greedy(kernel, 8)
     out = get_method("otprune").reduce(x, (4, 5), 8, Context(params={"prune_gamma": gamma}))
     assert out.indices.tolist() == sorted(naive_greedy(kernel, 8))
     torch.testing.assert_close(out.features, x[out.indices])

@@ -400,6 +400,13 @@ def keep_top(
     return select_rows(features, torch.topk(scores.float(), keep, largest=largest).indices.cpu())
 
 
+def in_raster_order(rows: torch.Tensor, indices: torch.Tensor) -> Reduced:
+    """Reduced output of a merging method: ``rows`` [keep, D], each standing for the token
+    at ``indices``, sorted by token."""
+    order = torch.argsort(indices)
+    return Reduced(features=rows[order.to(rows.device)], indices=indices[order].cpu())
+
+
 def select_rows(features: torch.Tensor, indices: torch.Tensor) -> Reduced:
     """Reduced output of a selection method: the rows at ``indices``, ascending."""
     indices = torch.sort(indices.to(torch.long)).values

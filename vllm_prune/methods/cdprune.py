@@ -38,34 +38,44 @@ THETA = Param(
 )
 
 
-def dpp_greedy_map(kernel: torch.Tensor, keep: int) -> torch.Tensor:
-    """Fast greedy MAP inference for a DPP (incremental Cholesky), exactly ``keep`` picks.
+def dpp_greedy_map(kernel: torch.Tensor, keep: int, floor: float | None = None) -> torch.Tensor:
+    """Fast greedy MAP inference for a DPP (Chen et al., 2018: incremental Cholesky, each
+    step the token of largest marginal gain): up to ``keep`` picks, in order.
 
-    When the kernel's rank runs out (feature dimension below ``keep``), no
-    token adds volume any more; the source stops there with fewer tokens, here
-    the rest are filled by quality (the kernel's diagonal), best first.
+    ``floor``: stop before a pick whose gain is at most this (the kernel's rank has run
+    out, no token adds volume); None runs all ``keep`` steps (a kernel >= I always has a
+    gain). Sequential by nature: a Python loop over the picks, each on the kernel's device.
     """
     n = kernel.shape[0]
-    quality = torch.diagonal(kernel).clone()
-    gains = quality.clone()  # marginal gains d_i^2
+    gains = torch.diagonal(kernel).clone()  # marginal gains d_i^2
     directions = torch.zeros(keep, n, dtype=kernel.dtype, device=kernel.device)
-    chosen = torch.zeros(n, dtype=torch.bool, device=kernel.device)
-    order: list[int] = []
-    floor = 1e-6 * float(quality.max())
-    while len(order) < keep:
-        j = int(torch.argmax(gains))
-        if float(gains[j]) <= floor:
+    order = torch.empty(keep, dtype=torch.long, device=kernel.device)
+    for step in range(keep):
+        j = torch.argmax(gains)
+        if floor is not None and float(gains[j]) <= floor:
+            return order[:step]
+        order[step] = j
+        if step == keep - 1:
             break
-        step = len(order)
-        order.append(j)
-        chosen[j] = True
-        e = (kernel[j] - directions[:step, j] @ directions[:step]) / gains[j].sqrt()
+        row = kernel.index_select(0, j.view(1)).squeeze(0)
+        past = directions[:step].index_select(1, j.view(1)).squeeze(1)  # c[:t, j]
+        e = (row - past @ directions[:step]) / gains[j].sqrt()
         directions[step] = e
-        gains = (gains - e.square()).masked_fill(chosen, float("-inf"))
-    if len(order) < keep:
-        rest = torch.topk(quality.masked_fill(chosen, float("-inf")), keep - len(order)).indices
-        order.extend(rest.tolist())
-    return torch.tensor(order, dtype=torch.long)
+        gains = gains - e.square()
+        gains.index_fill_(0, j.view(1), float("-inf"))  # chosen ones stay -inf
+    return order
+
+
+def picks_then_quality(kernel: torch.Tensor, keep: int) -> torch.Tensor:
+    """``keep`` tokens: the DPP's picks until the kernel's rank runs out (feature dimension
+    below ``keep``), then the rest by quality (the kernel's diagonal), best first. The
+    source stops there with fewer tokens."""
+    quality = torch.diagonal(kernel)
+    picks = dpp_greedy_map(kernel, keep, floor=1e-6 * float(quality.max()))
+    if picks.numel() == keep:
+        return picks
+    rest = quality.clone().index_fill_(0, picks, float("-inf"))
+    return torch.cat([picks, torch.topk(rest, keep - picks.numel()).indices])
 
 
 @register
@@ -87,4 +97,4 @@ class CDPrune(PruneMethod):
         theta = ctx.param(THETA)
         quality = torch.exp(theta / (2 * (1 - theta)) * relevance)
         kernel = quality[:, None] * (visual @ visual.T) * quality[None, :]
-        return select_rows(features, dpp_greedy_map(kernel, keep).cpu())
+        return select_rows(features, picks_then_quality(kernel, keep).cpu())

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Context, Param, PruneMethod, Reduced, check_inputs, select_rows
+from .cdprune import dpp_greedy_map
 from .registry import register
 
 GAMMA = Param(
@@ -55,32 +56,6 @@ def ot_kernel(features: torch.Tensor, gamma: float) -> torch.Tensor:
     return kernel
 
 
-def greedy_log_det(kernel: torch.Tensor, keep: int) -> torch.Tensor:
-    """Fast greedy MAP of ``log det(L_sel)`` (Chen et al., 2018): ``keep`` picks, in order.
-
-    ``kernel`` must be positive definite with gains bounded away from zero (here
-    ``L >= I``), so every step finds a new token.
-    """
-    n = kernel.shape[0]
-    device = kernel.device
-    gains = torch.diagonal(kernel).clone()  # d_i^2
-    directions = torch.zeros(keep, n, dtype=kernel.dtype, device=device)
-    order = torch.empty(keep, dtype=torch.long, device=device)
-    j = torch.argmax(gains)
-    for step in range(keep):
-        order[step] = j
-        if step == keep - 1:
-            break
-        row = kernel.index_select(0, j.view(1)).squeeze(0)
-        past = directions[:step].index_select(1, j.view(1)).squeeze(1)  # c[:t, j]
-        e = (row - past @ directions[:step]) / gains[j].sqrt()
-        directions[step] = e
-        gains = gains - e.square()
-        gains.index_fill_(0, j.view(1), float("-inf"))  # chosen ones stay -inf
-        j = torch.argmax(gains)
-    return order
-
-
 @register
 class OTPrune(PruneMethod):
     name = "otprune"
@@ -92,4 +67,5 @@ class OTPrune(PruneMethod):
     ) -> Reduced:
         check_inputs(features, grid, keep)
         kernel = ot_kernel(features, ctx.param(GAMMA))
-        return select_rows(features, greedy_log_det(kernel, keep).cpu())
+        # L >= I: every gain is at least 1, so all ``keep`` steps find a token.
+        return select_rows(features, dpp_greedy_map(kernel, keep).cpu())

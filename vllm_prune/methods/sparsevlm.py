@@ -23,7 +23,17 @@ from __future__ import annotations
 
 import torch
 
-from .base import SCOUT, TEXT, Context, PruneMethod, Reduced, check_inputs, require
+from .base import (
+    SCOUT,
+    TEXT,
+    Context,
+    PruneMethod,
+    Reduced,
+    check_inputs,
+    in_raster_order,
+    require,
+    select_rows,
+)
 from .params import LAYER_PARAM
 from .registry import register
 
@@ -85,8 +95,7 @@ class SparseVLM(PruneMethod):
         clusters = cluster_count(n, keep)
         kept = torch.topk(scores, keep - clusters).indices
         if clusters == 0:
-            indices = torch.sort(kept).values
-            return Reduced(features=features[indices], indices=indices.cpu())
+            return select_rows(features, kept.cpu())
 
         deleted_mask = torch.ones(n, dtype=torch.bool, device=features.device)
         deleted_mask[kept] = False
@@ -103,5 +112,4 @@ class SparseVLM(PruneMethod):
 
         indices = torch.cat([kept, recycled[centres]])
         rows = torch.cat([features[kept], merged])
-        order = torch.argsort(indices)
-        return Reduced(features=rows[order], indices=indices[order].cpu())
+        return in_raster_order(rows, indices)

@@ -53,7 +53,9 @@ from .base import (
     PruneMethod,
     Reduced,
     check_inputs,
+    in_raster_order,
     require,
+    select_rows,
 )
 from .registry import register
 
@@ -140,8 +142,7 @@ class VisionTrim(PruneMethod):
         ranked = torch.argsort(score, descending=True, stable=True)
         dominant = ranked[: keep - merged]
         if merged == 0:
-            indices = torch.sort(dominant).values
-            return Reduced(features=features[indices], indices=indices.cpu())
+            return select_rows(features, dominant.cpu())
 
         left = torch.ones(n, dtype=torch.bool, device=device)
         left[dominant] = False
@@ -149,5 +150,4 @@ class VisionTrim(PruneMethod):
         centres, rows = complement(features, rest, text.to(device, torch.float32), merged)
         indices = torch.cat([dominant, rest[centres]])
         rows = torch.cat([features.index_select(0, dominant), rows.to(features.dtype)])
-        order = torch.argsort(indices)
-        return Reduced(features=rows[order], indices=indices[order].cpu())
+        return in_raster_order(rows, indices)

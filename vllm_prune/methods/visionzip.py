@@ -20,7 +20,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import VISION_ATTENTION, Context, PruneMethod, Reduced, check_inputs, require
+from .base import (
+    VISION_ATTENTION,
+    Context,
+    PruneMethod,
+    Reduced,
+    check_inputs,
+    in_raster_order,
+    require,
+    select_rows,
+)
 from .registry import register
 
 
@@ -45,8 +54,7 @@ class VisionZip(PruneMethod):
         contextual = contextual_count(keep)
         dominant = torch.topk(scores, keep - contextual).indices
         if contextual == 0:
-            indices = torch.sort(dominant).values
-            return Reduced(features=features[indices], indices=indices.cpu())
+            return select_rows(features, dominant.cpu())
 
         rest_mask = torch.ones(n, dtype=torch.bool, device=features.device)
         rest_mask[dominant] = False
@@ -71,5 +79,4 @@ class VisionZip(PruneMethod):
 
         indices = torch.cat([dominant, targets])
         rows = torch.cat([features[dominant], merged])
-        order = torch.argsort(indices)
-        return Reduced(features=rows[order], indices=indices[order].cpu())
+        return in_raster_order(rows, indices)
