@@ -161,7 +161,6 @@ def main() -> None:
                         (rand**4).softmax(0),
                         rand.softmax(0),
                         rand + 1,
-                        torch.randn(n, 64, device=args.device, dtype=dtype),
                         torch.randn(n, 1024, device=args.device, dtype=dtype),
                     ),
                     "cut_through_tower": cut_through_tower,

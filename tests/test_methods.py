@@ -217,7 +217,7 @@ def test_flowcut_cuts_every_other_layer_by_the_cumulative_flow():
     cuts = []
     for layer, (attention, norm) in enumerate(steps):
         n = attention.numel()
-        measured = TowerLayer(attention, torch.ones(n), norm, torch.zeros(n, 4), torch.zeros(n, 8))
+        measured = TowerLayer(attention, torch.ones(n), norm, torch.zeros(n, 8))
         positions = state.step(layer, measured)
         cuts.append(None if positions is None else positions.tolist())
     assert cuts == [[4, 5, 6, 7, 8, 9], None, [0, 4, 5], None, [1, 2], None]

@@ -33,13 +33,11 @@ def measure_layer(
         torch.einsum("hd,shd->hs", value[0], value).softmax(dim=-1), 0, sum_over_ranks
     )
     value_norm = mean_over_heads(value, 1, sum_over_ranks).abs().sum(dim=-1)
-    keys = mean_over_heads(key, 1, sum_over_ranks)
     hidden = output.reshape(-1, output.shape[-1])
     return TowerLayer(
         cls_attention=cls_attention[1:],
         value_attention=semantic[1:],
         value_norm=value_norm[1:],
-        keys=keys[1:],
         hidden=hidden[1:],
     )
 

@@ -177,7 +177,6 @@ class TowerLayer:
     # each value (FlowCut's semantic attention).
     value_attention: torch.Tensor
     value_norm: torch.Tensor  # [n]: L1 norm of each patch's head-averaged value
-    keys: torch.Tensor  # [n, head_dim]: each patch's head-averaged key
     hidden: torch.Tensor  # [n, D]: the layer's output
 
 
