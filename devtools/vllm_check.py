@@ -41,7 +41,6 @@ PACKAGE = Path(vllm_prune.__file__).parent
 # The modules whose classes subclass vLLM's (their overrides must be in the ledger).
 SUBCLASSING_MODULES = (
     "vllm_prune.integration.llava",
-    "vllm_prune.integration.llava_next",
     "vllm_prune.integration.qwen2_vl",
     "vllm_prune.integration.qwen3_vl",
     "vllm_prune.integration.qwen3_5",

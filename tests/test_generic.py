@@ -37,7 +37,7 @@ from devtools.tiny_internvl_gemma import (
 from devtools.tiny_llama4_gemma4 import build_tiny_gemma4
 from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune import layout
-from vllm_prune.integration.families import MROPE, family_of
+from vllm_prune.integration.families import family_of
 from vllm_prune.methods import Context, get_method, method_names
 from vllm_prune.methods.base import GRID, IN_TOWER, SCOUT, TOWER_ATTENTION, VISION_ATTENTION
 
@@ -81,7 +81,12 @@ class Generic:
 
     @property
     def tokens(self) -> int:
-        """The image's content tokens (what ``keep`` is a share of)."""
+        """N, the image's tokens as vLLM counts them (what ``keep`` is a share of)."""
+        return self.embedded
+
+    @property
+    def content(self) -> int:
+        """The image's content rows: N without its separator rows."""
         return sum(p.size for p in self.declared) if self.declared else self.embedded
 
     def refused(self) -> set[str]:
@@ -232,9 +237,14 @@ def test_counts_are_exact_for_every_method_ratio_keep_and_budget(served: Served)
     assert response.usage.prompt_tokens == total - family.embedded + 40
     response = ask(served.pruned, family, {"prune": "random", "prune_budget": 30})
     assert response.usage.prompt_tokens == total - family.embedded + 30
-    # Every content token kept: the image as vLLM lays it out, separators included.
+    # Every token kept: the image as vLLM lays it out, separators included.
     response = ask(served.pruned, family, {"prune": "random", "prune_keep": family.tokens})
     assert response.usage.prompt_tokens == total
+    if family.content < family.tokens:
+        # Pruned at all, the separators go: a keep above the content rows keeps them all.
+        extra = {"prune": "random", "prune_keep": family.tokens - 1}
+        response = ask(served.pruned, family, extra)
+        assert response.usage.prompt_tokens == total - family.tokens + family.content
     for size, runs in family.other_sizes:
         unpruned = ask(served.pruned, family, {"prune": "none"}, size=size)
         assert layout.runs_of(image_positions(served, unpruned.prompt_token_ids)) == list(runs)
@@ -467,56 +477,3 @@ def test_precomputed_image_embeds_are_pruned_where_the_method_reads_only_rows(se
         assert "precomputed image embeddings" in caught.value.body["message"]
     assert bool(tower_methods) == (family_of(family.architecture).tower is not None)
     assert answer(served.pruned, {"prune": "none"}).usage.prompt_tokens == total
-
-
-# -- Models the generic path does not hold for: served unpruned, and a method is a 400 ----
-
-# GLM-OCR: GLM-4.1V's processor and placeholder, M-RoPE, its own vision tower; not declared
-# (untested), so served unpruned. The tiny GLM-4.1V checkpoint under its name, dummy weights.
-GLM_OCR = {"architectures": ["GlmOcrForConditionalGeneration"]}
-UNPRUNED = [
-    ("glm-ocr", build_tiny_glm4v, MROPE, ("--hf-overrides", json.dumps(GLM_OCR),
-                                         "--load-format", "dummy")),
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def unpruned_servers(tmp_path_factory) -> dict[str, Server]:
-    root: Path = tmp_path_factory.mktemp("unpruned")
-    commands = {
-        name: pruned_command(str(build(root / name)), *ARGS, *args)
-        for name, build, _, args in UNPRUNED
-    }
-    with running(root, commands) as started:
-        yield started
-
-
-@pytest.mark.parametrize(("name", "reason"), [(n, r) for n, _, r, _ in UNPRUNED])
-def test_a_model_the_adapter_does_not_hold_for_is_served_unpruned_and_says_why(
-    unpruned_servers, name, reason
-):
-    server = unpruned_servers[name]
-    document = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()
-    support = {m["name"]: (m["supported"], m["refusal"]) for m in document["data"]}
-    assert support["none"] == (True, None)
-    assert all(ok is False and reason in why for m, (ok, why) in support.items() if m != "none")
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": noise_image_data_url(3, (448, 448))}},
-                {"type": "text", "text": "what color ?"},
-            ],
-        }
-    ]
-    with pytest.raises(openai.BadRequestError) as caught:
-        server.client.chat.completions.create(
-            model="tiny", messages=messages, max_tokens=1, extra_body={"prune": "pooling"}
-        )
-    assert caught.value.body["param"] == "prune"
-    assert reason in caught.value.body["message"]
-    full = server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
-    none = server.client.chat.completions.create(
-        model="tiny", messages=messages, max_tokens=1, extra_body={"prune": "none"}
-    )
-    assert full.usage.prompt_tokens == none.usage.prompt_tokens > 100

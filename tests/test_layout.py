@@ -8,6 +8,7 @@ from vllm_prune.layout import (
     Part,
     batches,
     content_rows,
+    kept_rows,
     part_keeps,
     parts_of,
     run_keeps,
@@ -68,6 +69,19 @@ def test_separator_rows_are_laid_out_but_are_not_content():
     plain = parts_of([3, 2], None)
     assert run_lengths(plain) == [3, 2]
     assert content_rows(plain) == [0, 1, 2, 3, 4]
+
+
+def test_keep_counts_from_n_and_a_pruned_image_drops_its_separators():
+    # N = 12 (10 content rows, 2 newlines), as vLLM counts the image in the prompt.
+    parts = [Part(0, 4, (2, 2)), Part(0, 6, (2, 3), newlines=1)]
+    assert kept_rows(parts, 12) == 12  # kept whole: vLLM's own rows, newlines included
+    assert part_keeps(parts, 12) == [4, 6]
+    assert kept_rows(parts, 3) == 3  # round(12 * 0.25): 3 content rows, no newline
+    assert sum(part_keeps(parts, 3)) == 3
+    assert kept_rows(parts, 11) == 10  # above the content rows: all of them, no newline
+    assert part_keeps(parts, 10) == [4, 6]
+    # No separators: every keep is kept as asked.
+    assert kept_rows(parts_of([8], "square"), 5) == 5
 
 
 def test_images_are_batched_within_the_bound_in_order():

@@ -94,7 +94,7 @@ SERVING_IMPORTS = """
 import sys
 import vllm_prune.cli
 from vllm_prune.server import serve, middleware
-from vllm_prune.integration import plugin, llava, llava_next, qwen2_vl
+from vllm_prune.integration import plugin, llava, generic, qwen2_vl
 plugin.register()
 serve.serve_parser()
 print(" ".join(sorted(sys.modules)))

@@ -100,8 +100,25 @@ def content_rows(parts: Sequence[Part]) -> list[int]:
     return rows
 
 
+def kept_rows(parts: Sequence[Part], keep: int) -> int:
+    """The rows an image of ``parts`` keeps when asked to keep ``keep`` of its N tokens.
+
+    N is the image's tokens as vLLM counts them in the prompt, separator rows included,
+    and ``keep`` counts from it on every family. An image that keeps all N is vLLM's
+    own; any other drops its separator rows (the kept tokens of a row no longer fill it,
+    so a separator would mark nothing) and keeps ``keep`` content rows, at most all of
+    them. So the prompt drops by N - keep, or by its separator rows when ``keep`` lies
+    between the content rows and N.
+    """
+    tokens = sum(p.embedded for p in parts)
+    return keep if keep >= tokens else min(keep, sum(p.size for p in parts))
+
+
 def part_keeps(parts: Sequence[Part], keep: int) -> list[int]:
-    """``keep`` shared out over the parts in proportion to their size (largest remainder)."""
+    """``keep`` shared out over the parts in proportion to their size (largest remainder):
+    each part's content rows where the image is kept whole (``keep`` = N)."""
+    if keep >= sum(p.embedded for p in parts):
+        return [p.size for p in parts]
     return proportional_quotas([p.size for p in parts], keep)
 
 

@@ -413,12 +413,7 @@ LEDGER: tuple[Reliance, ...] = (
     Reliance(
         "override",
         f"{_MODELS}.llava:LlavaMultiModalProcessor._get_mm_fields_config",
-        "declare the prune fields (LLaVA, LLaVA-NeXT's base class)",
-    ),
-    Reliance(
-        "override",
-        f"{_MODELS}.llava_next:LlavaNextMultiModalProcessor._get_mm_fields_config",
-        "declare the prune fields (LLaVA-NeXT)",
+        "declare the prune fields (LLaVA)",
     ),
     Reliance(
         "override",
@@ -506,22 +501,6 @@ LEDGER: tuple[Reliance, ...] = (
         "a forward pre-hook on it reads the [CLS] row, the keys and the attention received "
         "(signals.cls_attention.tap_attention; tests/test_in_tower.py and "
         "tests/test_tower_internvit.py against transformers' attention maps)",
-    ),
-    # -- LLaVA-NeXT ------------------------------------------------------------------------
-    *_imports(
-        f"{_MODELS}.llava_next",
-        "LlavaNextForConditionalGeneration LlavaNextMultiModalProcessor LlavaNextProcessingInfo",
-        "the LLaVA-NeXT classes we subclass",
-    ),
-    Reliance(
-        "override",
-        f"{_MODELS}.llava_next:LlavaNextForConditionalGeneration.__init__",
-        "refuse pipeline parallelism (integration.parallel)",
-    ),
-    Reliance(
-        "override",
-        f"{_MODELS}.llava_next:LlavaNextForConditionalGeneration.embed_multimodal",
-        "prune the base image and the stitched anyres grid, newlines dropped",
     ),
     # -- Qwen2-VL, Qwen2.5-VL ----------------------------------------------------------------
     *_imports("vllm.config", "VllmConfig", "the model constructor's argument"),
@@ -724,7 +703,8 @@ LEDGER: tuple[Reliance, ...] = (
     *_attributes(
         f"{_MODELS}.llava_next:LlavaNextProcessingInfo",
         "get_vision_encoder_info _get_num_unpadded_features get_hf_config",
-        "LLaVA-OneVision's declared parts (families.llava_next_parts): the base grid and the "
+        "LLaVA-NeXT's and LLaVA-OneVision's declared parts (families.llava_next_parts): the "
+        "base grid and the "
         "unpadded crop grid whose rows each end in a newline row, as vLLM counts them",
     ),
     *_attributes(

@@ -32,31 +32,6 @@ class Tower:
     merge: Callable[[Any], int]
 
 
-@dataclass(frozen=True)
-class Family:
-    """``grid``: "square" (each run or tile is a square grid), "rows" (each run is a row of
-    the image) or None (unknown: spatial methods are refused). ``tile``: tokens per tile
-    where one run holds several tiles (from the Hugging Face config). ``unpruned``: why the
-    generic path does not hold for this family (it is then served unpruned). ``parts``:
-    where the runs alone do not give an image's parts (separator rows in its embeddings,
-    a grid that follows the image), its parts from vLLM's processing info, the processed
-    images, the image's index and its (width, height). ``mrope``: the model's M-RoPE
-    positions follow each image's grid, raster order from where its one run starts
-    (``positions``). ``tower``: the vision tower's [CLS] row, for the tower methods."""
-
-    grid: str | None = None
-    tile: Callable[[Any], int] | None = None
-    unpruned: str | None = None
-    parts: Callable[[Any, Mapping[str, Any], int, int, int], list[Part]] | None = None
-    mrope: bool = False
-    tower: Tower | None = None
-
-    @property
-    def knows_grid(self) -> bool:
-        """Whether each part's token grid is known (the spatial methods run)."""
-        return self.grid is not None or self.parts is not None
-
-
 def _pair(value: Any) -> int:
     return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
 
@@ -100,23 +75,96 @@ def llava_next_parts(
     return [Part(0, side * side, (side, side)), Part(0, h * w, (h, w), newlines=1)]
 
 
-def merged_grid_parts(
-    info: Any, processed: Mapping[str, Any], index: int, width: int, height: int
-) -> list[Part]:
-    """Qwen-style towers (GLM-4.1V): one run, the ``t x h x w`` patch grid the processor
-    reports (``image_grid_thw``) merged ``m x m`` by the tower."""
-    merge = int(info.get_hf_config().vision_config.spatial_merge_size)
-    t, h, w = (int(v) for v in processed["image_grid_thw"][index])
-    return [Part(0, t * (h // merge) * (w // merge), (h // merge, w // merge))]
+PartsOf = Callable[[Any, Mapping[str, Any], int, int, int], list[Part]]
 
 
-SEPARATOR_ROWS = (
-    "its embeddings hold separator rows (row newlines, tile separators or indicator rows) "
-    "that are not image content, and vllm-prune has no declaration of them for this family yet"
-)
+def merged_grid(merge: Callable[[Any], int]) -> PartsOf:
+    """Qwen-style towers: one run, the ``t x h x w`` patch grid the processor reports
+    (``image_grid_thw``) merged ``m x m`` by the tower; ``merge`` reads ``m`` from the
+    config vLLM's processing info holds."""
+
+    def parts(
+        info: Any, processed: Mapping[str, Any], index: int, width: int, height: int
+    ) -> list[Part]:
+        m = merge(info.get_hf_config())
+        t, h, w = (int(v) for v in processed["image_grid_thw"][index])
+        return [Part(0, t * (h // m) * (w // m), (h // m, w // m))]
+
+    parts.__name__ = "merged_grid"  # as the model-support page names it
+    return parts
+
+
+def _vision_merge(hf_config: Any) -> int:
+    return int(hf_config.vision_config.spatial_merge_size)
+
+
+def _thinker_merge(hf_config: Any) -> int:
+    """An omni model's thinker: its processing info holds the whole model's config."""
+    config = getattr(hf_config, "thinker_config", hf_config)
+    return int(config.vision_config.spatial_merge_size)
+
+
+
+@dataclass(frozen=True)
+class Family:
+    """``grid``: "square" (each run or tile is a square grid), "rows" (each run is a row of
+    the image) or None (unknown: spatial methods are refused). ``tile``: tokens per tile
+    where one run holds several tiles (from the Hugging Face config). ``unpruned``: why the
+    generic path does not hold for this family (it is then served unpruned). ``parts``:
+    where the runs alone do not give an image's parts (separator rows in its embeddings,
+    a grid that follows the image), its parts from vLLM's processing info, the processed
+    images, the image's index and its (width, height). ``mrope``: the model's M-RoPE
+    positions follow each image's grid, raster order from where its one run starts
+    (``positions``). ``tower``: the vision tower's [CLS] row, for the tower methods."""
+
+    grid: str | None = None
+    tile: Callable[[Any], int] | None = None
+    unpruned: str | None = None
+    parts: PartsOf | None = None
+    mrope: bool = False
+    tower: Tower | None = None
+
+    @classmethod
+    def mrope_grid(cls, merge: Callable[[Any], int] = _vision_merge) -> Family:
+        """An M-RoPE family whose image positions are its merged grid (Qwen2-VL's scheme,
+        from its own ``get_mrope_input_positions``): one run per image, the ``t x h x w``
+        grid in raster order from the run's first position, text on from the largest + 1.
+        Pruned, the prompt is grown back to compute them and each kept row carries its
+        offset in that grid (``positions``)."""
+        return cls(parts=merged_grid(merge), mrope=True)
+
+    @property
+    def knows_grid(self) -> bool:
+        """Whether each part's token grid is known (the spatial methods run)."""
+        return self.grid is not None or self.parts is not None
+
+
 MROPE = (
     "its M-RoPE positions follow each image's grid, and vllm-prune has no declaration "
     "of them for this family yet"
+)
+# Why a family is served unpruned, where its vLLM code shows a layout that the generic
+# adapter cannot prune yet (read from vLLM 0.32-0.34; none of these is served in tests).
+DEEPSTACK = (
+    "each image row carries DeepStack features as extra columns after the LLM's, which the "
+    "generic adapter's M-RoPE path does not split (the Qwen3-VL family file does)"
+)
+ROW_SEPARATORS = (
+    "its image rows hold learned separators ({rows}) among the content rows, in a layout "
+    "vllm-prune does not declare yet (a newline row after each grid row and one separator "
+    "row between two views)"
+)
+MINICPM = (
+    "each image is several runs (the source image and its slices between slice tokens) "
+    "whose M-RoPE positions are not one merged grid per image"
+)
+HUNYUAN = (
+    "its image run holds learned begin, newline and end rows, and its M-RoPE positions are "
+    "its own (text keeps its sequence index; each grid row counts its newline column)"
+)
+OVIS = (
+    "its image rows begin and end with learned indicator rows, a layout vllm-prune does "
+    "not declare yet"
 )
 
 FAMILIES: dict[str, Family] = {
@@ -138,17 +186,43 @@ FAMILIES: dict[str, Family] = {
     # vLLM 0.32's CPU build does not serve Llama 4 images).
     "Llama4ForConditionalGeneration": Family(grid="square"),
     # the base image's run, then the stitched crops with a newline row after each row.
+    "LlavaNextForConditionalGeneration": Family(parts=llava_next_parts),
     "LlavaOnevisionForConditionalGeneration": Family(parts=llava_next_parts),
     # <|begin_of_image|>, the merged h x w grid of <|image|> (one run), <|end_of_image|>;
-    # M-RoPE positions as Qwen2-VL's.
-    "Glm4vForConditionalGeneration": Family(parts=merged_grid_parts, mrope=True),
-    "Glm4vMoeForConditionalGeneration": Family(parts=merged_grid_parts, mrope=True),
-    "Phi3VForCausalLM": Family(unpruned=SEPARATOR_ROWS),
-    "Phi4MMForCausalLM": Family(unpruned=SEPARATOR_ROWS),
-    "Phi4MultimodalForCausalLM": Family(unpruned=SEPARATOR_ROWS),
-    "Ovis": Family(unpruned=SEPARATOR_ROWS),
-    "Ovis2_5": Family(unpruned=SEPARATOR_ROWS),
-    "DeepseekVLV2ForCausalLM": Family(unpruned=SEPARATOR_ROWS),
+    # M-RoPE positions as Qwen2-VL's (GLM-OCR is GLM-4.1V's code with its own tower).
+    "Glm4vForConditionalGeneration": Family.mrope_grid(),
+    "Glm4vMoeForConditionalGeneration": Family.mrope_grid(),
+    "GlmOcrForConditionalGeneration": Family.mrope_grid(),
+    # One run of the image token per image, Qwen2-VL's positions (the same code).
+    "PaddleOCRVLForConditionalGeneration": Family.mrope_grid(),
+    # Qwen2.5-Omni: vLLM builds the thinker; images as Qwen2.5-VL's (audio interleaves
+    # with videos only, which the generic adapter serves unpruned).
+    "Qwen2_5OmniModel": Family.mrope_grid(_thinker_merge),
+    "Qwen2_5OmniForConditionalGeneration": Family.mrope_grid(_thinker_merge),
+    # Declared from vLLM's code, not served in tests: Keye (vLLM 0.32-0.33), Ernie 4.5-VL
+    # (its merge size is the config's spatial_conv_size; its vision experts route by the
+    # pruned prompt's ids, so they follow the shrunk run).
+    "KeyeForConditionalGeneration": Family.mrope_grid(),
+    "KeyeVL1_5ForConditionalGeneration": Family.mrope_grid(),
+    "Ernie4_5_VLMoeForConditionalGeneration": Family.mrope_grid(
+        lambda config: int(config.spatial_conv_size)
+    ),
+    "InternS1ProForConditionalGeneration": Family(unpruned=DEEPSTACK),
+    "Qwen3OmniMoeForConditionalGeneration": Family(unpruned=DEEPSTACK),
+    "MiniCPMV4_6ForConditionalGeneration": Family(unpruned=MINICPM),
+    "MiniCPMV4_7ForConditionalGeneration": Family(unpruned=MINICPM),
+    "HunYuanVLForConditionalGeneration": Family(unpruned=HUNYUAN),
+    # Every position of the run is an embed position; the separators come from the model.
+    "Phi3VForCausalLM": Family(unpruned=ROW_SEPARATORS.format(rows="sub_GN, glb_GN")),
+    "Phi4MMForCausalLM": Family(unpruned=ROW_SEPARATORS.format(rows="sub_GN, glb_GN")),
+    "Phi4MultimodalForCausalLM": Family(unpruned=ROW_SEPARATORS.format(rows="sub_GN, glb_GN")),
+    "DeepseekVLV2ForCausalLM": Family(
+        unpruned=ROW_SEPARATORS.format(rows="image_newline, view_seperator")
+    ),
+    "Ovis": Family(unpruned=OVIS),
+    "Ovis2_5": Family(unpruned=OVIS),
+    "Ovis2_6ForCausalLM": Family(unpruned=OVIS),
+    "Ovis2_6_MoeForCausalLM": Family(unpruned=OVIS),
 }
 
 

@@ -382,8 +382,10 @@ def _shrinking(update: PromptUpdate, out_mm_kwargs: MultiModalKwargsItems) -> Pr
         details = original(item_idx) if callable(original) else original
         if not isinstance(details, PromptUpdateDetails):
             details = PromptUpdateDetails.from_seq(details)
-        parts = wire.item_parts(out_mm_kwargs["image"][item_idx])
-        if not parts or sum(k for _, k in parts) == sum(p.size for p, _ in parts):
+        item = out_mm_kwargs["image"][item_idx]
+        parts = wire.item_parts(item)
+        counts = wire.item_counts(item)
+        if not parts or counts.keep == counts.tokens:  # kept whole, separators too
             return details
         full = details.full
         mask = [True] * len(full) if details.is_embed is None else details.is_embed(full).tolist()
@@ -502,10 +504,9 @@ def _cut_of(feature: MultiModalFeatureSpec) -> tuple[int, int] | None:
     """(rows kept, rows unpruned) of a pruned image, or None."""
     if feature.modality != "image" or feature.data is None:
         return None
-    parts = wire.item_parts(feature.data)
-    kept = sum(k for _, k in parts)
-    unpruned = sum(p.embedded for p, _ in parts)
-    return (kept, unpruned) if parts and kept != sum(p.size for p, _ in parts) else None
+    counts = wire.item_counts(feature.data)
+    pruned = wire.item_parts(feature.data) and counts.keep != counts.tokens
+    return (counts.keep, counts.tokens) if pruned else None
 
 
 ENCODER_GRAPHS_REFUSAL = (
@@ -561,7 +562,7 @@ def prune_image(
             f"vllm-prune: the model returned {image.shape[0]} rows for an image whose "
             f"placeholder has {embedded} embed positions"
         )
-    if plan.keep == content:
+    if plan.keep == embedded:  # kept whole, as vLLM made it (layout.kept_rows)
         return None
     if embedded != content:
         image = image[torch.tensor(layout.content_rows(parts), device=image.device)]

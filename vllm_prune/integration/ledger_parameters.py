@@ -38,20 +38,6 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
         "pos hf_inputs",
         "pos hf_processor_mm_kwargs",
     ),
-    "vllm.model_executor.models.llava_next:LlavaNextForConditionalGeneration.__init__": (
-        "pos self",
-        "kw vllm_config",
-        "kw prefix=''",
-    ),
-    "vllm.model_executor.models.llava_next:LlavaNextForConditionalGeneration.embed_multimodal": (
-        "pos self",
-        "**kwargs",
-    ),
-    "vllm.model_executor.models.llava_next:LlavaNextMultiModalProcessor._get_mm_fields_config": (
-        "pos self",
-        "pos hf_inputs",
-        "pos hf_processor_mm_kwargs",
-    ),
     "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration.__init__": (
         "pos self",
         "kw vllm_config",

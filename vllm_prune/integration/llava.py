@@ -58,8 +58,8 @@ from .tower_batches import TowerBatchesMixin
 TOWER_NEEDS = (VISION_ATTENTION, TOWER_ATTENTION)
 
 
-class PruneLlavaLikeProcessorMixin(PruneProcessorMixin):
-    """LLaVA and LLaVA-NeXT: N from vLLM's own count, one ``<image>`` token repeated."""
+class PruneLlavaMultiModalProcessor(PruneProcessorMixin, LlavaMultiModalProcessor):
+    """LLaVA: N from vLLM's own count, one ``<image>`` token repeated."""
 
     def _visual_tokens(self, mm_items: MultiModalDataItems, processed: BatchFeature) -> list[int]:
         images = self._images(mm_items)
@@ -86,8 +86,6 @@ class PruneLlavaLikeProcessorMixin(PruneProcessorMixin):
             PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)
         ]
 
-
-class PruneLlavaMultiModalProcessor(PruneLlavaLikeProcessorMixin, LlavaMultiModalProcessor):
     @classmethod
     def vision_attention_refusal(cls, hf_config: Any) -> str | None:
         if isinstance(hf_config.vision_config, CLIPVisionConfig) and isinstance(

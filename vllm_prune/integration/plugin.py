@@ -24,9 +24,6 @@ OVERRIDES = {
     "LlavaForConditionalGeneration": (
         "vllm_prune.integration.llava:PruneLlavaForConditionalGeneration"
     ),
-    "LlavaNextForConditionalGeneration": (
-        "vllm_prune.integration.llava_next:PruneLlavaNextForConditionalGeneration"
-    ),
     "Qwen2VLForConditionalGeneration": (
         "vllm_prune.integration.qwen2_vl:PruneQwen2VLForConditionalGeneration"
     ),

@@ -198,7 +198,7 @@ class PruneProcessorMixin:
             return processed
         parts = self._image_parts(mm_items, processed, plain_kwargs) if images else None
         if parts is not None:
-            image_tokens = [sum(p.size for p in item) for item in parts]
+            image_tokens = [sum(p.embedded for p in item) for item in parts]
         else:
             image_tokens = self._visual_tokens(mm_items, processed) if images else []
         grids = self._video_grids(processed) if videos else []
@@ -206,6 +206,10 @@ class PruneProcessorMixin:
         keeps = fit_keeps(
             spec, image_tokens + video_tokens, [1] * len(image_tokens) + [t for t, _, _ in grids]
         )
+        if parts is not None:  # separator rows go when an image is pruned
+            keeps[:images] = [
+                layout.kept_rows(p, k) for p, k in zip(parts, keeps[:images], strict=True)
+            ]
         if images:
             processed.update(
                 wire.encode(

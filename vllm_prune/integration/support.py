@@ -31,10 +31,8 @@ def method_support(model_config: Any) -> dict[str, str | None]:
         return _all_refused(off)
     hf_config = model_config.hf_config
     architectures = getattr(hf_config, "architectures", None) or []
-    target = next((OVERRIDES[a] for a in architectures if a in OVERRIDES), None)
-    if target is not None:
-        module, _, name = target.partition(":")
-        processor = getattr(importlib.import_module(module), name).prune_processor
+    processor = _family_processor(hf_config)
+    if processor is not None:
         return {m: processor.family_refusal(m, hf_config) for m in method_names()}
     if not architectures or not model_config.is_multimodal_model:
         return _all_refused(UNPRUNED)
@@ -63,8 +61,18 @@ def unpruned_reason(support: dict[str, str | None]) -> str | None:
     return None
 
 
-def prunes_videos(hf_config: Any) -> bool:
-    """Whether a request's videos are pruned: a family file prunes them (where its model
-    takes videos); the generic adapter serves them unpruned."""
+def _family_processor(hf_config: Any) -> type | None:
+    """The pruning processor class of the served model's family file, or None (generic)."""
     architectures = getattr(hf_config, "architectures", None) or []
-    return any(a in OVERRIDES for a in architectures)
+    target = next((OVERRIDES[a] for a in architectures if a in OVERRIDES), None)
+    if target is None:
+        return None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name).prune_processor
+
+
+def prunes_videos(hf_config: Any) -> bool:
+    """Whether a request's videos are pruned: the processor's own ``prunes_videos`` (a
+    family file's; the generic adapter serves videos unpruned)."""
+    processor = _family_processor(hf_config)
+    return processor is not None and bool(processor.prunes_videos)
