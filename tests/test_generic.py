@@ -35,6 +35,11 @@ from devtools.tiny_internvl_gemma import (
     build_tiny_paligemma,
 )
 from devtools.tiny_llama4_gemma4 import build_tiny_gemma4
+from devtools.tiny_mrope_families import (
+    build_tiny_glm_ocr,
+    build_tiny_paddleocr_vl,
+    build_tiny_qwen2_5_omni_thinker,
+)
 from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune import layout
 from vllm_prune.integration.families import family_of
@@ -146,6 +151,15 @@ FAMILIES = [
     # M-RoPE positions (the grid follows the image: image_grid_thw).
     Generic("glm4v", build_tiny_glm4v, "Glm4vForConditionalGeneration", (896, 448), (242,),
             scout=False, two_ranks=True, declared=(layout.Part(0, 242, (11, 22)),)),
+    # M-RoPE families declared as GLM-4.1V's (Family.mrope_grid): one run of 11 x 22.
+    Generic("glm-ocr", build_tiny_glm_ocr, "GlmOcrForConditionalGeneration", (896, 448),
+            (242,), scout=False, declared=(layout.Part(0, 242, (11, 22)),)),
+    Generic("paddleocr-vl", build_tiny_paddleocr_vl, "PaddleOCRVLForConditionalGeneration",
+            (896, 448), (242,), scout=False, declared=(layout.Part(0, 242, (11, 22)),)),
+    Generic("qwen2.5-omni", build_tiny_qwen2_5_omni_thinker,
+            "Qwen2_5OmniForConditionalGeneration", (896, 448), (242,), scout=False,
+            declared=(layout.Part(0, 242, (11, 22)),),
+            args=("--limit-mm-per-prompt", '{"image": 2, "audio": 0, "video": 0}')),
 ]  # fmt: skip
 TWO_RANKS_ALL = os.environ.get("VLLM_PRUNE_TEST_GENERIC_TP2") == "all"
 ARGS = [
@@ -219,6 +233,7 @@ def model_dir(served: Served) -> Path:
 def image_positions(served: Served, prompt: list[int]) -> list[bool]:
     """Which positions of an unpruned prompt hold the image's rows (its embed token id)."""
     config = json.loads((model_dir(served) / "config.json").read_text())
+    config = config.get("thinker_config", config)  # an omni model: vLLM serves its thinker
     embed_id = next(config[k] for k in ("image_token_id", "image_token_index") if k in config)
     return [token == embed_id for token in prompt]
 

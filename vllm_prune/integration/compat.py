@@ -812,8 +812,14 @@ LEDGER: tuple[Reliance, ...] = (
     ),
     *_attributes(
         "vllm.multimodal.processing.context:BaseProcessingInfo",
-        "parse_mm_data get_supported_mm_limits get_hf_config",
-        "the start-up check parses a dummy image and asks whether the model takes images",
+        "parse_mm_data get_supported_mm_limits get_hf_config ctx",
+        "the start-up check parses a dummy image and asks whether the model takes images; "
+        "the served architecture is its context's model config's (generic.architecture_of)",
+    ),
+    *_attributes(
+        "vllm.multimodal.processing.context:InputProcessingContext",
+        "model_config",
+        "the served architecture, by the name the model's family is declared under",
     ),
     *_attributes(
         f"{_MODELS}.interfaces:SupportsMultiModal",

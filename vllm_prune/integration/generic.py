@@ -148,8 +148,10 @@ def _pruning_processor(vllm_processor: type, family: Family) -> type:
 
 
 def architecture_of(processor: BaseMultiModalProcessor, base: type) -> str:
-    """The served architecture name (config.json), else vLLM's class name."""
-    architectures = getattr(processor.info.get_hf_config(), "architectures", None) or []
+    """The served architecture name (config.json's, as the model's ``vllm_config`` has it;
+    an omni model's processing info holds only its thinker's config), else vLLM's class
+    name."""
+    architectures = processor.info.ctx.model_config.architectures or []
     return architectures[0] if architectures else base.__name__
 
 
@@ -504,9 +506,10 @@ def _cut_of(feature: MultiModalFeatureSpec) -> tuple[int, int] | None:
     """(rows kept, rows unpruned) of a pruned image, or None."""
     if feature.modality != "image" or feature.data is None:
         return None
+    if not wire.item_parts(feature.data):  # not pruned by the generic adapter
+        return None
     counts = wire.item_counts(feature.data)
-    pruned = wire.item_parts(feature.data) and counts.keep != counts.tokens
-    return (counts.keep, counts.tokens) if pruned else None
+    return (counts.keep, counts.tokens) if counts.keep != counts.tokens else None
 
 
 ENCODER_GRAPHS_REFUSAL = (
