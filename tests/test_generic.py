@@ -12,6 +12,7 @@ the two-rank test for every family.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -23,6 +24,7 @@ import pytest
 import requests
 import torch
 
+from devtools.tiny_families import build_tiny_llava_next
 from devtools.tiny_idefics_mistral_glm import (
     build_tiny_glm4v,
     build_tiny_idefics3,
@@ -43,6 +45,7 @@ from devtools.tiny_mrope_families import (
 from loadtests.probe import image_messages, noise_image_data_url
 from vllm_prune import layout
 from vllm_prune.integration.families import family_of
+from vllm_prune.learned_rows import describe
 from vllm_prune.methods import Context, get_method, method_names
 from vllm_prune.methods.base import GRID, IN_TOWER, SCOUT, TOWER_ATTENTION, VISION_ATTENTION
 
@@ -224,6 +227,24 @@ def test_none_and_no_fields_match_plain_vllm(served: Served):
         assert logprobs(ours) == pytest.approx(logprobs(reference), rel=1e-5, abs=1e-6)
     pruned = ask(served.pruned, served.family, {"prune": served.family.probe, "prune_ratio": 0.75})
     assert logprobs(pruned) != pytest.approx(logprobs(reference), rel=1e-5, abs=1e-6)
+
+
+def test_the_model_showed_at_start_which_rows_are_structure(served: Served):
+    """At start the served weights embed two different 896 x 448 images: the rows they
+    share are exactly the declared separators (LLaVA-OneVision's newline rows; none
+    elsewhere), so the server started and says so."""
+    family = served.family
+    assert family.size == (896, 448) or not any(p.newlines for p in family.declared)
+    parts = list(family.declared) or [layout.Part(0, run, None) for run in family.runs]
+    rows = set(range(sum(p.embedded for p in parts))) - set(layout.content_rows(parts))
+    declared = family_of(family.architecture)
+    declares = declared.knows_grid or declared.tile is not None
+    found = "as declared" if declares else "none to drop"
+    line = (
+        f"vllm-prune: {family.architecture} embeds two different 896 x 448 images with "
+        f"{describe(sorted(rows))} the same ({found}); checked in "
+    )
+    assert line in served.pruned.log.read_text()
 
 
 def model_dir(served: Served) -> Path:
@@ -492,3 +513,100 @@ def test_precomputed_image_embeds_are_pruned_where_the_method_reads_only_rows(se
         assert "precomputed image embeddings" in caught.value.body["message"]
     assert bool(tower_methods) == (family_of(family.architecture).tower is not None)
     assert answer(served.pruned, {"prune": "none"}).usage.prompt_tokens == total
+
+
+# -- The model checks what is content (learned_rows) --------------------------------------
+
+# LLaVA-NeXT under names of no family (tests/families_plugin): at 672 x 672 its image is
+# the 24 x 24 base grid, then a 48 x 48 crop grid with a learned newline row after each row.
+PLUGIN = Path(__file__).resolve().parent / "families_plugin"
+NEXT_SIZE, NEXT_TOKENS, NEXT_NEWLINES = (672, 672), 576 + 48 * 49, 48
+
+
+def plugin_env() -> dict[str, str]:
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in (str(PLUGIN), os.environ.get("PYTHONPATH")) if p)
+    }
+
+
+def renamed(model: str, architecture: str) -> list[str]:
+    overrides = json.dumps({"architectures": [architecture]})
+    return pruned_command(model, *ARGS, "--hf-overrides", overrides)
+
+
+@pytest.fixture(scope="module")
+def renamed_next(tmp_path_factory) -> tuple[dict[str, Server], Path]:
+    """LLaVA-NeXT undeclared and declared unpruned, one server each."""
+    root: Path = tmp_path_factory.mktemp("renamed")
+    model = str(build_tiny_llava_next(root / "model"))
+    commands = {
+        "undeclared": renamed(model, "UndeclaredLlavaNextForConditionalGeneration"),
+        "unpruned": renamed(model, "UnprunedLlavaNextForConditionalGeneration"),
+    }
+    with running(root, commands, envs=dict.fromkeys(commands, plugin_env())) as started:
+        yield started, root / TRACE_FILE
+
+
+def test_a_family_without_a_declaration_drops_the_rows_the_model_shows_are_structure(
+    renamed_next,
+):
+    """The check finds the newline rows (one learned vector); a pruned image's prompt
+    drops N - keep; ``random`` draws among the content rows only (N minus the newlines);
+    a keep above the content rows keeps them all and the first newline rows after them."""
+    servers, trace = renamed_next
+    server = servers["undeclared"]
+    assert "1 learned vectors, dropped when an image is pruned" in server.log.read_text()
+    messages = image_messages("what color is the square ?", seed=5, size=NEXT_SIZE)
+    answer = functools.partial(server.client.chat.completions.create, model="tiny",
+                               messages=messages, max_tokens=1)  # fmt: skip
+    total = answer(extra_body={"prune": "none"}).usage.prompt_tokens
+    extra = {"prune": "random", "prune_ratio": 0.75, "prune_seed": 7}
+    traced = ask_traced(server, trace, "tiny", messages, extra)
+    kept = keep(NEXT_TOKENS, 0.75)
+    assert traced.prompt_tokens == total - NEXT_TOKENS + kept
+    content = NEXT_TOKENS - NEXT_NEWLINES
+    draw = get_method("random").reduce(
+        torch.zeros(content, 4), (1, content), kept, Context(params={"prune_seed": 7})
+    )
+    assert traced.kept == {(None, None): tuple(draw.indices.tolist())}
+    almost = answer(extra_body={"prune": "random", "prune_keep": NEXT_TOKENS - 10})
+    assert almost.usage.prompt_tokens == total - 10
+    support = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()["data"]
+    refused = {m["name"] for m in support if not m["supported"]}
+    assert "pooling" in refused and "divprune" not in refused  # its grid is not declared
+
+
+def test_a_declaration_the_model_contradicts_stops_the_server_naming_the_rows(tmp_path):
+    model = str(build_tiny_llava_next(tmp_path / "model"))
+    command = renamed(model, "SquareLlavaNextForConditionalGeneration")
+    with pytest.raises(RuntimeError, match="server exited"):
+        with running(tmp_path, {"square": command}, envs={"square": plugin_env()}):
+            pass
+    message = (tmp_path / "square.log").read_text()
+    assert (
+        "SquareLlavaNextForConditionalGeneration's family declares its image's separator "
+        "rows as no rows" in message
+    )
+    assert "but two different images share rows [" in message
+
+
+def test_a_family_declared_unpruned_is_served_as_vllm_serves_it_and_says_why(renamed_next):
+    server = renamed_next[0]["unpruned"]
+    reason = "tests/families_plugin declares this family unpruned"
+    document = requests.get(f"{server.url}/v1/prune/methods", timeout=10).json()
+    support = {m["name"]: (m["supported"], m["refusal"]) for m in document["data"]}
+    assert support["none"] == (True, None)
+    assert all(ok is False and reason in why for m, (ok, why) in support.items() if m != "none")
+    messages = image_messages("what color ?", seed=3, size=NEXT_SIZE)
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=1, extra_body={"prune": "divprune"}
+        )
+    assert caught.value.body["param"] == "prune"
+    assert reason in caught.value.body["message"]
+    full = server.client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
+    none = server.client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=1, extra_body={"prune": "none"}
+    )
+    assert full.usage.prompt_tokens == none.usage.prompt_tokens > NEXT_TOKENS
+    assert "embeds two different" not in server.log.read_text()  # nothing to check

@@ -755,7 +755,8 @@ LEDGER: tuple[Reliance, ...] = (
         "vllm.multimodal.utils",
         "group_and_batch_mm_kwargs",
         "a call's images re-batched for the tower within the encoder budget "
-        "(tower_batches.split_batch), as the runner batches them",
+        "(tower_batches.split_batch), as the runner batches them; the content check's "
+        "dummy images batched the same way (generic.GenericPruneModel._check_content)",
     ),
     *_attributes(
         "vllm.config.scheduler:SchedulerConfig",
@@ -815,6 +816,26 @@ LEDGER: tuple[Reliance, ...] = (
         "parse_mm_data get_supported_mm_limits get_hf_config ctx",
         "the start-up check parses a dummy image and asks whether the model takes images; "
         "the served architecture is its context's model config's (generic.architecture_of)",
+    ),
+    Reliance(
+        "behaviour",
+        "the model loader calls the model's own `process_weights_after_loading()` (no "
+        "arguments) once every layer's weights are loaded and processed: 0.32 and 0.33 "
+        "after the layers' quantization step (model_loader/utils.py), 0.34 last in "
+        "`finalize_model_weights`, children first",
+        "the generic adapter's content check runs there, at start, with the served weights "
+        "(GenericPruneModel.process_weights_after_loading); where it cannot, it runs on the "
+        "first images the engine embeds",
+    ),
+    *_attributes(
+        "vllm.multimodal.processing:BaseDummyInputsBuilder",
+        "get_dummy_text",
+        "the content check's prompt for one dummy image",
+    ),
+    *_attributes(
+        "vllm.multimodal.processing.context:BaseProcessingInfo",
+        "get_tokenizer",
+        "the content check tokenizes that prompt",
     ),
     *_attributes(
         "vllm.multimodal.processing.context:InputProcessingContext",

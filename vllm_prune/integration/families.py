@@ -104,7 +104,6 @@ def _thinker_merge(hf_config: Any) -> int:
     return int(config.vision_config.spatial_merge_size)
 
 
-
 @dataclass(frozen=True)
 class Family:
     """``grid``: "square" (each run or tile is a square grid), "rows" (each run is a row of

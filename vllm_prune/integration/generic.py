@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import importlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -45,11 +46,14 @@ from vllm.multimodal.parse import ImageEmbeddingItems, ImageSize, MultiModalData
 from vllm.multimodal.processing import (
     BaseMultiModalProcessor,
     EncDecMultiModalProcessor,
+    ProcessorInputs,
     PromptUpdate,
     PromptUpdateDetails,
+    TimingContext,
 )
+from vllm.multimodal.utils import group_and_batch_mm_kwargs
 
-from .. import layout
+from .. import layout, learned_rows
 from ..methods import Reduced, get_method, method_names
 from ..methods.base import IN_TOWER, TOWER_ATTENTION, VISION_ATTENTION
 from ..plan import PrunePlan, needs, reduce_plan
@@ -416,8 +420,37 @@ class GenericPruneModel(TowerBatchesMixin):
         super().__init__(vllm_config=vllm_config, prefix=prefix)  # type: ignore[call-arg]
         check_not_swapped(type(self), vllm_config.model_config.architecture)
         self._init_tower_batches(vllm_config)
+        self._prune_model_config = vllm_config.model_config
+        # Checked once the weights are loaded (else on the first images the engine embeds).
+        self._content_checked = not prunes(vllm_config)
+        self._learned: torch.Tensor | None = None  # an undeclared family's structure rows
+
+    def process_weights_after_loading(self) -> None:
+        """vLLM's hook once the weights are loaded and processed (the model's own last):
+        the content check runs here, at start, with the served weights."""
+        own = getattr(super(), "process_weights_after_loading", None)
+        if callable(own):
+            own()
+        if self._content_checked:
+            return
+        self._content_checked = True
+        try:
+            self._check_content()
+        except learned_rows.Disagreement:
+            raise
+        except Exception as err:  # noqa: BLE001  the tower may need what a step sets up
+            logger.warning(
+                "vllm-prune: the content check could not run at load (%s: %s); it runs on "
+                "the first images the engine embeds",
+                type(err).__name__,
+                err,
+            )
+            self._content_checked = False
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        if not self._content_checked:
+            self._content_checked = True
+            self._check_content()
         plans = wire.pop_plans(kwargs)
         if plans is None:
             return super().embed_multimodal(**kwargs)  # type: ignore[misc]
@@ -435,6 +468,47 @@ class GenericPruneModel(TowerBatchesMixin):
                 for e, p, t in zip(embeddings, batch_plans, towers, strict=True)
             ]
         return out
+
+    def _check_content(self) -> None:
+        """Two different images through the served weights: the rows they share are
+        learned structure (``learned_rows``). A family that declares its layout must
+        declare exactly those as separators, or the server does not start; a family
+        that declares nothing drops them when an image is pruned."""
+        started = time.perf_counter()
+        architecture = self._prune_model_config.architectures[0]
+        processor = MULTIMODAL_REGISTRY.create_processor(self._prune_model_config)
+        device = next(self.parameters()).device  # type: ignore[attr-defined]
+        embeddings, parts = [], []
+        for seed in (1, 2):
+            (item,) = _dummy_image_items(processor, seed)
+            parts.append([part for part, _ in wire.item_parts(item)])
+            for _, _, kwargs in group_and_batch_mm_kwargs([("image", item)], device=device):
+                embeddings += list(self.embed_multimodal(**kwargs))
+        first, second = embeddings
+        found = learned_rows.same_rows(first, second)
+        family = family_of(architecture)
+        declares = family.parts is not None or family.grid is not None or family.tile is not None
+        if declares:
+            embedded = sum(p.embedded for p in parts[0])
+            declared = sorted(set(range(embedded)) - set(layout.content_rows(parts[0])))
+            problem = learned_rows.disagreement(found, declared, architecture)
+            if problem is not None:
+                raise learned_rows.Disagreement(problem)
+        elif found:
+            self._learned = learned_rows.distinct_vectors(first, found)
+        logger.info(
+            "vllm-prune: %s embeds two different %d x %d images with %s the same "
+            "(%s); checked in %.2f s",
+            architecture,
+            *DUMMY_IMAGE,
+            learned_rows.describe(found),
+            "as declared"
+            if declares
+            else "none to drop"
+            if not found
+            else f"{len(self._learned)} learned vectors, dropped when an image is pruned",  # type: ignore[arg-type]
+            time.perf_counter() - started,
+        )
 
     def _reading_tower(
         self, plans: Sequence[PrunePlan]
@@ -469,7 +543,7 @@ class GenericPruneModel(TowerBatchesMixin):
         tower: TowerFields | None = None,
     ) -> torch.Tensor:
         """The image's rows as they go on: vLLM's own where it keeps every content row."""
-        reduced = prune_image(image, plan, llm, tower)
+        reduced = prune_image(image, plan, llm, tower, self._learned)
         return image if reduced is None else self._kept_rows(reduced, plan)
 
     def _kept_rows(self, reduced: Reduced, plan: PrunePlan) -> torch.Tensor:
@@ -552,11 +626,14 @@ def prune_image(
     plan: PrunePlan,
     llm: torch.nn.Module,
     tower: TowerFields | None = None,
+    learned: torch.Tensor | None = None,
 ) -> Reduced | None:
     """The rows one image keeps: each part pruned on its own, in order, separator rows
     dropped; ``indices`` are the kept rows' places among the content rows. None where the
     image keeps every content row: it goes on whole, as vLLM made it (separators too).
-    ``tower``: what the vision tower measured, one entry per content row."""
+    ``tower``: what the vision tower measured, one entry per content row. ``learned``:
+    the structure vectors the model showed at start, for a family that declares no
+    layout (``learned_rows``)."""
     parts = [part for part, _ in plan.parts]
     embedded = sum(part.embedded for part in parts)
     content = sum(part.size for part in parts)
@@ -567,6 +644,10 @@ def prune_image(
         )
     if plan.keep == embedded:  # kept whole, as vLLM made it (layout.kept_rows)
         return None
+    if learned is not None:
+        structure = learned_rows.structure_mask(image, learned)
+        if bool(structure.any()):
+            return _past_structure(image, structure, plan, llm)
     if embedded != content:
         image = image[torch.tensor(layout.content_rows(parts), device=image.device)]
     found = observe(llm, image, plan, tower, sum_over_ranks=sum_over_tensor_parallel)
@@ -586,6 +667,42 @@ def prune_image(
             indices.append(reduced.indices.cpu() + start)
         start += part.size
     return Reduced(features=torch.cat(kept), indices=torch.cat(indices))
+
+
+def _past_structure(
+    image: torch.Tensor, structure: torch.Tensor, plan: PrunePlan, llm: torch.nn.Module
+) -> Reduced:
+    """An undeclared family's image with learned structure rows: the method prunes its
+    content rows as one part (its grid is not known), the structure rows go. The prompt
+    holds ``keep`` rows (the processor counted every row), so a keep above the content
+    rows keeps them all and the first structure rows after them."""
+    content = (~structure).nonzero().flatten()
+    if plan.keep >= content.numel():
+        extra = structure.nonzero().flatten()[: plan.keep - content.numel()]
+        rows = torch.cat([content, extra]).sort().values
+        return Reduced(features=image[rows], indices=rows.cpu())
+    rows = image[content]
+    found = observe(llm, rows, plan, None, sum_over_ranks=sum_over_tensor_parallel)
+    everything = torch.arange(content.numel())
+    reduced = reduce_plan(rows, (1, content.numel()), plan, **rows_of(found, everything))
+    return Reduced(features=reduced.features, indices=reduced.indices.cpu())
+
+
+def _dummy_image_items(processor: BaseMultiModalProcessor, seed: int) -> list[Any]:
+    """One noise image of ``DUMMY_IMAGE`` through the served model's processor, as a
+    request without prune fields sends it (no metrics, no log line): its processed item."""
+    width, height = DUMMY_IMAGE
+    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    image = Image.fromarray(pixels.numpy())
+    tokenizer = processor.info.get_tokenizer()
+    text = processor.dummy_inputs.get_dummy_text({"image": 1})
+    inputs = ProcessorInputs(
+        prompt=tokenizer.encode(text, add_special_tokens=False),
+        mm_data_items=processor.info.parse_mm_data({"image": [image]}),
+        hf_processor_mm_kwargs={},
+    )
+    return list(processor.apply(inputs, TimingContext())["mm_kwargs"]["image"])
 
 
 def refusals(decision: Decision, hf_config: Any) -> dict[str, str | None]:
