@@ -277,10 +277,10 @@ def test_counts_are_exact_for_every_method_ratio_keep_and_budget(served: Served)
     response = ask(served.pruned, family, {"prune": "random", "prune_keep": family.tokens})
     assert response.usage.prompt_tokens == total
     if family.content < family.tokens:
-        # Pruned at all, the separators go: a keep above the content rows keeps them all.
-        extra = {"prune": "random", "prune_keep": family.tokens - 1}
+        # A keep above the content rows keeps them all and the first separators.
+        extra = {"prune": "random", "prune_keep": family.content + 2}
         response = ask(served.pruned, family, extra)
-        assert response.usage.prompt_tokens == total - family.tokens + family.content
+        assert response.usage.prompt_tokens == total - family.tokens + family.content + 2
     for size, runs in family.other_sizes:
         unpruned = ask(served.pruned, family, {"prune": "none"}, size=size)
         assert layout.runs_of(image_positions(served, unpruned.prompt_token_ids)) == list(runs)

@@ -8,11 +8,12 @@ from vllm_prune.layout import (
     Part,
     batches,
     content_rows,
-    kept_rows,
+    kept_separators,
     part_keeps,
     parts_of,
     run_keeps,
     run_lengths,
+    run_rows,
     runs_of,
     shrink,
 )
@@ -72,16 +73,21 @@ def test_separator_rows_are_laid_out_but_are_not_content():
 
 
 def test_keep_counts_from_n_and_a_pruned_image_drops_its_separators():
-    # N = 12 (10 content rows, 2 newlines), as vLLM counts the image in the prompt.
+    # N = 12 (10 content rows, 2 newlines: rows 7 and 11), as vLLM counts the image.
     parts = [Part(0, 4, (2, 2)), Part(0, 6, (2, 3), newlines=1)]
-    assert kept_rows(parts, 12) == 12  # kept whole: vLLM's own rows, newlines included
-    assert part_keeps(parts, 12) == [4, 6]
-    assert kept_rows(parts, 3) == 3  # round(12 * 0.25): 3 content rows, no newline
-    assert sum(part_keeps(parts, 3)) == 3
-    assert kept_rows(parts, 11) == 10  # above the content rows: all of them, no newline
-    assert part_keeps(parts, 10) == [4, 6]
+    assert part_keeps(parts, 12) == [4, 6] and kept_separators(parts, 12) == [7, 11]
+    assert run_rows(parts, 12) == [12]  # kept whole: vLLM's own rows, newlines included
+    assert part_keeps(parts, 3) == [1, 2] and kept_separators(parts, 3) == []
+    assert run_rows(parts, 3) == [3]  # round(12 * 0.25): 3 content rows, no newline
+    # Above the content rows: every content row, then the first newlines, so N - keep go.
+    assert part_keeps(parts, 11) == [4, 6] and kept_separators(parts, 11) == [7]
+    assert run_rows(parts, 11) == [11]
+    # Separators counted in the run that holds them.
+    two_runs = [Part(0, 4, (2, 2), newlines=1), Part(1, 4, (2, 2), newlines=1)]
+    assert kept_separators(two_runs, 10) == [2, 5]
+    assert run_rows(two_runs, 10) == [6, 4]
     # No separators: every keep is kept as asked.
-    assert kept_rows(parts_of([8], "square"), 5) == 5
+    assert run_rows(parts_of([8], "square"), 5) == [5]
 
 
 def test_images_are_batched_within_the_bound_in_order():

@@ -100,26 +100,41 @@ def content_rows(parts: Sequence[Part]) -> list[int]:
     return rows
 
 
-def kept_rows(parts: Sequence[Part], keep: int) -> int:
-    """The rows an image of ``parts`` keeps when asked to keep ``keep`` of its N tokens.
-
-    N is the image's tokens as vLLM counts them in the prompt, separator rows included,
-    and ``keep`` counts from it on every family. An image that keeps all N is vLLM's
-    own; any other drops its separator rows (the kept tokens of a row no longer fill it,
-    so a separator would mark nothing) and keeps ``keep`` content rows, at most all of
-    them. So the prompt drops by N - keep, or by its separator rows when ``keep`` lies
-    between the content rows and N.
-    """
-    tokens = sum(p.embedded for p in parts)
-    return keep if keep >= tokens else min(keep, sum(p.size for p in parts))
-
-
 def part_keeps(parts: Sequence[Part], keep: int) -> list[int]:
-    """``keep`` shared out over the parts in proportion to their size (largest remainder):
-    each part's content rows where the image is kept whole (``keep`` = N)."""
-    if keep >= sum(p.embedded for p in parts):
+    """The content rows each part keeps when the image keeps ``keep`` of its N rows:
+    ``keep`` shared out in proportion to the parts' size (largest remainder), every
+    content row where ``keep`` reaches them all (``kept_separators``)."""
+    if keep >= sum(p.size for p in parts):
         return [p.size for p in parts]
     return proportional_quotas([p.size for p in parts], keep)
+
+
+def kept_separators(parts: Sequence[Part], keep: int) -> list[int]:
+    """The separator rows an image keeps when it keeps ``keep`` of its N rows.
+
+    N is the image's rows as vLLM counts them in the prompt, separators included, and
+    ``keep`` counts from it on every family, so the prompt drops by exactly N - keep. An
+    image kept whole (``keep`` = N) is vLLM's own. A pruned one keeps content rows first:
+    its separators go (the kept tokens of a grid row no longer fill it, so a newline
+    would mark nothing), but for a ``keep`` above its content rows, which keeps every
+    content row and the first ``keep`` - content separators, in order.
+    """
+    separators = sorted(set(range(sum(p.embedded for p in parts))) - set(content_rows(parts)))
+    return separators[: max(0, keep - sum(p.size for p in parts))]
+
+
+def run_rows(parts: Sequence[Part], keep: int) -> list[int]:
+    """The embed positions each run keeps when the image keeps ``keep`` of its N rows:
+    its parts' content rows (``part_keeps``) and its kept separators."""
+    totals = run_keeps(parts, part_keeps(parts, keep))
+    starts, start = [], 0
+    for part in parts:
+        starts.append(start)
+        start += part.embedded
+    for row in kept_separators(parts, keep):
+        owner = max(i for i, s in enumerate(starts) if s <= row)
+        totals[parts[owner].run] += 1
+    return totals
 
 
 def run_keeps(parts: Sequence[Part], keeps: Sequence[int]) -> list[int]:

@@ -8,7 +8,7 @@ and a row that differs is content. ``integration.generic`` runs this at start
 (``GenericPruneModel``): a family that declares its separators must declare exactly
 these rows; a family that declares none keeps the vectors found and, when an image is
 pruned, drops the rows that match one of them, as a declared family drops its
-separators (``layout.kept_rows``).
+separators (``layout.kept_separators``).
 
 Pure torch, no vLLM.
 """

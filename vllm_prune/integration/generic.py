@@ -395,7 +395,7 @@ def _shrinking(update: PromptUpdate, out_mm_kwargs: MultiModalKwargsItems) -> Pr
             return details
         full = details.full
         mask = [True] * len(full) if details.is_embed is None else details.is_embed(full).tolist()
-        keeps = layout.run_keeps([p for p, _ in parts], [k for _, k in parts])
+        keeps = layout.run_rows([p for p, _ in parts], counts.keep)
         return PromptUpdateDetails(full=layout.shrink(full, mask, keeps), is_embed=details.is_embed)
 
     return _with_content(update, content)
@@ -642,12 +642,16 @@ def prune_image(
             f"vllm-prune: the model returned {image.shape[0]} rows for an image whose "
             f"placeholder has {embedded} embed positions"
         )
-    if plan.keep == embedded:  # kept whole, as vLLM made it (layout.kept_rows)
+    if plan.keep == embedded:  # kept whole, as vLLM made it
         return None
     if learned is not None:
         structure = learned_rows.structure_mask(image, learned)
         if bool(structure.any()):
             return _past_structure(image, structure, plan, llm)
+    if plan.keep >= content:  # every content row and the first separators
+        rows = sorted([*layout.content_rows(parts), *layout.kept_separators(parts, plan.keep)])
+        return Reduced(features=image[torch.tensor(rows, device=image.device)],
+                       indices=torch.tensor(rows))  # fmt: skip
     if embedded != content:
         image = image[torch.tensor(layout.content_rows(parts), device=image.device)]
     found = observe(llm, image, plan, tower, sum_over_ranks=sum_over_tensor_parallel)

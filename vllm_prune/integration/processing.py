@@ -206,10 +206,6 @@ class PruneProcessorMixin:
         keeps = fit_keeps(
             spec, image_tokens + video_tokens, [1] * len(image_tokens) + [t for t, _, _ in grids]
         )
-        if parts is not None:  # separator rows go when an image is pruned
-            keeps[:images] = [
-                layout.kept_rows(p, k) for p, k in zip(parts, keeps[:images], strict=True)
-            ]
         if images:
             processed.update(
                 wire.encode(
