@@ -79,8 +79,9 @@ SCOUTED = tuple(m for m in method_names() if SCOUT in get_method(m).needs)
 NO_SCOUT = tuple(sorted({*VISION, *SCOUTED}))
 QWEN3_5 = ((448, 448), 196, NO_SCOUT, "bfloat16", ("--mm-encoder-tp-mode", "data"))
 FAMILIES = [
-    # 672 x 672: base 24 x 24 + a 48 x 48 stitched grid with 48 newlines.
-    Family("llava-next", build_tiny_llava_next, (672, 672), 576 + 48 * 49, VISION),
+    # 672 x 336 (two crops side by side): base 24 x 24 + a 24 x 48 stitched grid with 24
+    # newlines; a generic-adapter declaration (families.llava_next_parts).
+    Family("llava-next", build_tiny_llava_next, (672, 336), 576 + 24 * 49, VISION),
     # 448 x 448: 32 x 32 patches of 14 px, merged 2 x 2 -> 16 x 16 tokens.
     Family("qwen2-vl", lambda p: build_tiny_qwen2_vl(p, "2"), (448, 448), 256, VISION),
     # max_num_encoder_input_tokens 512: three pruned images of one step go through the

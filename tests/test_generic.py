@@ -517,10 +517,10 @@ def test_precomputed_image_embeds_are_pruned_where_the_method_reads_only_rows(se
 
 # -- The model checks what is content (learned_rows) --------------------------------------
 
-# LLaVA-NeXT under names of no family (tests/families_plugin): at 672 x 672 its image is
-# the 24 x 24 base grid, then a 48 x 48 crop grid with a learned newline row after each row.
+# LLaVA-NeXT under names of no family (tests/families_plugin): at 672 x 336 its image is
+# the 24 x 24 base grid, then a 24 x 48 crop grid with a learned newline row after each row.
 PLUGIN = Path(__file__).resolve().parent / "families_plugin"
-NEXT_SIZE, NEXT_TOKENS, NEXT_NEWLINES = (672, 672), 576 + 48 * 49, 48
+NEXT_SIZE, NEXT_TOKENS, NEXT_NEWLINES = (672, 336), 576 + 24 * 49, 24
 
 
 def plugin_env() -> dict[str, str]:
