@@ -83,6 +83,15 @@ def classify() -> tuple[str, list[Entry]]:
             entry = Entry(architecture, name, UNPRUNED, MROPE)
         elif family.knows_grid:
             entry = Entry(architecture, name, PRUNED, "generic adapter, " + _declared(family))
+        elif family.learned is not None:
+            entry = Entry(
+                architecture,
+                name,
+                NO_SPATIAL,
+                f"generic adapter, if its start-up check holds; its learned rows "
+                f"({family.learned}) found by the content check at start and dropped when "
+                "an image is pruned (not served in tests)",
+            )
         else:
             entry = Entry(
                 architecture, name, NO_SPATIAL, "generic adapter, if its start-up check holds"
@@ -134,7 +143,11 @@ def render(version: str, entries: list[Entry]) -> str:
         "(`vllm_prune/integration/families.py`). For a model without a family file the "
         "generic adapter checks, when the server starts, that the model's placeholder "
         "follows the mechanism it relies on (see [Models and families](models.md)); where "
-        "it does not, the model is served unpruned and `GET /v1/prune/methods` says why.",
+        "it does not, the model is served unpruned and `GET /v1/prune/methods` says why. "
+        "With the served weights it then checks which rows of an image's embedding are "
+        "content: two different images share only learned rows (newlines, separators, "
+        "indicators). A family whose declaration disagrees does not start; the learned "
+        "rows of a family that declares none are dropped when an image is pruned.",
         "",
         "| architecture | vLLM class | vllm-prune | why / how |",
         "|---|---|---|---|",

@@ -11,6 +11,7 @@ import torch
 
 from vllm_prune.learned_rows import (
     disagreement,
+    none_found,
     distinct_vectors,
     same_rows,
     structure_mask,
@@ -53,3 +54,9 @@ def test_a_declaration_that_disagrees_with_the_model_is_named_row_by_row():
     assert "share rows [4, 9, 14]" in message and "families.py" in message
     many = disagreement(list(range(40)), [0], "Arch")
     assert many is not None and "(40 in all)" in many
+
+
+def test_a_family_said_to_hold_learned_rows_whose_model_shows_none_is_named():
+    message = none_found("Phi3VForCausalLM", "a sub_GN newline row after each grid row")
+    assert "Phi3VForCausalLM's family says its image rows hold learned rows" in message
+    assert "share no rows" in message and "VLLM_PLUGINS=''" in message

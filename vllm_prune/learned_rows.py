@@ -83,3 +83,13 @@ def disagreement(found: Sequence[int], declared: Sequence[int], architecture: st
         "would drop content or keep separators. Correct its entry in "
         "vllm_prune/integration/families.py, or serve without pruning with VLLM_PLUGINS=''"
     )
+
+
+def none_found(architecture: str, expected: str) -> str:
+    """Why a family whose embedding should hold learned rows fails its check."""
+    return (
+        f"vllm-prune: {architecture}'s family says its image rows hold learned rows "
+        f"({expected}), but two different images share no rows: the model is not what its "
+        "entry in vllm_prune/integration/families.py says. Correct the entry, or serve "
+        "without pruning with VLLM_PLUGINS=''"
+    )

@@ -114,7 +114,10 @@ class Family:
     a grid that follows the image), its parts from vLLM's processing info, the processed
     images, the image's index and its (width, height). ``mrope``: the model's M-RoPE
     positions follow each image's grid, raster order from where its one run starts
-    (``positions``). ``tower``: the vision tower's [CLS] row, for the tower methods."""
+    (``positions``). ``tower``: the vision tower's [CLS] row, for the tower methods.
+    ``learned``: the learned rows the model's embedding holds among the content rows, in
+    words, where their layout is not declared: the content check finds them at start (it
+    fails where it finds none) and a pruned image drops them (``learned_rows``)."""
 
     grid: str | None = None
     tile: Callable[[Any], int] | None = None
@@ -122,6 +125,7 @@ class Family:
     parts: PartsOf | None = None
     mrope: bool = False
     tower: Tower | None = None
+    learned: str | None = None
 
     @classmethod
     def mrope_grid(cls, merge: Callable[[Any], int] = _vision_merge) -> Family:
@@ -148,11 +152,6 @@ DEEPSTACK = (
     "each image row carries DeepStack features as extra columns after the LLM's, which the "
     "generic adapter's M-RoPE path does not split (the Qwen3-VL family file does)"
 )
-ROW_SEPARATORS = (
-    "its image rows hold learned separators ({rows}) among the content rows, in a layout "
-    "vllm-prune does not declare yet (a newline row after each grid row and one separator "
-    "row between two views)"
-)
 MINICPM = (
     "each image is several runs (the source image and its slices between slice tokens) "
     "whose M-RoPE positions are not one merged grid per image"
@@ -161,10 +160,7 @@ HUNYUAN = (
     "its image run holds learned begin, newline and end rows, and its M-RoPE positions are "
     "its own (text keeps its sequence index; each grid row counts its newline column)"
 )
-OVIS = (
-    "its image rows begin and end with learned indicator rows, a layout vllm-prune does "
-    "not declare yet"
-)
+
 
 FAMILIES: dict[str, Family] = {
     # InternVL 2.5 / 3 / 3.5 in the Hugging Face format (vLLM serves it as Intern-S1):
@@ -211,17 +207,21 @@ FAMILIES: dict[str, Family] = {
     "MiniCPMV4_6ForConditionalGeneration": Family(unpruned=MINICPM),
     "MiniCPMV4_7ForConditionalGeneration": Family(unpruned=MINICPM),
     "HunYuanVLForConditionalGeneration": Family(unpruned=HUNYUAN),
-    # Every position of the run is an embed position; the separators come from the model.
-    "Phi3VForCausalLM": Family(unpruned=ROW_SEPARATORS.format(rows="sub_GN, glb_GN")),
-    "Phi4MMForCausalLM": Family(unpruned=ROW_SEPARATORS.format(rows="sub_GN, glb_GN")),
-    "Phi4MultimodalForCausalLM": Family(unpruned=ROW_SEPARATORS.format(rows="sub_GN, glb_GN")),
-    "DeepseekVLV2ForCausalLM": Family(
-        unpruned=ROW_SEPARATORS.format(rows="image_newline, view_seperator")
+    # Every position of the run is an embed position, and the separators come out of the
+    # model (read from vLLM 0.32-0.34, not served in tests: no offline checkpoint here).
+    # The content check finds them at start and a pruned image drops them.
+    "Phi3VForCausalLM": Family(learned="a sub_GN newline row after each grid row, one glb_GN"),
+    "Phi4MMForCausalLM": Family(learned="a sub_GN newline row after each grid row, one glb_GN"),
+    "Phi4MultimodalForCausalLM": Family(
+        learned="a sub_GN newline row after each grid row, one glb_GN"
     ),
-    "Ovis": Family(unpruned=OVIS),
-    "Ovis2_5": Family(unpruned=OVIS),
-    "Ovis2_6ForCausalLM": Family(unpruned=OVIS),
-    "Ovis2_6_MoeForCausalLM": Family(unpruned=OVIS),
+    "DeepseekVLV2ForCausalLM": Family(
+        learned="an image_newline row after each grid row, one view_seperator"
+    ),
+    "Ovis": Family(learned="the image's begin and end indicator rows"),
+    "Ovis2_5": Family(learned="the image's begin and end indicator rows"),
+    "Ovis2_6ForCausalLM": Family(learned="the image's begin and end indicator rows"),
+    "Ovis2_6_MoeForCausalLM": Family(learned="the image's begin and end indicator rows"),
 }
 
 

@@ -496,6 +496,8 @@ class GenericPruneModel(TowerBatchesMixin):
                 raise learned_rows.Disagreement(problem)
         elif found:
             self._learned = learned_rows.distinct_vectors(first, found)
+        elif family.learned is not None:
+            raise learned_rows.Disagreement(learned_rows.none_found(architecture, family.learned))
         logger.info(
             "vllm-prune: %s embeds two different %d x %d images with %s the same "
             "(%s); checked in %.2f s",
