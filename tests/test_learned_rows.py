@@ -11,8 +11,8 @@ import torch
 
 from vllm_prune.learned_rows import (
     disagreement,
-    none_found,
     distinct_vectors,
+    none_found,
     same_rows,
     structure_mask,
 )
