@@ -431,26 +431,15 @@ class GenericPruneModel(TowerBatchesMixin):
         own = getattr(super(), "process_weights_after_loading", None)
         if callable(own):
             own()
-        if self._content_checked:
-            return
-        self._content_checked = True
-        try:
-            self._check_content()
-        except learned_rows.Disagreement:
-            raise
-        except Exception as err:  # noqa: BLE001  the tower may need what a step sets up
-            logger.warning(
-                "vllm-prune: the content check could not run at load (%s: %s); it runs on "
-                "the first images the engine embeds",
-                type(err).__name__,
-                err,
+        if not self._content_checked:
+            self._content_checked = self._try_content_check(
+                "it runs on the first images the engine embeds"
             )
-            self._content_checked = False
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         if not self._content_checked:
             self._content_checked = True
-            self._check_content()
+            self._try_content_check("images are pruned without it")
         plans = wire.pop_plans(kwargs)
         if plans is None:
             return super().embed_multimodal(**kwargs)  # type: ignore[misc]
@@ -468,6 +457,24 @@ class GenericPruneModel(TowerBatchesMixin):
                 for e, p, t in zip(embeddings, batch_plans, towers, strict=True)
             ]
         return out
+
+    def _try_content_check(self, otherwise: str) -> bool:
+        """The content check; a disagreement stops the server, any other failure (the
+        tower may need what an engine step sets up) is logged with what happens
+        ``otherwise``. Whether it ran."""
+        try:
+            self._check_content()
+        except learned_rows.Disagreement:
+            raise
+        except Exception as err:  # noqa: BLE001
+            logger.warning(
+                "vllm-prune: the content check could not run (%s: %s); %s",
+                type(err).__name__,
+                err,
+                otherwise,
+            )
+            return False
+        return True
 
     def _check_content(self) -> None:
         """Two different images through the served weights: the rows they share are
