@@ -334,20 +334,12 @@ GLM4V_MIN_PIXELS = 2 * 4 * GLM4V_FACTOR**2
 GLM4V_MROPE_SECTION = [2, 3, 3]
 
 
-def build_tiny_glm4v(path: Path) -> Path:
-    """A tiny GLM-4.1V: a 2-layer tower on 14 px patches with the 2 x 2 merger (Qwen2-VL's
-    geometry, up to 256 tokens per image between ``<|begin_of_image|>`` and
-    ``<|end_of_image|>``) around a 2-layer GLM-4 LLM with M-RoPE positions."""
-    from transformers import (
-        Glm4vConfig,
-        Glm4vForConditionalGeneration,
-        Glm4vImageProcessor,
-        Glm4vProcessor,
-        Glm4vVideoProcessor,
-    )
+def glm4v_text_side() -> tuple[object, dict[str, object], dict[str, int]]:
+    """GLM-4.1V's processor (word tokenizer, template, image and video processors up to
+    256 tokens per image), its 2-layer GLM-4 LLM config with M-RoPE, and the config's
+    image and video token ids: what GLM-4.1V and GLM-OCR share."""
+    from transformers import Glm4vImageProcessor, Glm4vProcessor, Glm4vVideoProcessor
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     tokenizer = word_tokenizer(
         GLM4V_SPECIAL, ["system", "user", "assistant", *WORDS], extra_special=GLM4V_SPECIAL[4:]
     )
@@ -373,6 +365,26 @@ def build_tiny_glm4v(path: Path) -> Path:
         },
         pad_token_id=vocab["<pad>"],
     )
+    token_ids = dict(
+        image_token_id=vocab["<|image|>"],
+        video_token_id=vocab["<|video|>"],
+        image_start_token_id=vocab["<|begin_of_image|>"],
+        image_end_token_id=vocab["<|end_of_image|>"],
+        video_start_token_id=vocab["<|begin_of_video|>"],
+        video_end_token_id=vocab["<|end_of_video|>"],
+    )
+    return processor, text, token_ids
+
+
+def build_tiny_glm4v(path: Path) -> Path:
+    """A tiny GLM-4.1V: a 2-layer tower on 14 px patches with the 2 x 2 merger (Qwen2-VL's
+    geometry, up to 256 tokens per image between ``<|begin_of_image|>`` and
+    ``<|end_of_image|>``) around a 2-layer GLM-4 LLM with M-RoPE positions."""
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    processor, text, token_ids = glm4v_text_side()
     vision = dict(
         depth=2,
         hidden_size=64,
@@ -384,16 +396,7 @@ def build_tiny_glm4v(path: Path) -> Path:
         temporal_patch_size=2,
         out_hidden_size=128,
     )
-    config = Glm4vConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=vocab["<|image|>"],
-        video_token_id=vocab["<|video|>"],
-        image_start_token_id=vocab["<|begin_of_image|>"],
-        image_end_token_id=vocab["<|end_of_image|>"],
-        video_start_token_id=vocab["<|begin_of_video|>"],
-        video_end_token_id=vocab["<|end_of_video|>"],
-    )
+    config = Glm4vConfig(text_config=text, vision_config=vision, **token_ids)
     save_checkpoint(path, config, processor, "Glm4vForConditionalGeneration")
     write_random_weights(Glm4vForConditionalGeneration, config, path / "model.safetensors")
     return path

@@ -17,16 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tiny_idefics_mistral_glm import (
-    GLM4V_CHAT_TEMPLATE,
-    GLM4V_MAX_PIXELS,
-    GLM4V_MIN_PIXELS,
-    GLM4V_MROPE_SECTION,
-    GLM4V_SPECIAL,
-    newline_token,
-    tiny_text_config,
-)
-from .tiny_llava import TINY_LLM, WORDS, save_checkpoint, word_tokenizer, write_random_weights
+from .tiny_idefics_mistral_glm import glm4v_text_side, newline_token, tiny_text_config
+from .tiny_llava import WORDS, save_checkpoint, word_tokenizer, write_random_weights
 
 FACTOR = 28  # 14 px patches, 2 x 2 merged into one token
 MAX_PIXELS = 256 * FACTOR**2  # at most 256 tokens per image
@@ -150,41 +142,11 @@ def build_tiny_glm_ocr(path: Path) -> Path:
     GLM-OCR's own 2-layer tower (q/k norms, no position table) with the 2 x 2 merger,
     up to 256 tokens per image between ``<|begin_of_image|>`` and ``<|end_of_image|>``,
     around a 2-layer GLM LLM with M-RoPE positions."""
-    from transformers import (
-        Glm4vImageProcessor,
-        Glm4vProcessor,
-        Glm4vVideoProcessor,
-        GlmOcrConfig,
-        GlmOcrForConditionalGeneration,
-    )
+    from transformers import GlmOcrConfig, GlmOcrForConditionalGeneration
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = word_tokenizer(
-        GLM4V_SPECIAL, ["system", "user", "assistant", *WORDS], extra_special=GLM4V_SPECIAL[4:]
-    )
-    newline_token(tokenizer)
-    tokenizer.chat_template = GLM4V_CHAT_TEMPLATE
-    vocab = tokenizer.get_vocab()
-    pixels = {"shortest_edge": GLM4V_MIN_PIXELS, "longest_edge": GLM4V_MAX_PIXELS}
-    processor = Glm4vProcessor(
-        image_processor=Glm4vImageProcessor(size=pixels),
-        tokenizer=tokenizer,
-        video_processor=Glm4vVideoProcessor(size=pixels),
-        chat_template=GLM4V_CHAT_TEMPLATE,
-    )
-    text = dict(
-        vocab_size=len(vocab),
-        **TINY_LLM,  # head_dim 32 = 128 / 4 heads
-        max_position_embeddings=8192,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "partial_rotary_factor": 0.5,
-            "mrope_section": GLM4V_MROPE_SECTION,
-        },
-        pad_token_id=vocab["<pad>"],
-    )
+    processor, text, token_ids = glm4v_text_side()
     vision = dict(
         depth=2,
         hidden_size=64,
@@ -195,16 +157,7 @@ def build_tiny_glm_ocr(path: Path) -> Path:
         temporal_patch_size=2,
         out_hidden_size=128,
     )
-    config = GlmOcrConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=vocab["<|image|>"],
-        video_token_id=vocab["<|video|>"],
-        image_start_token_id=vocab["<|begin_of_image|>"],
-        image_end_token_id=vocab["<|end_of_image|>"],
-        video_start_token_id=vocab["<|begin_of_video|>"],
-        video_end_token_id=vocab["<|end_of_video|>"],
-    )
+    config = GlmOcrConfig(text_config=text, vision_config=vision, **token_ids)
     save_checkpoint(path, config, processor, "GlmOcrForConditionalGeneration")
     write_random_weights(GlmOcrForConditionalGeneration, config, path / "model.safetensors")
     return path
