@@ -2,9 +2,12 @@
 
 A family is a small declaration keyed by architecture name, not a class: its
 token grid (for the spatial methods), tiles that share one embed run, separator
-rows its embeddings hold, the vision tower's [CLS] row (for the tower methods), or
-why the generic path does not hold for it. An architecture without an entry is pruned by
-the generic path when its start-up check holds, without the spatial methods.
+rows its embeddings hold (laid out, or only named as ``learned``), M-RoPE positions on
+its merged grid, the vision tower's [CLS] row (for the tower methods), or why the
+generic path does not hold for it. An architecture without an entry is pruned by the
+generic path when its start-up check holds, without the spatial methods. At start the
+model itself checks the declaration: two different images must share exactly the
+declared separator rows (``learned_rows``).
 """
 
 from __future__ import annotations
