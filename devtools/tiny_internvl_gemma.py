@@ -361,7 +361,9 @@ def write_tied_weights(  # type: ignore[no-untyped-def]
     model_cls, config, file: Path, seed: int = WEIGHTS_SEED
 ) -> None:
     """``write_random_weights`` for a model with tied embeddings and a SigLIP tower:
-    safetensors refuses tensors that share memory, so the tied ``lm_head`` is left out."""
+    safetensors refuses tensors that share memory, so the tied ``lm_head`` is left out.
+    A matrix transformers initialises to zeros (Gemma 3's ``mm_input_projection_weight``)
+    gets seeded noise, or every image would embed to the same zero rows."""
     import torch
     from safetensors.torch import save_file
 
@@ -371,6 +373,8 @@ def write_tied_weights(  # type: ignore[no-untyped-def]
     for name, tensor in model.state_dict().items():
         new = siglip_checkpoint_name(name)
         if new is not None:
+            if tensor.dim() >= 2 and not tensor.any():
+                tensor = torch.randn(tensor.shape, dtype=tensor.dtype) * 0.02
             tensors[new] = tensor.detach().contiguous()
     save_file(tensors, str(file))
 

@@ -493,6 +493,13 @@ class GenericPruneModel(TowerBatchesMixin):
                 embeddings += list(self.embed_multimodal(**kwargs))
         first, second = embeddings
         found = learned_rows.same_rows(first, second)
+        if len(found) == first.shape[0]:  # the image does not reach its rows: no verdict
+            logger.warning(
+                "vllm-prune: %s embeds two different images with every row the same, so "
+                "its content check cannot tell content from structure; it is skipped",
+                architecture,
+            )
+            return
         family = family_of(architecture)
         declares = family.parts is not None or family.grid is not None or family.tile is not None
         if declares:
@@ -702,12 +709,16 @@ def _past_structure(
 
 
 def _dummy_image_items(processor: BaseMultiModalProcessor, seed: int) -> list[Any]:
-    """One noise image of ``DUMMY_IMAGE`` through the served model's processor, as a
-    request without prune fields sends it (no metrics, no log line): its processed item."""
+    """One image of ``DUMMY_IMAGE`` through the served model's processor, as a request
+    without prune fields sends it (no metrics, no log line): its processed item. The
+    image is blocks of 64 px in random colours: pixel noise averages to the same grey in
+    every patch, so two noise images can embed alike; two such images differ in every
+    patch and every pooled region."""
     width, height = DUMMY_IMAGE
-    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
+    blocks = torch.randint(0, 256, (-(-height // 64), -(-width // 64), 3), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    image = Image.fromarray(pixels.numpy())
+    pixels = blocks.repeat_interleave(64, dim=0).repeat_interleave(64, dim=1)[:height, :width]
+    image = Image.fromarray(pixels.contiguous().numpy())
     tokenizer = processor.info.get_tokenizer()
     text = processor.dummy_inputs.get_dummy_text({"image": 1})
     inputs = ProcessorInputs(
