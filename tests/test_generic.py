@@ -236,13 +236,11 @@ def test_the_model_showed_at_start_which_rows_are_structure(served: Served):
     family = served.family
     assert family.size == (896, 448) or not any(p.newlines for p in family.declared)
     parts = list(family.declared) or [layout.Part(0, run, None) for run in family.runs]
-    rows = set(range(sum(p.embedded for p in parts))) - set(layout.content_rows(parts))
-    declared = family_of(family.architecture)
-    declares = declared.knows_grid or declared.tile is not None
-    found = "as declared" if declares else "none to drop"
+    rows = layout.separator_rows(parts)
+    found = "as declared" if family_of(family.architecture).declares_layout else "none to drop"
     line = (
         f"vllm-prune: {family.architecture} embeds two different 896 x 448 images with "
-        f"{describe(sorted(rows))} the same ({found}); checked in "
+        f"{describe(rows)} the same ({found}); checked in "
     )
     assert line in served.pruned.log.read_text()
 

@@ -100,6 +100,12 @@ def content_rows(parts: Sequence[Part]) -> list[int]:
     return rows
 
 
+def separator_rows(parts: Sequence[Part]) -> list[int]:
+    """Where the parts' separator rows are in the image's embedding: every row that is
+    not content (``content_rows``), in order."""
+    return sorted(set(range(sum(p.embedded for p in parts))) - set(content_rows(parts)))
+
+
 def part_keeps(parts: Sequence[Part], keep: int) -> list[int]:
     """The content rows each part keeps when the image keeps ``keep`` of its N rows:
     ``keep`` shared out in proportion to the parts' size (largest remainder), every
@@ -119,8 +125,7 @@ def kept_separators(parts: Sequence[Part], keep: int) -> list[int]:
     would mark nothing), but for a ``keep`` above its content rows, which keeps every
     content row and the first ``keep`` - content separators, in order.
     """
-    separators = sorted(set(range(sum(p.embedded for p in parts))) - set(content_rows(parts)))
-    return separators[: max(0, keep - sum(p.size for p in parts))]
+    return separator_rows(parts)[: max(0, keep - sum(p.size for p in parts))]
 
 
 def run_rows(parts: Sequence[Part], keep: int) -> list[int]:

@@ -140,6 +140,12 @@ class Family:
         return cls(parts=merged_grid(merge), mrope=True)
 
     @property
+    def declares_layout(self) -> bool:
+        """Whether the family lays out its image's rows (a grid, tiles or parts): then its
+        separator rows are exactly the ones it declares, none without parts."""
+        return self.grid is not None or self.tile is not None or self.parts is not None
+
+    @property
     def knows_grid(self) -> bool:
         """Whether each part's token grid is known (the spatial methods run)."""
         return self.grid is not None or self.parts is not None

@@ -501,10 +501,9 @@ class GenericPruneModel(TowerBatchesMixin):
             )
             return
         family = family_of(architecture)
-        declares = family.parts is not None or family.grid is not None or family.tile is not None
+        declares = family.declares_layout
         if declares:
-            embedded = sum(p.embedded for p in parts[0])
-            declared = sorted(set(range(embedded)) - set(layout.content_rows(parts[0])))
+            declared = layout.separator_rows(parts[0])
             problem = learned_rows.disagreement(found, declared, architecture)
             if problem is not None:
                 raise learned_rows.Disagreement(problem)
